@@ -1,0 +1,100 @@
+"""Argument checks shared by the whole package.
+
+Every public function validates what it is given and raises a ``ValueError`` or
+``TypeError`` that names the argument and what was seen, so a wrong shape or an
+unknown option never turns into a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_same_device",
+    "check_choice",
+    "check_positive",
+    "check_probability",
+    "check_divisible",
+]
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    min_ndim: int | None = None,
+    dtype: torch.dtype | Iterable[torch.dtype] | None = None,
+    floating: bool = False,
+    nonempty: bool = False,
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor with the expected rank and dtype; return it.
+
+    >>> check_tensor("q", torch.zeros(2, 3), ndim=2)
+    tensor([[0., 0., 0.],
+            [0., 0., 0.]])
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
+        )
+    if dtype is not None:
+        allowed_dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
+        if x.dtype not in allowed_dtypes:
+            want = ", ".join(str(d).replace("torch.", "") for d in allowed_dtypes)
+            raise TypeError(f"{name} must have dtype {want}, got {str(x.dtype).replace('torch.', '')}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if nonempty and x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Raise if the given tensors (``None`` ignored) live on different devices."""
+    seen = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(seen.values())) > 1:
+        detail = ", ".join(f"{n} on {d}" for n, d in seen.items())
+        raise ValueError(f"tensors must be on the same device, got {detail}")
+
+
+def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
+    """Raise if ``value`` is not one of ``choices`` (for string options)."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise unless ``value`` is a positive (or, with ``allow_zero``, non-negative) number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value != value or (value < 0 if allow_zero else value <= 0):  # NaN fails too
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def check_probability(name: str, value: float, *, low_open: bool = True) -> None:
+    """Raise unless ``value`` lies in (0, 1] (or [0, 1] with ``low_open=False``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+def check_divisible(name: str, value: int, by_name: str, by: int) -> None:
+    """Raise unless ``value`` is a multiple of ``by``."""
+    if by <= 0 or value % by != 0:
+        raise ValueError(f"{name} ({value}) must be divisible by {by_name} ({by})")
