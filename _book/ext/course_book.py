@@ -1,0 +1,138 @@
+"""Sphinx extension for the course book (loaded through ``_config.yml``).
+
+What it does, and why:
+
+* Kernels that the build starts (pages executed at build time) get ``IPYTHONDIR``
+  pointing at ``_book/ipython``, whose start-up file makes plotly figures also emit
+  plain HTML (myst-nb drops plotly's own mime type). Labs are executed the same way
+  by ``python -m llmfoundations.course execute``.
+* plotly.js is copied from the installed plotly package into the site and loaded
+  only on pages that hold a figure, before require.js (so it does not register as
+  an anonymous AMD module).
+* The role ``{src}`attention.py``` links to a module of the package on the
+  repository named in ``_config.yml`` (the one place the URL is written).
+* The directive ``{lab-table}`` renders the table of labs from each notebook's
+  ``llmfoundations`` metadata, so the instructor guide never goes stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+
+ROOT = Path(__file__).resolve().parents[2]
+IPYTHONDIR = ROOT / "_book" / "ipython"
+PLOTLY_TARGET = "_vendor/plotly/plotly.min.js"
+
+
+def _repository(app) -> tuple[str, str]:
+    opts = app.config.html_theme_options or {}
+    url = (opts.get("repository_url") or "").rstrip("/")
+    branch = opts.get("repository_branch") or "main"
+    return url, branch
+
+
+def _src_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    app = inliner.document.settings.env.app
+    url, branch = _repository(app)
+    target = text.strip()
+    path = ROOT / "src" / "llmfoundations" / target
+    if not path.exists():
+        msg = inliner.reporter.warning(f"{{src}} target not found: src/llmfoundations/{target}")
+        return [inliner.problematic(rawtext, rawtext, msg)], [msg]
+    label = "llmfoundations." + target.removesuffix(".py").replace("/", ".")
+    ref = nodes.reference(rawtext, "", refuri=f"{url}/blob/{branch}/src/llmfoundations/{target}")
+    ref += nodes.literal(label, label)
+    return [ref], []
+
+
+class LabTable(Directive):
+    """Table of labs: title, objectives, time on CPU / GPU, GPU use."""
+
+    has_content = False
+
+    def run(self):
+        lines = [
+            "| Lab | Objectives | CPU | GPU | GPU use |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for path in sorted((ROOT / "labs").glob("*.ipynb")):
+            meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("llmfoundations", {})
+            objectives = "; ".join(meta.get("objectives", []))
+            lines.append(
+                f"| {{doc}}`{meta.get('title', path.stem)} </labs/{path.stem}>` | {objectives} "
+                f"| {meta.get('cpu_minutes', '?')} min | {meta.get('gpu_minutes', '?')} min "
+                f"| {meta.get('gpu', '?')} |"
+            )
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, source="lab-table"), self.content_offset, container)
+        return container.children
+
+
+def _add_page_scripts(app, pagename, templatename, context, doctree):
+    """Scripts a page needs, all served by the site: plotly.js, and the widget manager."""
+    body = context.get("body") or ""
+    if "plotly-graph-div" in body:
+        app.add_js_file("../" + PLOTLY_TARGET, priority=200)  # before require.js
+    if "application/vnd.jupyter.widget-view+json" in body:
+        # The widget manager finds its fonts under <cdn>/@jupyter-widgets/html-manager/dist/,
+        # so the "cdn" is our own vendor folder, relative to this page.
+        npm = context["pathto"]("_vendor/npm/", 1)
+        app.add_js_file("../_vendor/course/widget-mathjax-shim.js", priority=510)
+        app.add_js_file("../_vendor/requirejs/require.js", priority=520)
+        # require.js names the manager's module location, from which it finds its fonts.
+        dist = json.dumps(context["pathto"]("_vendor/npm/@jupyter-widgets/html-manager/dist", 1))
+        body = (
+            "require.config({paths: {'@jupyter-widgets/html-manager/dist': "
+            f"new URL({dist}, document.baseURI).href}}}});"
+        )
+        app.add_js_file(None, body=body, priority=525)
+        app.add_js_file(
+            "../_vendor/npm/@jupyter-widgets/html-manager/dist/embed-amd.js",
+            priority=530,
+            **{"data-jupyter-widgets-cdn": npm},
+        )
+
+
+def _drop_duplicate_scripts(app, pagename, templatename, context, doctree):
+    """sphinx-thebe's inline configuration reaches every page twice under Jupyter Book
+    1.0.4, and the browser reports the redeclared constant; keep one copy of each script.
+    (Runs early: a later handler of this event may stop the ones after it.)"""
+    files = context.get("script_files")
+    if not isinstance(files, list):
+        return
+    seen, kept = set(), []
+    for script in files:
+        attrs = getattr(script, "attributes", {}) or {}
+        key = (getattr(script, "filename", None) or "", attrs.get("body"))
+        if key not in seen:
+            seen.add(key)
+            kept.append(script)
+    files[:] = kept
+
+
+def _copy_plotly(app, exception):
+    if exception or app.builder is None or app.builder.format != "html":
+        return
+    import plotly
+
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    target = Path(app.outdir) / PLOTLY_TARGET
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+
+
+def setup(app):
+    os.environ["IPYTHONDIR"] = str(IPYTHONDIR)
+    app.add_role("src", _src_role)
+    app.add_directive("lab-table", LabTable)
+    app.connect("html-page-context", _add_page_scripts)
+    app.connect("html-page-context", _drop_duplicate_scripts, priority=100)
+    app.connect("build-finished", _copy_plotly)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
