@@ -158,6 +158,8 @@ def sync_lab(repo: Repo, path: Path) -> bool:
     nb = json.loads(path.read_text(encoding="utf-8"))
     rel = path.relative_to(repo.root).as_posix()
     meta = lab_meta(nb, rel)
+    for cell in nb["cells"]:
+        cell["source"] = _source(cell)
     before = json.dumps(nb, sort_keys=True)
     cells = nb["cells"]
     header, setup = header_source(repo, rel, meta), setup_source(repo, meta)
