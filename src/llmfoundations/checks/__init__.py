@@ -1,0 +1,28 @@
+"""Checks that grade the exercises of the labs.
+
+Each ``check_*`` function takes the student's function, runs it on fixed inputs next
+to the course's reference, and either prints a one-line confirmation or raises
+``AssertionError`` saying which case failed and how. A blank exercise
+(``raise NotImplementedError``) fails its check with that error.
+
+Labs call them as ``from llmfoundations import checks; checks.check_softmax(softmax)``.
+The checks live in one submodule per topic (``checks/basics.py``, ...); every name in a
+submodule's ``__all__`` is available here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .core import compare_with_reference, random_cases
+
+__all__ = ["compare_with_reference", "random_cases"]
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name == "core":
+        continue
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    for _name in getattr(_module, "__all__", ()):
+        globals()[_name] = getattr(_module, _name)
+        __all__.append(_name)

@@ -1,0 +1,43 @@
+"""The checks grade: a right answer passes, wrong answers raise with a useful message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmfoundations import checks
+
+
+def test_checks_collects_every_topic_module():
+    assert callable(checks.check_softmax)
+    assert "check_softmax" in checks.__all__
+
+
+def test_softmax_check_passes_a_correct_answer(capsys):
+    def good(x):
+        z = x - x.max(-1, keepdim=True).values
+        return z.exp() / z.exp().sum(-1, keepdim=True)
+
+    checks.check_softmax(good)
+    assert "✔ softmax" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        lambda x: x.exp() / x.exp().sum(-1, keepdim=True),  # unstable: NaN at 1000
+        lambda x: x.exp() / x.exp().sum(0, keepdim=True),  # wrong axis
+        lambda x: torch.softmax(x, -1)[..., :-1],  # wrong shape
+    ],
+)
+def test_softmax_check_rejects_wrong_answers(wrong):
+    with pytest.raises(AssertionError, match="softmax, case"):
+        checks.check_softmax(wrong)
+
+
+def test_a_blank_answer_fails_with_not_implemented():
+    def blank(x):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        checks.check_softmax(blank)
