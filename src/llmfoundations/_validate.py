@@ -18,6 +18,7 @@ __all__ = [
     "check_positive",
     "check_probability",
     "check_divisible",
+    "check_int",
 ]
 
 
@@ -98,3 +99,12 @@ def check_divisible(name: str, value: int, by_name: str, by: int) -> None:
     """Raise unless ``value`` is a multiple of ``by``."""
     if by <= 0 or value % by != 0:
         raise ValueError(f"{name} ({value}) must be divisible by {by_name} ({by})")
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    """Raise unless ``value`` is an int (not a bool), at least ``minimum`` if given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
