@@ -26,6 +26,8 @@ from pathlib import Path
 PAGES = {
     "intro.html": {"math", "plotly", "widget"},
     "chapters/01-transformer/index.html": {"math"},
+    "chapters/02-evolution/timeline.html": {"plotly"},
+    "chapters/02-evolution/scaling-laws.html": {"math"},
     "labs/00-check-your-setup.html": {"math", "plotly", "widget"},
 }
 # Extra pages are checked for console errors and foreign requests only.
