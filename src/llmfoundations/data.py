@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import torch
 
-from llmfoundations._validate import check_choice, check_positive, check_tensor
+from llmfoundations._validate import check_choice, check_int, check_tensor
 
 __all__ = [
     "stories",
@@ -53,12 +53,6 @@ __all__ = [
 
 Item = TypeVar("Item")
 
-
-def _check_int(name: str, value: object, *, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    check_positive(name, value, allow_zero=allow_zero)
-    return value
 
 
 def _check_seed(seed: object) -> int:
@@ -238,7 +232,7 @@ def stories(n: int, seed: int = 0) -> list[str]:
     >>> stories(1, seed=3)[0][:60]
     'There once was a quiet bird. Her name was Jack. Every day, J'
     """
-    _check_int("n", n, allow_zero=True)
+    check_int("n", n, minimum=0)
     it = _iter_stories(_check_seed(seed))
     return [next(it)[0] for _ in range(n)]
 
@@ -249,7 +243,7 @@ def story_corpus(n_chars: int, seed: int = 0) -> str:
     It is the beginning of ``"\\n\\n".join(stories(many, seed))``: the last story is cut
     where the length is reached.
     """
-    _check_int("n_chars", n_chars, allow_zero=True)
+    check_int("n_chars", n_chars, minimum=0)
     parts: list[str] = []
     length = 0
     for story, _ in _iter_stories(_check_seed(seed)):
@@ -268,7 +262,7 @@ def classification(n: int, seed: int = 0) -> list[tuple[str, int]]:
     the rest of the grammar, including a worried moment in the middle, so a classifier
     has to attend to how the story ends. ``CLASSIFICATION_LABELS[label]`` names a label.
     """
-    _check_int("n", n, allow_zero=True)
+    check_int("n", n, minimum=0)
     it = _iter_stories(_check_seed(seed))
     return [(story, int(happy)) for story, happy in (next(it) for _ in range(n))]
 
@@ -369,7 +363,7 @@ def translation_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     >>> translation_pairs(1, seed=1)
     [('the small horses paint a fox .', 'lo kavuek pik un rasko pintar .')]
     """
-    _check_int("n", n, allow_zero=True)
+    check_int("n", n, minimum=0)
     rng = random.Random(_check_seed(seed))
     pairs = []
     for _ in range(n):
@@ -503,7 +497,7 @@ def arithmetic(
     >>> [item["question"] for item in arithmetic(3, seed=0)]
     ['75-15', '55-48', '242+27']
     """
-    _check_int("n", n, allow_zero=True)
+    check_int("n", n, minimum=0)
     if (
         not isinstance(n_digits, (tuple, list))
         or len(n_digits) != 2
@@ -639,10 +633,10 @@ def batches(
     (torch.Size([2, 4]), True)
     """
     data = _as_token_tensor(token_ids)
-    _check_int("batch_size", batch_size)
-    _check_int("seq_len", seq_len)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("seq_len", seq_len, minimum=1)
     if num_batches is not None:
-        _check_int("num_batches", num_batches, allow_zero=True)
+        check_int("num_batches", num_batches, minimum=0)
     if data.numel() < seq_len + 1:
         raise ValueError(
             f"token_ids must hold at least seq_len + 1 = {seq_len + 1} tokens, got {data.numel()}"
@@ -674,8 +668,8 @@ def sequential_batches(
     fewer rows); trailing tokens that do not fill a window of ``seq_len + 1`` are dropped.
     """
     data = _as_token_tensor(token_ids)
-    _check_int("batch_size", batch_size)
-    _check_int("seq_len", seq_len)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("seq_len", seq_len, minimum=1)
     n_windows = (data.numel() - 1) // seq_len
     if n_windows == 0:
         raise ValueError(

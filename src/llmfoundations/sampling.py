@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from llmfoundations._validate import (
+    check_int,
     check_positive,
     check_probability,
     check_same_device,
@@ -77,14 +78,6 @@ NEG_INF = float("-inf")
 
 # --------------------------------------------------------------------------- checks
 
-
-def _check_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Raise unless ``value`` is an int (not a bool) that is at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_logits(logits: object, name: str = "logits") -> torch.Tensor:
@@ -155,7 +148,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     >>> top_k_filter(torch.tensor([[3.0, 2.0, 2.0, 1.0]]), 2)
     tensor([[3., 2., 2., -inf]])
     """
-    _check_int("k", k)
+    check_int("k", k, minimum=1)
     _check_logits(logits)
     k = min(k, logits.shape[-1])
     kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
@@ -183,7 +176,7 @@ def top_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) ->
     tensor([[   -inf,    -inf, -1.2040, -0.9163]])
     """
     check_probability("p", p)
-    _check_int("min_tokens_to_keep", min_tokens_to_keep)
+    check_int("min_tokens_to_keep", min_tokens_to_keep, minimum=1)
     _check_logits(logits)
     sorted_logits, order = torch.sort(logits, dim=-1)  # (B, V), least likely first
     tail_mass = _softmax(sorted_logits).cumsum(dim=-1)  # (B, V): this token and all below it
@@ -206,7 +199,7 @@ def min_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) ->
     tensor([[1.3863, 0.6931,   -inf]])
     """
     check_probability("p", p, low_open=False)
-    _check_int("min_tokens_to_keep", min_tokens_to_keep)
+    check_int("min_tokens_to_keep", min_tokens_to_keep, minimum=1)
     _check_logits(logits)
     probs = _softmax(logits)  # (B, V)
     threshold = p * probs.amax(dim=-1, keepdim=True)  # (B, 1)
@@ -299,7 +292,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         check_positive("temperature", self.temperature, allow_zero=True)
         if self.top_k is not None:
-            _check_int("top_k", self.top_k)
+            check_int("top_k", self.top_k, minimum=1)
         if self.top_p is not None:
             check_probability("top_p", self.top_p)
         if self.min_p is not None:
@@ -517,10 +510,10 @@ def beam_search(
     float64 for float64 logits).
     """
     check_tensor("input_ids", input_ids, ndim=2, dtype=torch.long, nonempty=True)
-    _check_int("num_beams", num_beams)
-    _check_int("max_new_tokens", max_new_tokens)
+    check_int("num_beams", num_beams, minimum=1)
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
     if eos_token_id is not None:
-        _check_int("eos_token_id", eos_token_id, minimum=0)
+        check_int("eos_token_id", eos_token_id, minimum=0)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
         raise TypeError(f"length_penalty must be a number, got {type(length_penalty).__name__}")
     if not math.isfinite(length_penalty):
@@ -576,7 +569,7 @@ def sequence_logprob(
     divide by the number of scored tokens for a per-token average.
     """
     check_tensor("ids", ids, ndim=2, dtype=torch.long, nonempty=True)
-    _check_int("prompt_len", prompt_len)
+    check_int("prompt_len", prompt_len, minimum=1)
     batch, length = ids.shape
     if prompt_len > length:
         raise ValueError(f"prompt_len must be <= the sequence length {length}, got {prompt_len}")
@@ -629,11 +622,11 @@ def best_of_n(
     log-probability under ``model`` (:func:`sequence_logprob` from ``prompt_len`` on).
     The first candidate wins ties.
     """
-    _check_int("n", n)
+    check_int("n", n, minimum=1)
     if scorer is None:
         if model is None or prompt_len is None:
             raise ValueError("best_of_n needs a scorer, or a model and prompt_len for the default")
-        _check_int("prompt_len", prompt_len)
+        check_int("prompt_len", prompt_len, minimum=1)
 
         def score_fn(sequence: torch.Tensor) -> float | torch.Tensor:
             with torch.no_grad():
@@ -691,7 +684,7 @@ def distinct_n(texts: Sequence[Tokens], n: int) -> float:
     >>> distinct_n(["the cat sat", "the cat ran"], 2)
     0.75
     """
-    _check_int("n", n)
+    check_int("n", n, minimum=1)
     if isinstance(texts, (str, torch.Tensor)) or not isinstance(texts, Sequence):
         raise TypeError(
             f"texts must be a list of texts or token sequences, got {type(texts).__name__}"
@@ -711,6 +704,6 @@ def repetition_rate(tokens: Tokens, n: int) -> float:
     >>> repetition_rate("a b a b a b", 2)
     0.6
     """
-    _check_int("n", n)
+    check_int("n", n, minimum=1)
     grams = _ngrams(_as_tokens("tokens", tokens), n)
     return 1 - len(set(grams)) / len(grams) if grams else 0.0

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from llmfoundations._validate import (
     check_choice,
+    check_int,
     check_positive,
     check_same_device,
     check_tensor,
@@ -62,12 +63,6 @@ __all__ = [
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _CHECKPOINT_FORMAT = "llmfoundations.checkpoint"
 
-
-def _check_int(name: str, value: object, *, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    check_positive(name, value, allow_zero=allow_zero)
-    return value
 
 
 # ------------------------------------------------------------------------------ loss
@@ -123,9 +118,9 @@ def cosine_schedule(
     >>> [round(cosine_schedule(s, 2, 10), 3) for s in (0, 1, 2, 6, 10)]
     [0.5, 1.0, 1.0, 0.55, 0.1]
     """
-    _check_int("step", step, allow_zero=True)
-    _check_int("warmup_steps", warmup_steps, allow_zero=True)
-    _check_int("total_steps", total_steps)
+    check_int("step", step, minimum=0)
+    check_int("warmup_steps", warmup_steps, minimum=0)
+    check_int("total_steps", total_steps, minimum=1)
     if warmup_steps > total_steps:
         raise ValueError(
             f"warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})"
@@ -237,7 +232,7 @@ def save_checkpoint(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _check_int("step", step, allow_zero=True)
+    check_int("step", step, minimum=0)
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra must be a dict or None, got {type(extra).__name__}")
     payload = {
@@ -304,9 +299,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup_steps", "eval_every"):
-            _check_int(name, getattr(self, name), allow_zero=True)
+            check_int(name, getattr(self, name), minimum=0)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
         check_positive("lr", self.lr)
@@ -479,7 +474,7 @@ def evaluate(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if max_batches is not None:
-        _check_int("max_batches", max_batches)
+        check_int("max_batches", max_batches, minimum=1)
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training
