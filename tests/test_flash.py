@@ -567,3 +567,8 @@ def test_benchmark_check_runs(repo_root, capsys):
     device = DEVICE
     assert bench.check(device=device, shapes=[(1, 2, 1, 40, 16, True)])
     assert "FAILED" not in capsys.readouterr().out
+
+
+def test_online_softmax_with_a_leading_block_of_minus_infinity():
+    x = torch.tensor([[-math.inf, -math.inf, 1.0, 2.0], [0.5, -math.inf, -math.inf, 3.0]])
+    torch.testing.assert_close(online_softmax(x, block_size=2), torch.softmax(x, -1), atol=1e-7, rtol=0)

@@ -162,7 +162,9 @@ def online_softmax(x: torch.Tensor, block_size: int) -> torch.Tensor:
     for start in range(0, x.shape[-1], block_size):
         block = x[..., start : start + block_size]  # (..., block)
         m_new = torch.maximum(m, block.amax(dim=-1))
-        l = l * torch.exp(m - m_new) + torch.exp(block - m_new[..., None]).sum(dim=-1)
+        # While a row has seen only -inf, m_new is -inf too: shift by 0 so exp gives 0, not NaN.
+        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        l = l * torch.exp(m - m_safe) + torch.exp(block - m_safe[..., None]).sum(dim=-1)
         m = m_new
     return torch.exp(x - m[..., None]) / l[..., None]
 
