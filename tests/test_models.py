@@ -528,3 +528,19 @@ def test_greedy_decode_stops_when_every_row_ends():
         model.greedy_decode(torch.randint(0, V, (2, 4)), bos_id=1, eos_id=V, max_len=3)
     with pytest.raises(ValueError, match="max_len"):
         model.greedy_decode(torch.randint(0, V, (2, 4)), bos_id=1, eos_id=0, max_len=0)
+
+
+def test_mixtral_preset_is_a_sparse_llama():
+    pytest.importorskip("llmfoundations.moe")
+    config = ModelConfig.mixtral(vocab_size=50)
+    assert (config.ffn, config.n_experts, config.top_k) == ("moe", 8, 2)
+    assert (config.norm, config.positional) == ("rmsnorm", "rope")
+    model = DecoderLM(config)
+    ids = torch.randint(0, 50, (2, 7))
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (2, 7, 50)
+    assert out.aux_loss is not None and out.aux_loss.requires_grad
+    # 8 experts' weights exist, but each token runs only 2 of them
+    block = model.blocks[0]
+    assert len(block.ffn.experts) == 8
+    assert int(block.ffn.tokens_per_expert.sum()) == 2 * 2 * 7

@@ -221,7 +221,7 @@ def _make_ffn(
     if ffn == "swiglu":
         return SwiGLU(d_model, d_ff, bias=bias)
     if ffn == "moe":
-        from llmfoundations.moe import MoELayer  # lazy: moe.py builds on this module
+        from llmfoundations.moe import MoELayer  # imported only when a block needs it
 
         return MoELayer(
             d_model,

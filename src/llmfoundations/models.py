@@ -214,6 +214,25 @@ class ModelConfig:
         )
 
     @classmethod
+    def mixtral(
+        cls,
+        vocab_size: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        n_kv_heads: int | None = 2,
+        max_seq_len: int = 256,
+        **overrides,
+    ) -> ModelConfig:
+        """A toy Mixtral: the Llama-style decoder with every feed-forward replaced by a
+        mixture of 8 SwiGLU experts, 2 active per token (Jiang et al., 2024,
+        https://arxiv.org/abs/2401.04088). Mixtral itself does not tie embeddings."""
+        base = dict(ffn="moe", n_experts=8, top_k=2, tie_embeddings=False)
+        return cls.llama(
+            vocab_size, d_model, n_layers, n_heads, n_kv_heads, max_seq_len, **(base | overrides)
+        )
+
+    @classmethod
     def bert(
         cls,
         vocab_size: int,
