@@ -62,11 +62,15 @@ class LabTable(Directive):
             "| Lab | Objectives | CPU | GPU | GPU use |",
             "| --- | --- | --- | --- | --- |",
         ]
+        found = self.state.document.settings.env.found_docs
         for path in sorted((ROOT / "labs").glob("*.ipynb")):
             meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("llmfoundations", {})
             objectives = "; ".join(meta.get("objectives", []))
+            title = meta.get("title", path.stem)
+            if f"labs/{path.stem}" in found:  # a lab not (yet) in the table of contents: no link
+                title = f"{{doc}}`{title} </labs/{path.stem}>`"
             lines.append(
-                f"| {{doc}}`{meta.get('title', path.stem)} </labs/{path.stem}>` | {objectives} "
+                f"| {title} | {objectives} "
                 f"| {meta.get('cpu_minutes', '?')} min | {meta.get('gpu_minutes', '?')} min "
                 f"| {meta.get('gpu', '?')} |"
             )
