@@ -41,3 +41,21 @@ def test_a_blank_answer_fails_with_not_implemented():
 
     with pytest.raises(NotImplementedError):
         checks.check_softmax(blank)
+
+
+ALL_CHECKS = sorted(n for n in checks.__all__ if n.startswith("check_"))
+
+
+@pytest.mark.parametrize("name", ALL_CHECKS)
+def test_every_check_fails_on_a_blank_answer(name):
+    def blank(*args, **kwargs):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        getattr(checks, name)(blank)
+
+
+@pytest.mark.parametrize("name", ALL_CHECKS)
+def test_every_check_rejects_a_non_function(name):
+    with pytest.raises(TypeError, match="expected a function, got int"):
+        getattr(checks, name)(3)
