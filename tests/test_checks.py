@@ -13,6 +13,21 @@ def test_checks_collects_every_topic_module():
     assert "check_softmax" in checks.__all__
 
 
+def test_two_topics_exporting_one_name_is_an_import_error(tmp_path, monkeypatch):
+    import importlib
+    import shutil
+    import sys
+    from pathlib import Path
+
+    package = tmp_path / "fakechecks"
+    shutil.copytree(Path(checks.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "zz_clash.py").write_text("__all__ = ['check_softmax']\ncheck_softmax = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fakechecks", raising=False)
+    with pytest.raises(ImportError, match="zz_clash redefines 'check_softmax'"):
+        importlib.import_module("fakechecks")
+
+
 def test_softmax_check_passes_a_correct_answer(capsys):
     def good(x):
         z = x - x.max(-1, keepdim=True).values

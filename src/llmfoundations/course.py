@@ -365,6 +365,10 @@ def check_links(repo: Repo) -> list[str]:
 # --------------------------------------------------------------------------- execute
 
 
+#: Threads the labs' stored outputs are computed with; ``.ci/test`` uses the same.
+LAB_THREADS = "2"
+
+
 def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
     """Run labs top to bottom on the CPU and store their outputs (and widget state)."""
     import nbformat
@@ -376,6 +380,9 @@ def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
         old = os.environ.get("IPYTHONDIR")
         os.environ["IPYTHONDIR"] = env_ipython  # plotly figures also carry HTML for the site
         os.environ.setdefault("LLMF_DEVICE", "cpu")
+        # Trained numbers depend on the thread count (the order of float sums), so labs
+        # are stored from, and checked at, the CI machine's two threads.
+        os.environ["OMP_NUM_THREADS"] = LAB_THREADS
         try:
             client = NotebookClient(
                 nb,

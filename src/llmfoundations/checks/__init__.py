@@ -7,7 +7,7 @@ to the course's reference, and either prints a one-line confirmation or raises
 
 Labs call them as ``from llmfoundations import checks; checks.check_softmax(softmax)``.
 The checks live in one submodule per topic (``checks/basics.py``, ...); every name in a
-submodule's ``__all__`` is available here.
+submodule's ``__all__`` is available here, and a name exported twice is an import error.
 """
 
 from __future__ import annotations
@@ -24,5 +24,7 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         continue
     _module = importlib.import_module(f"{__name__}.{_info.name}")
     for _name in getattr(_module, "__all__", ()):
+        if _name in globals():  # two topics must not silently shadow each other's check
+            raise ImportError(f"checks.{_info.name} redefines {_name!r}, already exported by the checks package")
         globals()[_name] = getattr(_module, _name)
         __all__.append(_name)
