@@ -1,0 +1,339 @@
+"""Decoding speed and memory: the course's ``generate`` with and without a KV cache, beside
+Hugging Face ``transformers``' ``generate``.
+
+One process loads SmolLM2-135M-Instruct twice from the same GGUF file, both in float32:
+
+- **ours**: ``pretrained.load_smollm2()`` -> ``DecoderLM``, run by ``generate.generate``
+  (greedy, no stop tokens) with ``use_cache=True`` and with ``use_cache=False`` (a full
+  forward pass over the whole sequence at every step);
+- **transformers**: ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)``, run by its
+  ``generate`` (greedy, ``use_cache=True``, no end-of-sequence token, so it never stops early).
+
+Every run generates 128 new tokens after chat-formatted prompts: batch 1, and batch 8
+(prompts of different lengths, left-padded, same ids and mask for both). The runs are
+interleaved over several rounds and the best round is kept (the machine is shared and
+noisy). Timing comes from a streamer that notes the time at every step:
+
+- *time to first token*: the prefill pass over the prompt and the first choice;
+- *decode tokens/s*: ``B * 127`` tokens over the time from the first to the last step;
+- *end-to-end tokens/s*: ``B * 128`` over the whole call.
+
+Memory: the KV cache's bytes (``2 * layers * B * Hkv * T * D * 4``), and the growth of the
+process's peak resident memory during one call (Linux: the peak is reset through
+``/proc/self/clear_refs`` before each call and read from ``VmHWM`` after it).
+
+    python benchmarks/generation.py            # writes benchmarks/results/generation.md
+    python benchmarks/generation.py --rounds 1 --no-write   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+
+from llmfoundations import pretrained
+from llmfoundations.generate import generate
+from llmfoundations.kv_cache import kv_cache_bytes
+
+RESULTS = Path(__file__).resolve().parent / "results" / "generation.md"
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain in one sentence why the sky is blue.",
+    "Give me three tips for learning to play the guitar, each in one short sentence.",
+    "What is 12 + 7?",
+    "Translate 'good morning' into French and Spanish.",
+    "Name two planets of the solar system and say which one is larger, and by roughly how much.",
+    "Hi!",
+]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class StepClock:
+    """Notes the time of every generation step; works as our ``streamer`` and as a
+    ``transformers`` streamer (whose first ``put`` is the prompt, not a new token)."""
+
+    def __init__(self, hf: bool = False) -> None:
+        self.times: list[float] = []
+        self._skip_prompt = hf
+
+    def __call__(self, tokens) -> None:  # ours: once per step
+        self.times.append(time.perf_counter())
+
+    def put(self, value) -> None:  # transformers: the prompt, then once per step
+        if self._skip_prompt:
+            self._skip_prompt = False
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _status_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def reset_peak_memory() -> int | None:
+    """Return freed memory to the OS, reset the peak RSS, return the current RSS (KiB);
+    ``None`` where this is not possible (not Linux)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kib("VmRSS")
+    except OSError:
+        return None
+
+
+def peak_growth_mib(rss_before: int | None) -> float | None:
+    return None if rss_before is None else (_status_kib("VmHWM") - rss_before) / 1024
+
+
+@dataclass
+class Case:
+    name: str
+    batch: int
+    run: object  # () -> (sequences, StepClock)
+    kv_bytes: int | None
+    times: list[tuple[float, float, float]] = field(default_factory=list)  # (ttft, decode, total)
+    peak_mib: float | None = None
+    sequences: torch.Tensor | None = None
+
+    def measure(self) -> None:
+        before = reset_peak_memory()
+        start = time.perf_counter()
+        sequences, clock = self.run()
+        total = time.perf_counter() - start
+        growth = peak_growth_mib(before)
+        if growth is not None:
+            self.peak_mib = max(self.peak_mib or 0.0, growth)
+        first, last = clock.times[0], clock.times[-1]
+        self.times.append((first - start, last - first, total))
+        self.sequences = sequences
+
+    def best(self, new_tokens: int) -> dict[str, float]:
+        ttft = min(t[0] for t in self.times)
+        decode = max(self.batch * (new_tokens - 1) / t[1] for t in self.times)
+        total = max(self.batch * new_tokens / t[2] for t in self.times)
+        return {"ttft": ttft, "decode": decode, "total": total}
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def load_transformers() -> torch.nn.Module:
+    path = pretrained.smollm2_gguf_path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+def prompts(tokenizer, n: int) -> list[list[int]]:
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS[:n]]
+    return [tokenizer.encode(pretrained.apply_chat_template(c)) for c in chats]
+
+
+def make_cases(ours, hf, tokenizer, new_tokens: int) -> list[Case]:
+    config = ours.config
+    cases = []
+    for batch in (1, 8):
+        rows = prompts(tokenizer, batch)
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pretrained.PAD_ID] * (width - len(r)) + r for r in rows])  # (B, T)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])  # (B, T)
+        cache = kv_cache_bytes(
+            config.n_layers,
+            batch,
+            config.kv_heads,
+            config.head_dim,
+            width + new_tokens,
+            torch.float32,
+        )
+
+        def ours_run(use_cache: bool, ids=ids, mask=mask):
+            clock = StepClock()
+            out = generate(
+                ours,
+                ids,
+                new_tokens,
+                attention_mask=mask,
+                use_cache=use_cache,
+                pad_token_id=pretrained.PAD_ID,
+                streamer=clock,
+            )
+            return out, clock
+
+        def hf_run(ids=ids, mask=mask):
+            clock = StepClock(hf=True)
+            with torch.inference_mode():
+                out = hf.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    eos_token_id=None,
+                    pad_token_id=pretrained.PAD_ID,
+                    streamer=clock,
+                )
+            return out, clock
+
+        cases.append(Case("ours, KV cache", batch, lambda f=ours_run: f(True), cache))
+        if batch == 1:
+            cases.append(Case("ours, no cache", batch, lambda f=ours_run: f(False), None))
+        cases.append(Case("transformers, KV cache", batch, hf_run, cache))
+    return cases
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(load: str | None) -> str:
+    parts = [
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores visible, torch threads "
+        f"{torch.get_num_threads()}",
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}",
+        f"{platform.system()} {platform.release()}",
+    ]
+    if load is not None:
+        parts.append(f"1-minute load average {load}")
+    return "; ".join(parts)
+
+
+def report(cases: list[Case], new_tokens: int, rounds: int, load: str | None) -> str:
+    best = {(c.name, c.batch): c.best(new_tokens) for c in cases}
+    lines = [
+        "# Decoding with and without a KV cache, and transformers' `generate`",
+        "",
+        f"SmolLM2-135M-Instruct (float32, from the same GGUF file), greedy, {new_tokens} new "
+        f"tokens after chat-formatted prompts, no early stop; best of {rounds} interleaved "
+        "rounds. Written by `benchmarks/generation.py`.",
+        "",
+        "| implementation | batch | time to first token (s) | decode tokens/s | "
+        "end-to-end tokens/s | KV cache (MiB) | peak RSS growth (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in cases:
+        b = best[(c.name, c.batch)]
+        kv = "" if c.kv_bytes is None else f"{c.kv_bytes / 2**20:.1f}"
+        peak = "n/a" if c.peak_mib is None else f"{c.peak_mib:.0f}"
+        lines.append(
+            f"| {c.name} | {c.batch} | {b['ttft']:.2f} | {b['decode']:.1f} | "
+            f"{b['total']:.1f} | {kv} | {peak} |"
+        )
+    ours1, hf1 = best[("ours, KV cache", 1)], best[("transformers, KV cache", 1)]
+    slow1 = best[("ours, no cache", 1)]
+    ours8, hf8 = best[("ours, KV cache", 8)], best[("transformers, KV cache", 8)]
+    same = {
+        batch: torch.equal(
+            next(c for c in cases if c.name == "ours, KV cache" and c.batch == batch).sequences,
+            next(
+                c for c in cases if c.name.startswith("transformers") and c.batch == batch
+            ).sequences,
+        )
+        for batch in (1, 8)
+    }
+    cached_equal = torch.equal(
+        next(c for c in cases if c.name == "ours, no cache").sequences,
+        next(c for c in cases if c.name == "ours, KV cache" and c.batch == 1).sequences,
+    )
+    lines += [
+        "",
+        "Ratios of decode tokens/s (end-to-end in brackets):",
+        "",
+        f"- ours with cache / transformers, batch 1: **{ours1['decode'] / hf1['decode']:.2f}** "
+        f"({ours1['total'] / hf1['total']:.2f})",
+        f"- ours with cache / transformers, batch 8: **{ours8['decode'] / hf8['decode']:.2f}** "
+        f"({ours8['total'] / hf8['total']:.2f})",
+        f"- ours with cache / without cache, batch 1: **{ours1['decode'] / slow1['decode']:.1f}** "
+        f"({ours1['total'] / slow1['total']:.1f})",
+        "",
+        "Same tokens as transformers: "
+        f"batch 1 {'yes' if same[1] else 'NO'}, batch 8 {'yes' if same[8] else 'NO'}; "
+        f"with and without the cache: {'yes' if cached_equal else 'NO'}.",
+        "",
+        "Peak RSS growth is how far the process's peak resident memory rose above its "
+        "resident memory before the call (the 513 MiB of weights of each model are not "
+        "counted): the cache plus activations, the logits, and allocator slack. Without a "
+        "cache, each step recomputes the whole sequence's activations and logits instead.",
+        "",
+        f"Machine: {machine(load)}.",
+        "",
+        "Command: `python benchmarks/generation.py`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    ours, tokenizer = pretrained.load_smollm2()
+    hf = load_transformers()
+    cases = make_cases(ours, hf, tokenizer, args.new_tokens)
+    warm = make_cases(ours, hf, tokenizer, 4)  # first calls allocate and pick kernels
+    for case in warm:
+        case.measure()
+    by_key = {(c.name, c.batch): c for c in cases}
+    pairs = [(by_key[("ours, KV cache", b)], by_key[("transformers, KV cache", b)]) for b in (1, 8)]
+    for r in range(args.rounds):
+        # Ours and transformers run back to back, in alternating order, so that both see the
+        # same machine; the long uncached run comes last.
+        order = [c for pair in pairs for c in (pair if r % 2 == 0 else pair[::-1])]
+        for case in [*order, by_key[("ours, no cache", 1)]]:
+            case.measure()
+            print(
+                f"round {r + 1}: {case.name}, batch {case.batch}: "
+                f"{case.batch * args.new_tokens / case.times[-1][2]:.1f} tokens/s",
+                flush=True,
+            )
+        # Write after every round, so that an interrupted run still leaves a table.
+        load = None
+        if load_start is not None:
+            load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        text = report(cases, args.new_tokens, r + 1, load)
+        if not args.no_write:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+    print(text)
+    if not args.no_write:
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
