@@ -445,3 +445,19 @@ def test_mha_errors():
         mha(torch.randn(2, 3, 16), torch.randn(1, 4, 16))
     with pytest.raises(TypeError, match="kv_cache"):
         mha(torch.randn(2, 3, 16), kv_cache=object())
+
+
+def test_precomputed_rope_angles_give_the_same_attention_and_are_checked():
+    from llmfoundations.positional import rope_cos_sin
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4, n_kv_heads=2, rope_theta=10000.0).eval()
+    x = torch.randn(2, 6, 32)
+    positions = torch.arange(3, 9)
+    expected = mha(x, positions=positions)
+    cos_sin = rope_cos_sin(positions, 8)
+    torch.testing.assert_close(mha(x, rope_cos_sin=cos_sin), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"rope_cos_sin cos must end with \(T, D/2\)"):
+        mha(x, rope_cos_sin=rope_cos_sin(positions[:5], 8))
+    with pytest.raises(TypeError, match="rope_cos_sin must be a \\(cos, sin\\) pair"):
+        mha(x, rope_cos_sin=cos_sin[0])

@@ -252,3 +252,15 @@ def test_rope_errors():
         apply_rope(torch.ones(4, 8, dtype=torch.long), torch.arange(4))
     with pytest.raises(TypeError, match="interleaved"):
         apply_rope(x, torch.arange(4), interleaved="yes")
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_precomputed_angles_rotate_exactly_like_apply_rope(interleaved):
+    from llmfoundations.positional import rope_cos_sin, rotate_pairs
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 5, 8, generator=g)  # (B, H, T, D)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]])  # (B, T), second row left-padded
+    cos, sin = rope_cos_sin(positions[:, None], 8, 500.0)  # (B, 1, T, D/2) each
+    expected = apply_rope(x, positions, 500.0, interleaved)
+    torch.testing.assert_close(rotate_pairs(x, cos, sin, interleaved), expected, rtol=0, atol=0)

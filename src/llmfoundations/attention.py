@@ -57,7 +57,7 @@ from llmfoundations._validate import (
     check_same_device,
     check_tensor,
 )
-from llmfoundations.positional import apply_rope
+from llmfoundations.positional import apply_rope, rotate_pairs
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -254,6 +254,19 @@ def _cache_length(cache: object) -> int:
     )
 
 
+def _check_cos_sin(rope_cos_sin: object, t: int, head_dim: int) -> tuple[Tensor, Tensor]:
+    """Check precomputed RoPE angles: a pair of float tensors ``(..., T, D/2)``."""
+    if not (isinstance(rope_cos_sin, tuple) and len(rope_cos_sin) == 2):
+        raise TypeError(f"rope_cos_sin must be a (cos, sin) pair of tensors, got {type(rope_cos_sin).__name__}")
+    for name, value in zip(("cos", "sin"), rope_cos_sin, strict=True):
+        check_tensor(f"rope_cos_sin {name}", value, min_ndim=2, floating=True)
+        if tuple(value.shape[-2:]) != (t, head_dim // 2):
+            raise ValueError(
+                f"rope_cos_sin {name} must end with (T, D/2) = {(t, head_dim // 2)}, got {tuple(value.shape)}"
+            )
+    return rope_cos_sin
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with grouped-query / multi-query variants, RoPE and a KV cache.
 
@@ -406,6 +419,7 @@ class MultiHeadAttention(nn.Module):
         *,
         attn_mask: Tensor | None = None,
         positions: Tensor | None = None,
+        rope_cos_sin: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCacheLike | None = None,
         need_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -422,6 +436,9 @@ class MultiHeadAttention(nn.Module):
                 cached positions too.
             positions: absolute positions for RoPE, ``(T,)`` or ``(B, T)``. Default
                 ``offset + arange(T)``, ``offset`` being the cache length before this call.
+            rope_cos_sin: the RoPE angles' ``(cos, sin)`` for these positions, each
+                ``(T, D/2)`` or ``(B, 1, T, D/2)`` (``positional.rope_cos_sin``), computed once
+                by the model for all its layers; they replace ``positions``.
             kv_cache: a per-layer cache (see ``KVCacheLike``). New keys and values (after RoPE)
                 are appended and attention runs over all stored positions, with a causal mask
                 aligned bottom-right. Self-attention only.
@@ -453,7 +470,11 @@ class MultiHeadAttention(nn.Module):
         v = rearrange(self.v_proj(source), kv_heads, g=self.n_kv_heads)  # (B, Hkv, S, D)
 
         past = _cache_length(kv_cache) if kv_cache is not None else 0
-        if self.rope_theta is not None and not cross:
+        if self.rope_theta is not None and not cross and rope_cos_sin is not None:
+            cos, sin = _check_cos_sin(rope_cos_sin, t, self.head_dim)
+            q = rotate_pairs(q, cos, sin, self.rope_interleaved)
+            k = rotate_pairs(k, cos, sin, self.rope_interleaved)
+        elif self.rope_theta is not None and not cross:
             if positions is None:
                 positions = torch.arange(past, past + t, device=x.device)  # (T,)
             q = apply_rope(q, positions, self.rope_theta, self.rope_interleaved)
@@ -466,6 +487,9 @@ class MultiHeadAttention(nn.Module):
         if causal and attn_mask is None and t == t_k and self.fused and not need_weights:
             # Plain causal self-attention: torch's causal kernel needs no mask tensor.
             out, weights = self._attend(q, k, v, None, need_weights, is_causal=True)
+        elif causal and attn_mask is None and t == 1:
+            # One new query after a cache, no padding: it sees every key, no mask needed.
+            out, weights = self._attend(q, k, v, None, need_weights)
         else:
             mask = self._build_mask(attn_mask, b, t, t_k, causal, x.device)  # (B|1, H|1, T, Tk)
             out, weights = self._attend(q, k, v, mask, need_weights)  # (B, H, T, D)

@@ -39,7 +39,7 @@ from llmfoundations._validate import (
 )
 from llmfoundations.kv_cache import KVCache
 from llmfoundations.layers import FFNS, NORMS, TransformerBlock, default_d_ff, make_norm
-from llmfoundations.positional import LearnedPositionalEmbedding, sinusoidal_encoding
+from llmfoundations.positional import LearnedPositionalEmbedding, rope_cos_sin, sinusoidal_encoding
 
 __all__ = [
     "ModelConfig",
@@ -573,12 +573,16 @@ class DecoderLM(_TransformerModel):
         positions = self._check_positions(positions, b, t)
 
         x = self._embed(ids, positions)  # (B, T, C)
+        rope = None
+        if config.positional == "rope":  # the same angles for every layer: compute them once
+            aligned = positions[:, None] if positions.ndim == 2 else positions  # (B, 1, T) or (T,)
+            rope = rope_cos_sin(aligned, config.head_dim, config.rope_theta)  # (..., T, D/2) each
         attentions = []
         for i, block in enumerate(self.blocks):
             out = block(
                 x,
                 attn_mask=attention_mask,
-                positions=positions if config.positional == "rope" else None,
+                rope_cos_sin=rope,
                 kv_cache=kv_cache.layers[i] if kv_cache is not None else None,
                 need_weights=output_attentions,
             )

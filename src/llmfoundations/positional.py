@@ -40,6 +40,8 @@ __all__ = [
     "rope_frequencies",
     "rope_angles",
     "apply_rope",
+    "rope_cos_sin",
+    "rotate_pairs",
 ]
 
 
@@ -215,8 +217,28 @@ def apply_rope(
     if not isinstance(interleaved, bool):
         raise TypeError(f"interleaved must be a bool, got {type(interleaved).__name__}")
     positions = _align_positions(_check_positions(positions), x)
-    angle = rope_angles(positions.to(x.device), x.shape[-1], theta)  # (..., T, D/2)
-    cos, sin = angle.cos(), angle.sin()
+    cos, sin = rope_cos_sin(positions.to(x.device), x.shape[-1], theta)  # (..., T, D/2) each
+    return rotate_pairs(x, cos, sin, interleaved)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """Cosine and sine of every rotation angle, ``(..., T)`` -> two ``(..., T, D/2)`` (float32).
+
+    They depend only on the positions, so a model computes them once per forward pass and
+    hands them to every layer (``rope_cos_sin=`` of ``MultiHeadAttention.forward``) instead
+    of recomputing them for the queries and keys of each layer.
+    """
+    angle = rope_angles(positions, head_dim, theta)  # (..., T, D/2)
+    return angle.cos(), angle.sin()
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotate the pairs of ``x`` ``(..., T, D)`` by precomputed angles (``rope_cos_sin``).
+
+    ``cos`` and ``sin`` are ``(..., T, D/2)`` and broadcast against ``x[..., ::2]``. The
+    rotation is done in float32 and cast back to ``x.dtype``; ``apply_rope`` is this plus
+    computing the angles from positions.
+    """
     a, b = rearrange(x.to(torch.float32), _SPLIT_PAIRS[interleaved], two=2)  # (..., T, D/2) each
     rotated = torch.stack((a * cos - b * sin, a * sin + b * cos))  # (2, ..., T, D/2)
     return rearrange(rotated, _JOIN_PAIRS[interleaved]).to(x.dtype)  # (..., T, D)
