@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from llmfoundations.positional import apply_rope, sinusoidal_encoding
 
-from .core import compare_with_reference
+from .core import check_callable, compare_with_reference
 
 __all__ = [
     "check_count_pairs",
@@ -125,10 +125,6 @@ def _as_list_keeping_input(name: str, student: Callable[..., Any]) -> Callable[.
     return wrapped
 
 
-def _check_callable(name: str, student: object) -> None:
-    if not callable(student):
-        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
-
 
 def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=generator)
@@ -139,7 +135,7 @@ def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
 
 def check_count_pairs(student: Callable[[list[int]], Mapping[Pair, int]]) -> None:
     """Lab 01-1: ``count_pairs(ids)`` -> ``{(a, b): count}`` over adjacent pairs."""
-    _check_callable("count_pairs", student)
+    check_callable("count_pairs", student)
     rng = torch.Generator().manual_seed(11)
     cases = [
         [1, 2, 3, 1, 2],
@@ -161,7 +157,7 @@ def check_count_pairs(student: Callable[[list[int]], Mapping[Pair, int]]) -> Non
 
 def check_merge(student: Callable[[list[int], Pair, int], list[int]]) -> None:
     """Lab 01-1: ``merge(ids, pair, new_id)`` -> a new list with the pair replaced."""
-    _check_callable("merge", student)
+    check_callable("merge", student)
     rng = torch.Generator().manual_seed(12)
     cases: list[tuple[list[int], Pair, int]] = [
         ([1, 2, 3, 1, 2], (1, 2), 9),
@@ -185,7 +181,7 @@ def check_merge(student: Callable[[list[int], Pair, int], list[int]]) -> None:
 
 def check_train_bpe(student: Callable[..., Mapping[Pair, int]]) -> None:
     """Lab 01-1: ``train_bpe(ids, n_merges, first_id=256)`` -> ``{pair: new_id}``."""
-    _check_callable("train_bpe", student)
+    check_callable("train_bpe", student)
     cases = [
         ((list(b"aaabdaaabac"), 3), {}),
         ((list(b"low lower lowest newer wider"), 8), {}),
@@ -214,7 +210,7 @@ def _reference_causal_attention(
 
 def check_attention(student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-2: ``attention(q, k, v)`` = softmax(q k^T / sqrt(D)) v, no mask."""
-    _check_callable("attention", student)
+    check_callable("attention", student)
     g = torch.Generator().manual_seed(21)
     # (Tq, D), (Tk, D), (Tk, Dv) with leading batch/head axes; Tq != Tk and D != Dv catch
     # transposes, the softmax over the wrong axis and scaling by the wrong size.
@@ -234,7 +230,7 @@ def check_causal_attention(
     student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
     """Lab 01-2: ``causal_attention(q, k, v)``: position ``i`` attends to ``j <= i`` only."""
-    _check_callable("causal_attention", student)
+    check_callable("causal_attention", student)
     g = torch.Generator().manual_seed(22)
     shapes = [(1, 2), (4, 2), (6, 8), (2, 5, 4), (2, 3, 7, 16)]
     cases = []
@@ -256,7 +252,7 @@ def check_repeat_kv(student: Callable[[torch.Tensor, int], torch.Tensor]) -> Non
     Query head ``h`` must see key/value head ``h // n_rep`` (the layout of
     ``MultiHeadAttention`` and of Hugging Face models).
     """
-    _check_callable("repeat_kv", student)
+    check_callable("repeat_kv", student)
     g = torch.Generator().manual_seed(23)
     cases = [
         ((_randn(g, 1, 2, 3, 4), 2), {}),
@@ -273,7 +269,7 @@ def check_repeat_kv(student: Callable[[torch.Tensor, int], torch.Tensor]) -> Non
 
 def check_sinusoidal(student: Callable[[int, int], torch.Tensor]) -> None:
     """Lab 01-3: ``sinusoidal(n_positions, d_model)``, the 2017 table ``(T, C)``."""
-    _check_callable("sinusoidal", student)
+    check_callable("sinusoidal", student)
     cases = [((1, 2), {}), ((4, 2), {}), ((6, 4), {}), ((50, 16), {}), ((20, 64), {})]
     compare_with_reference(
         "sinusoidal", student, sinusoidal_encoding, cases, atol=1e-4, rtol=1e-4
@@ -288,7 +284,7 @@ def _reference_rope_interleaved(
 
 def check_rope_interleaved(student: Callable[..., torch.Tensor]) -> None:
     """Lab 01-3: ``rope_interleaved(x, positions, theta=10000.0)``, pairs ``(2i, 2i+1)``."""
-    _check_callable("rope_interleaved", student)
+    check_callable("rope_interleaved", student)
     g = torch.Generator().manual_seed(31)
     cases = [
         ((_randn(g, 3, 2), torch.arange(3)), {}),

@@ -35,7 +35,7 @@ from llmfoundations.models import EncoderMLM, ModelConfig
 from llmfoundations.sampling import sequence_logprob
 from llmfoundations.scaling import CHINCHILLA_FIT, compute_optimal, predict_loss
 
-from .core import compare_with_reference
+from .core import check_callable, compare_with_reference
 
 __all__ = [
     "check_last_token_states",
@@ -48,10 +48,6 @@ __all__ = [
     "check_optimal_allocation",
 ]
 
-
-def _check_callable(name: str, student: object) -> None:
-    if not callable(student):
-        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
 
 
 # ------------------------------------------------------------------------- 02-1 GPT-1
@@ -67,7 +63,7 @@ def check_last_token_states(
 ) -> None:
     """Lab 02-1: ``hidden`` (B, T, C) and ``lengths`` (B,) of right-padded rows -> (B, C),
     the hidden state of each row's last real token."""
-    _check_callable("last_token_states", student)
+    check_callable("last_token_states", student)
     g = torch.Generator().manual_seed(0)
     cases = []
     for b, t, c, lengths in [
@@ -96,7 +92,7 @@ def _reference_gpt1_loss(
 
 def check_gpt1_loss(student: Callable[..., torch.Tensor]) -> None:
     """Lab 02-1: GPT-1's fine-tuning objective, task cross-entropy + ``lam`` x LM loss."""
-    _check_callable("gpt1_loss", student)
+    check_callable("gpt1_loss", student)
     g = torch.Generator().manual_seed(1)
     cases = []
     for b, t, v, k, lam in [(2, 5, 7, 2, 0.5), (4, 3, 11, 3, 0.0), (3, 6, 5, 2, 2.0)]:
@@ -122,7 +118,7 @@ def _reference_segment_ids(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
 
 def check_segment_ids(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 02-2: BERT's sentence A / B ids for ``[CLS] A [SEP] B [SEP] [PAD]...`` rows."""
-    _check_callable("segment_ids", student)
+    check_callable("segment_ids", student)
     cls, sep, pad = 1, 2, 0
     rows = [
         [cls, 7, 8, sep, 9, sep],  # no padding
@@ -162,7 +158,7 @@ def check_pseudo_log_likelihood(student: Callable[..., torch.Tensor]) -> None:
     Runs on a small random ``EncoderMLM`` (seeded); the student's function is called as
     ``student(model, ids, mask_id)``.
     """
-    _check_callable("pseudo_log_likelihood", student)
+    check_callable("pseudo_log_likelihood", student)
     vocab, mask_id = 23, 3
     # Large initial weights: a random model at the usual std 0.02 hardly looks at its
     # context, and masking mistakes would go unnoticed.
@@ -205,7 +201,7 @@ def check_contextual_calibration(
     probabilities ``content_free`` (C,) the same prompt gives a content-free input, each row
     renormalised to sum to 1.
     """
-    _check_callable("calibrate", student)
+    check_callable("calibrate", student)
     g = torch.Generator().manual_seed(4)
     cases = []
     for b, c in [(1, 2), (5, 2), (4, 3), (6, 5)]:
@@ -225,7 +221,7 @@ def check_continuation_logprob(student: Callable[..., torch.Tensor]) -> None:
 
     Compared with ``llmfoundations.sampling.sequence_logprob``.
     """
-    _check_callable("continuation_logprob", student)
+    check_callable("continuation_logprob", student)
     g = torch.Generator().manual_seed(3)
     cases = []
     for b, t, v, prompt_len in [(1, 4, 6, 1), (2, 6, 9, 3), (3, 8, 5, 7), (2, 5, 12, 2)]:
@@ -248,7 +244,7 @@ _TOY_FIT = {"E": 0.8, "A": 30.0, "B": 900.0, "alpha": 0.45, "beta": 0.6}
 
 def check_chinchilla_loss(student: Callable[[Any, Any, Mapping[str, float]], Any]) -> None:
     """Lab 02-4: ``chinchilla_loss(N, D, params) = E + A / N**alpha + B / D**beta``."""
-    _check_callable("chinchilla_loss", student)
+    check_callable("chinchilla_loss", student)
     cases = [
         ((70e9, 1.4e12, CHINCHILLA_FIT), {}),  # Chinchilla itself
         ((280e9, 300e9, CHINCHILLA_FIT), {}),  # Gopher
@@ -274,7 +270,7 @@ def check_optimal_allocation(
     student: Callable[[float, Mapping[str, float]], tuple[float, float]],
 ) -> None:
     """Lab 02-4: ``optimal_allocation(C, params) -> (N_opt, D_opt)`` under ``C = 6 N D``."""
-    _check_callable("optimal_allocation", student)
+    check_callable("optimal_allocation", student)
     cases = [
         ((5.76e23, CHINCHILLA_FIT), {}),  # Gopher's budget
         ((1e21, _OTHER_FIT), {}),

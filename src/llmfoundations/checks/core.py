@@ -16,6 +16,12 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
+def check_callable(name: str, student: object) -> None:
+    """Raise ``TypeError`` unless the student handed in a function (not its result)."""
+    if not callable(student):
+        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
+
+
 def compare_with_reference(
     name: str,
     student: Callable[..., Any],
@@ -29,8 +35,7 @@ def compare_with_reference(
 
     Tensors are compared with ``torch.testing.assert_close``; other values with ``==``.
     """
-    if not callable(student):
-        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
+    check_callable(name, student)
     for i, (args, kwargs) in enumerate(cases, start=1):
         expected = reference(*args, **kwargs)
         got = student(*args, **kwargs)

@@ -39,7 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from llmfoundations.flash import attention_traffic
 
-from .core import compare_with_reference
+from .core import check_callable, compare_with_reference
 
 __all__ = [
     "check_naive_attention_bytes",
@@ -53,10 +53,6 @@ _REDUCTIONS = frozenset(
 )
 _SOFTMAXES = frozenset({"softmax", "log_softmax", "logsumexp", "scaled_dot_product_attention"})
 
-
-def _check_callable(name: str, student: object) -> None:
-    if not callable(student):
-        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
 
 
 def _reduced_size(func: Callable[..., Any], args: Sequence[Any], kwargs: dict) -> int | None:
@@ -112,7 +108,7 @@ def _reference_naive_attention_bytes(seq_len: int, head_dim: int, dtype_bytes: i
 def check_naive_attention_bytes(student: Callable[[int, int, int], int]) -> None:
     """Lab 06-1: ``naive_attention_bytes(T, D, dtype_bytes)``, bytes one head's plain
     attention forward moves: read Q, K, V, write O, and write S, read S, write P, read P."""
-    _check_callable("naive_attention_bytes", student)
+    check_callable("naive_attention_bytes", student)
     cases = [
         (1024, 64, 2),
         (4096, 128, 2),
@@ -152,7 +148,7 @@ def _watched_online_softmax(student: Callable[[torch.Tensor, int], torch.Tensor]
 def check_online_softmax(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 06-1: ``online_softmax(x, block_size)``, the softmax over the last dimension,
     computed by reading ``block_size`` columns at a time (running maximum and sum)."""
-    _check_callable("online_softmax", student)
+    check_callable("online_softmax", student)
     g = torch.Generator().manual_seed(61)
     inf = math.inf
     cases = [
@@ -206,7 +202,7 @@ def check_tiled_attention(
 ) -> None:
     """Lab 06-1: ``tiled_attention(q, k, v, block_k)`` = softmax(q k^T / sqrt(D)) v for
     q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv), one tile of ``block_k`` keys at a time."""
-    _check_callable("tiled_attention", student)
+    check_callable("tiled_attention", student)
     g = torch.Generator().manual_seed(62)
 
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:

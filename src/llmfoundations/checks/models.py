@@ -42,7 +42,7 @@ from llmfoundations.attention import causal_mask
 from llmfoundations.layers import TransformerBlock
 from llmfoundations.models import IGNORE_INDEX, DecoderLM, ModelConfig
 
-from .core import compare_with_reference
+from .core import check_callable, compare_with_reference
 
 __all__ = [
     "check_causal_lm_loss",
@@ -62,10 +62,6 @@ GPT2_SMALL_PARAMETERS = 124_439_808
 
 # ---------------------------------------------------------------------------- helpers
 
-
-def _check_callable(name: str, student: object) -> None:
-    if not callable(student):
-        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
 
 
 def _same(got: Any, expected: Any, atol: float, rtol: float) -> bool:
@@ -218,7 +214,7 @@ def _loss_cases() -> list[Case]:
 
 def check_causal_lm_loss(student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-4: next-token loss; ``logits[:, t]`` is scored against ``labels[:, t + 1]``."""
-    _check_callable("causal_lm_loss", student)
+    check_callable("causal_lm_loss", student)
     hints = [
         (_loss_no_shift, "this is the loss without the shift: logits[:, t] must be scored "
          "against the *next* token, labels[:, t + 1]."),
@@ -283,7 +279,7 @@ def check_count_parameters(student: Callable[..., int]) -> None:
     The reference for the small configurations is the model itself
     (``DecoderLM(ModelConfig.gpt(...)).num_parameters()``); the last case is GPT-2 small.
     """
-    _check_callable("count_parameters", student)
+    check_callable("count_parameters", student)
 
     def built(vocab_size: int, d_model: int, n_layers: int, max_seq_len: int, d_ff=None) -> int:
         if (vocab_size, d_model, n_layers, max_seq_len) == (50257, 768, 12, 1024):
@@ -351,7 +347,7 @@ def check_residual_block(student: Callable[..., torch.Tensor]) -> None:
     Then two of the student's sub-layers (attention, then feed-forward) must reproduce the
     course's ``TransformerBlock`` with either norm position.
     """
-    _check_callable("residual_block", student)
+    check_callable("residual_block", student)
     g = torch.Generator().manual_seed(41)
     torch.manual_seed(41)
     c = 16
@@ -451,7 +447,7 @@ def _pad_mask_cases() -> list[Case]:
 
 def check_causal_padding_mask(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-5: a decoder's self-attention mask, causal and blind to padded keys."""
-    _check_callable("causal_padding_mask", student)
+    check_callable("causal_padding_mask", student)
     hints = [
         (_causal_only, "the padding is ignored: a key j that is padding (pad_mask[b, j] == 0) "
          "must be False in every row."),
@@ -490,7 +486,7 @@ def _cross_on_queries(src_pad_mask, tgt_len):
 
 def check_cross_attention_mask(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 01-5: the mask of an encoder-decoder's cross-attention, (B, T_tgt, S)."""
-    _check_callable("cross_attention_mask", student)
+    check_callable("cross_attention_mask", student)
     src = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
     cases = [
         ((src, 3), {}),
@@ -586,7 +582,7 @@ def _with_seed(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def check_mask_tokens(student: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Lab 01-5: BERT's 15% / 80-10-10 masking, with the exercise's exact random draws."""
-    _check_callable("mask_tokens", student)
+    check_callable("mask_tokens", student)
     returning_pair = _returning("mask_tokens", "pair", student)
 
     def guarded(ids, mask_id, vocab_size, p, generator):

@@ -31,14 +31,10 @@ from einops import rearrange
 
 from llmfoundations.moe import dispatch_order, load_balancing_loss, top_k_routing
 
-from .core import compare_with_reference
+from .core import check_callable, compare_with_reference
 
 __all__ = ["check_top_k_routing", "check_load_balancing_loss", "check_kept_slots"]
 
-
-def _check_callable(name: str, student: object) -> None:
-    if not callable(student):
-        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
 
 
 # --------------------------------------------------------------------------- top_k_routing
@@ -74,7 +70,7 @@ def check_top_k_routing(
     ``router_logits`` (N, E); ``experts`` (N, K): the k most probable experts, best
     first; ``weights`` (N, K): their softmax probabilities, renormalised to sum to one.
     """
-    _check_callable("top_k_routing", student)
+    check_callable("top_k_routing", student)
     g = torch.Generator().manual_seed(16)
     cases = [
         (torch.tensor([[2.0, 1.0, 0.1, -1.0]]), 2),  # the worked example of the chapter
@@ -153,7 +149,7 @@ def check_load_balancing_loss(student: Callable[[torch.Tensor, int], torch.Tenso
 
     The value and its gradient with respect to ``router_logits`` are both compared.
     """
-    _check_callable("load_balancing_loss", student)
+    check_callable("load_balancing_loss", student)
     g = torch.Generator().manual_seed(61)
     skewed = torch.randn(12, 8, generator=g)
     skewed[:, 0] += 4.0  # most tokens prefer expert 0
@@ -208,7 +204,7 @@ def check_kept_slots(student: Callable[[torch.Tensor, int, int], torch.Tensor]) 
     accepts at most ``capacity`` token-slots: first all first choices (tokens in order),
     then all second choices, and so on; the rest are dropped (False).
     """
-    _check_callable("kept_slots", student)
+    check_callable("kept_slots", student)
     g = torch.Generator().manual_seed(6)
     cases = [
         (torch.tensor([[1, 0], [1, 2], [1, 0]]), 3, 2),

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from llmfoundations.pretrained import apply_chat_template, qk_rows_to_split_half
 
-from .core import compare_with_reference
+from .core import check_callable, compare_with_reference
 
 __all__ = [
     "check_chatml",
@@ -54,10 +54,6 @@ __all__ = [
 Q4_1_BLOCK_BYTES = 20
 _Q4_1_WEIGHTS = 32
 
-
-def _check_callable(name: str, student: object) -> None:
-    if not callable(student):
-        raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
 
 
 # ------------------------------------------------------------------------ 02-5 references
@@ -97,7 +93,7 @@ def check_chatml(student: Callable[[list[dict[str, str]]], str]) -> None:
     message with ``DEFAULT_SYSTEM_PROMPT`` goes first unless the conversation starts with
     its own; the text ends with ``<|im_start|>assistant\\n``.
     """
-    _check_callable("chatml", student)
+    check_callable("chatml", student)
     conversations = [
         [{"role": "user", "content": "Hi!"}],
         [
@@ -137,7 +133,7 @@ def check_unpermute_qk(student: Callable[[torch.Tensor, int], torch.Tensor]) -> 
     ``weight`` is ``(n_heads * D, C)``; inside every head, GGUF row ``2i`` must go to row
     ``i`` and row ``2i + 1`` to row ``i + D/2``.
     """
-    _check_callable("unpermute_qk", student)
+    check_callable("unpermute_qk", student)
     g = torch.Generator().manual_seed(25)
     cases = []
     for n_heads, head_dim, width in [(1, 8, 3), (2, 8, 5), (3, 16, 4), (9, 64, 2)]:
@@ -148,7 +144,7 @@ def check_unpermute_qk(student: Callable[[torch.Tensor, int], torch.Tensor]) -> 
 
 def check_dequantize_q4_1(student: Callable[[bytes], torch.Tensor]) -> None:
     """Lab 02-5: ``dequantize_q4_1(block)`` -> the 32 weights of one 20-byte ``Q4_1`` block."""
-    _check_callable("dequantize_q4_1", student)
+    check_callable("dequantize_q4_1", student)
     rng = np.random.default_rng(41)
     blocks = [_random_q4_1_block(rng) for _ in range(4)]
     blocks.append(_random_q4_1_block(rng, q=np.zeros(_Q4_1_WEIGHTS, dtype=np.int64)))  # all = m
@@ -228,7 +224,7 @@ def _as_head_list(name: str, got: Any, case: str) -> list[tuple[int, int, float]
 
 def check_top_attending_heads(student: Callable[..., list[tuple[int, int, float]]]) -> None:
     """Lab 01-7: ``top_attending_heads(attn, query_idx, key_idx, k)`` ranks the heads."""
-    _check_callable("top_attending_heads", student)
+    check_callable("top_attending_heads", student)
     g = torch.Generator().manual_seed(17)
     cases = [
         (_random_attention(g, 4, 3, 6), 5, 1, 5),
@@ -258,7 +254,7 @@ def check_top_attending_heads(student: Callable[..., list[tuple[int, int, float]
 
 def check_previous_token_scores(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-7: ``previous_token_scores(attn)`` -> ``(L, H)`` mean weight on the token before."""
-    _check_callable("previous_token_scores", student)
+    check_callable("previous_token_scores", student)
     g = torch.Generator().manual_seed(7)
     planted = _random_attention(g, 2, 3, 6)
     planted[1, 2] = torch.eye(6).roll(-1, dims=1).tril()  # a perfect previous-token head...
@@ -318,7 +314,7 @@ def reference_attend_with_cache(
 def check_kv_cache_bytes(student: Callable[..., int]) -> None:
     """Lab 06-2: ``kv_cache_bytes(n_layers, batch_size, n_kv_heads, head_dim, seq_len,
     bytes_per_value)`` -> bytes of keys and values for a whole model."""
-    _check_callable("kv_cache_bytes", student)
+    check_callable("kv_cache_bytes", student)
     cases = [
         ((32, 1, 32, 128, 4096, 2), {}),  # Llama-2-7B, one 4k sequence, 16-bit: 2 GiB
         ((30, 1, 3, 64, 8192, 4), {}),  # SmolLM2-135M, full context, float32
@@ -341,7 +337,7 @@ def check_kv_cache_bytes(student: Callable[..., int]) -> None:
 def check_attend_with_cache(student: Callable[..., torch.Tensor]) -> None:
     """Lab 06-2: ``attend_with_cache(q, k_cache, v_cache, k_new, v_new)``: the new tokens'
     attention output, as if the whole sequence had been computed at once."""
-    _check_callable("attend_with_cache", student)
+    check_callable("attend_with_cache", student)
     g = torch.Generator().manual_seed(62)
     cases = []
     for b, h, p, tn, d in [(1, 2, 5, 1, 4), (2, 3, 4, 3, 8), (1, 1, 0, 4, 4), (2, 2, 7, 5, 16)]:
