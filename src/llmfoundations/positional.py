@@ -29,7 +29,6 @@ interpolation (Chen et al., 2023, https://arxiv.org/abs/2306.15595) needs no ext
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from llmfoundations._validate import check_int, check_positive, check_tensor
@@ -148,18 +147,6 @@ def rope_angles(positions: Tensor, head_dim: int, theta: float = 10000.0) -> Ten
     return positions.to(torch.float32)[..., None] * freq  # (..., T, D/2)
 
 
-# einops patterns that split the last dimension into the two members of each rotated pair
-# (and put them back): the two RoPE layouts differ only in which dimensions form a pair.
-_SPLIT_PAIRS = {
-    False: "... (two half) -> two ... half",  # split-half: pair (i, i + D/2)
-    True: "... (half two) -> two ... half",  # interleaved: pair (2i, 2i + 1)
-}
-_JOIN_PAIRS = {
-    False: "two ... half -> ... (two half)",
-    True: "two ... half -> ... (half two)",
-}
-
-
 def _align_positions(positions: Tensor, x: Tensor) -> Tensor:
     """Make ``positions`` broadcast against ``x[..., 0]`` (shape ``(..., T)``)."""
     t = x.shape[-2]
@@ -239,6 +226,11 @@ def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False)
     rotation is done in float32 and cast back to ``x.dtype``; ``apply_rope`` is this plus
     computing the angles from positions.
     """
-    a, b = rearrange(x.to(torch.float32), _SPLIT_PAIRS[interleaved], two=2)  # (..., T, D/2) each
-    rotated = torch.stack((a * cos - b * sin, a * sin + b * cos))  # (2, ..., T, D/2)
-    return rearrange(rotated, _JOIN_PAIRS[interleaved]).to(x.dtype)  # (..., T, D)
+    x32 = x.to(torch.float32)
+    # The two layouts differ only in which dimensions form a pair (a, b): split-half pairs
+    # (i, i + D/2), interleaved pairs (2i, 2i + 1). Plain slicing rather than einops: this
+    # runs twice per layer per decoding step, and einops' per-call overhead showed up there.
+    a, b = (x32[..., 0::2], x32[..., 1::2]) if interleaved else x32.chunk(2, dim=-1)  # (..., T, D/2)
+    a, b = a * cos - b * sin, a * sin + b * cos
+    out = torch.stack((a, b), dim=-1).flatten(-2) if interleaved else torch.cat((a, b), dim=-1)
+    return out.to(x.dtype)  # (..., T, D)
