@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import pytest
 import torch
 
@@ -11,6 +14,18 @@ from llmfoundations import checks
 def test_checks_collects_every_topic_module():
     assert callable(checks.check_softmax)
     assert "check_softmax" in checks.__all__
+
+
+TOPICS = sorted(m.name for m in pkgutil.iter_modules(checks.__path__) if m.name != "core")
+
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_every_check_of_a_topic_is_exported(topic):
+    module = importlib.import_module(f"llmfoundations.checks.{topic}")
+    assert module.__all__, f"checks.{topic} exports nothing"
+    for name in module.__all__:
+        assert name in checks.__all__
+        assert getattr(checks, name) is getattr(module, name)
 
 
 def test_two_topics_exporting_one_name_is_an_import_error(tmp_path, monkeypatch):

@@ -18,38 +18,6 @@ from llmfoundations.attention import MultiHeadAttention
 from llmfoundations.checks import models as model_checks
 from llmfoundations.models import IGNORE_INDEX, DecoderLM, ModelConfig
 
-NAMES = [
-    "check_causal_lm_loss",
-    "check_count_parameters",
-    "check_residual_block",
-    "check_causal_padding_mask",
-    "check_mask_tokens",
-    "check_cross_attention_mask",
-]
-
-
-def test_every_check_is_collected():
-    assert model_checks.__all__ == NAMES
-    for name in NAMES:
-        assert name in checks.__all__
-        assert getattr(checks, name) is getattr(model_checks, name)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_blank_answer_fails_with_not_implemented(name):
-    def blank(*args, **kwargs):
-        raise NotImplementedError()
-
-    with pytest.raises(NotImplementedError):
-        getattr(checks, name)(blank)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_non_function_is_a_type_error(name):
-    with pytest.raises(TypeError, match="expected a function, got int"):
-        getattr(checks, name)(3)
-
-
 # ------------------------------------------------------------------ 01-4: the loss
 
 

@@ -24,38 +24,6 @@ from llmfoundations.checks import real_model
 from llmfoundations.kv_cache import KVCache
 from llmfoundations.pretrained import DEFAULT_SYSTEM_PROMPT, qk_rows_to_interleaved
 
-NAMES = [
-    "check_chatml",
-    "check_unpermute_qk",
-    "check_dequantize_q4_1",
-    "check_top_attending_heads",
-    "check_previous_token_scores",
-    "check_kv_cache_bytes",
-    "check_attend_with_cache",
-]
-
-
-def test_every_check_is_collected():
-    for name in NAMES:
-        assert name in checks.__all__
-        assert getattr(checks, name) is getattr(real_model, name)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_blank_answer_fails_with_not_implemented(name):
-    def blank(*args, **kwargs):
-        raise NotImplementedError()
-
-    with pytest.raises(NotImplementedError):
-        getattr(checks, name)(blank)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_non_function_is_a_type_error(name):
-    with pytest.raises(TypeError, match="expected a function, got int"):
-        getattr(checks, name)(3)
-
-
 # ---------------------------------------------------------------------------- chatml
 
 
