@@ -4,6 +4,8 @@
   set before any ``@triton.jit`` function is imported, so it is set here.
 - ``smollm2_path`` gives the SmolLM2 GGUF file, or skips when the model package is absent.
 - Tests marked ``gpu`` skip without CUDA.
+- ``hf_llama_copy`` turns a Llama-style ``DecoderLM`` into a ``transformers`` model with the
+  same weights (skips without transformers).
 """
 
 from __future__ import annotations
@@ -49,3 +51,44 @@ def smollm2_path() -> Path:
     if not path.exists():
         pytest.skip(f"model file not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def hf_llama_copy():
+    """A function: Llama-style ``DecoderLM`` (+ extra ``LlamaConfig`` arguments) -> a
+    ``transformers.LlamaForCausalLM`` holding exactly its weights, named as in
+    ``pretrained.PARAMETER_NAMES``."""
+    transformers = pytest.importorskip("transformers")
+    from llmfoundations.pretrained import PARAMETER_NAMES
+
+    def copy(model, **config_kwargs):
+        c = model.config
+        hf_config = transformers.LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.d_model,
+            intermediate_size=c.ffn_dim,
+            num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads,
+            num_key_value_heads=c.kv_heads,
+            head_dim=c.head_dim,
+            max_position_embeddings=c.max_seq_len,
+            rms_norm_eps=c.norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+            tie_word_embeddings=c.tie_embeddings,
+            attention_bias=False,
+            mlp_bias=False,
+            bos_token_id=None,
+            eos_token_id=None,
+            **config_kwargs,
+        )
+        hf = transformers.LlamaForCausalLM(hf_config).eval()
+        ours = model.state_dict()  # keeps lm_head.weight when it is tied to embed.weight
+        state = {}
+        for our_name, (_, hf_name) in PARAMETER_NAMES.items():
+            for i in range(c.n_layers) if "{i}" in our_name else [None]:
+                state[hf_name.format(i=i)] = ours[our_name.format(i=i)].detach().clone()
+        result = hf.load_state_dict(state, strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        return hf
+
+    return copy

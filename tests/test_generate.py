@@ -378,44 +378,6 @@ def test_chat_renders_the_template_and_stops_at_the_end_of_turn(tiny_text):
 # ----------------------------------------------------------------------------- vs transformers
 
 
-def _hf_llama_copy(model: DecoderLM):
-    """A ``transformers.LlamaForCausalLM`` holding exactly the weights of ``model``."""
-    transformers = pytest.importorskip("transformers")
-    c = model.config
-    hf_config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.d_model,
-        intermediate_size=c.ffn_dim,
-        num_hidden_layers=c.n_layers,
-        num_attention_heads=c.n_heads,
-        num_key_value_heads=c.kv_heads,
-        head_dim=c.head_dim,
-        max_position_embeddings=c.max_seq_len,
-        rms_norm_eps=c.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        tie_word_embeddings=c.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
-    hf = transformers.LlamaForCausalLM(hf_config).eval()
-    ours = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
-    ours["lm_head.weight"] = model.lm_head.weight
-    for i, block in enumerate(model.blocks):
-        layer = f"model.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            ours[f"{layer}self_attn.{proj}.weight"] = getattr(block.attn, proj).weight
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            ours[f"{layer}mlp.{proj}.weight"] = getattr(block.ffn, proj).weight
-        ours[f"{layer}input_layernorm.weight"] = block.norm1.weight
-        ours[f"{layer}post_attention_layernorm.weight"] = block.norm2.weight
-    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in ours.items()})
-    assert not missing and not unexpected
-    return hf
-
-
 def _hf_generate(hf, ids, mask, n, **kwargs):
     with torch.no_grad():
         return hf.generate(
@@ -430,9 +392,9 @@ def _hf_generate(hf, ids, mask, n, **kwargs):
         )
 
 
-def test_greedy_matches_transformers_generate():
+def test_greedy_matches_transformers_generate(hf_llama_copy):
     model = _model("llama")
-    hf = _hf_llama_copy(model)
+    hf = hf_llama_copy(model, pad_token_id=0)
     n = 32
     # one prompt
     prompt = torch.tensor([_prompts(9, [6])[0]])
@@ -447,9 +409,9 @@ def test_greedy_matches_transformers_generate():
     torch.testing.assert_close(out.logits, torch.stack(ref.logits, 1), **STEP_TOL)
 
 
-def test_stop_tokens_match_transformers_eos_handling():
+def test_stop_tokens_match_transformers_eos_handling(hf_llama_copy):
     model = _model("llama")
-    hf = _hf_llama_copy(model)
+    hf = hf_llama_copy(model, pad_token_id=0)
     prompts = _prompts(11, [4, 7])
     free = generate(model, prompts, 20, return_dict=True)
     stop = int(free.new_tokens[1, 5])

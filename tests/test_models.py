@@ -273,45 +273,8 @@ def test_moe_decoder_reports_aux_loss():
 # ----------------------------------------------------------------------------- vs transformers
 
 
-def _llama_pair(config: ModelConfig):
-    transformers = pytest.importorskip("transformers")
-    ours = _perturb(_model(config))
-    hf_config = transformers.LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.d_model,
-        intermediate_size=config.ffn_dim,
-        num_hidden_layers=config.n_layers,
-        num_attention_heads=config.n_heads,
-        num_key_value_heads=config.kv_heads,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.max_seq_len,
-        rms_norm_eps=config.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        tie_word_embeddings=config.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation="eager",
-    )
-    hf = transformers.LlamaForCausalLM(hf_config).eval()
-    state = {"model.embed_tokens.weight": ours.embed.weight, "model.norm.weight": ours.norm.weight}
-    state["lm_head.weight"] = ours.lm_head.weight
-    for i, block in enumerate(ours.blocks):
-        prefix = f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            state[prefix + f"self_attn.{name}.weight"] = getattr(block.attn, name).weight
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            state[prefix + f"mlp.{name}.weight"] = getattr(block.ffn, name).weight
-        state[prefix + "input_layernorm.weight"] = block.norm1.weight
-        state[prefix + "post_attention_layernorm.weight"] = block.norm2.weight
-    result = hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    return ours, hf
-
-
 @pytest.mark.parametrize("tie", [True, False])
-def test_llama_logits_match_transformers(tie):
+def test_llama_logits_match_transformers(tie, hf_llama_copy):
     config = ModelConfig.llama(
         V,
         d_model=48,
@@ -322,7 +285,8 @@ def test_llama_logits_match_transformers(tie):
         rope_theta=500.0,
         tie_embeddings=tie,
     )
-    ours, hf = _llama_pair(config)
+    ours = _perturb(_model(config))
+    hf = hf_llama_copy(ours, attn_implementation="eager")
     ids = torch.randint(0, V, (2, 11))
     mask = torch.ones(2, 11, dtype=torch.long)
     mask[1, :4] = 0  # left padding
