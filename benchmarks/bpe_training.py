@@ -34,6 +34,7 @@ from pathlib import Path
 import regex
 import tokenizers
 import torch
+from _machine import cpu_name
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llmfoundations import data
@@ -54,16 +55,6 @@ def course_mix(n_chars: int, seed: int) -> str:
     parts = story_text + arithmetic + translation
     rng.shuffle(parts)
     return "\n\n".join(parts)[:n_chars]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from _machine import cpu_name
 
 from llmfoundations import pretrained
 from llmfoundations.generate import generate
@@ -202,16 +203,6 @@ def make_cases(ours, hf, tokenizer, new_tokens: int) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(load: str | None) -> str:

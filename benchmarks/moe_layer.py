@@ -27,21 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _machine import cpu_name
 from torch import nn
 
 from llmfoundations.moe import Expert, MoELayer, moe_reference
 
 RESULTS = Path(__file__).resolve().parent / "results" / "moe_layer.md"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: str) -> str:

@@ -1,0 +1,18 @@
+"""What the benchmark scripts say about the machine they ran on (imported by each script;
+``python benchmarks/NAME.py`` puts this folder on ``sys.path``)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
