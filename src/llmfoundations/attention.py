@@ -350,7 +350,7 @@ class MultiHeadAttention(nn.Module):
     ) -> Tensor | None:
         """Combine the causal mask and ``attn_mask`` into one bool mask ``(B|1, H|1, Tq, Tk)``."""
         mask = None
-        if causal:
+        if causal and t_q > 1:  # a single query (decoding after a cache) sees every key anyway
             mask = causal_mask(t_q, t_k, device=device)[None, None]  # (1, 1, Tq, Tk), bottom-right
         if attn_mask is None:
             return mask
@@ -487,9 +487,6 @@ class MultiHeadAttention(nn.Module):
         if causal and attn_mask is None and t == t_k and self.fused and not need_weights:
             # Plain causal self-attention: torch's causal kernel needs no mask tensor.
             out, weights = self._attend(q, k, v, None, need_weights, is_causal=True)
-        elif causal and attn_mask is None and t == 1:
-            # One new query after a cache, no padding: it sees every key, no mask needed.
-            out, weights = self._attend(q, k, v, None, need_weights)
         else:
             mask = self._build_mask(attn_mask, b, t, t_k, causal, x.device)  # (B|1, H|1, T, Tk)
             out, weights = self._attend(q, k, v, mask, need_weights)  # (B, H, T, D)
