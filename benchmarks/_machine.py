@@ -3,16 +3,6 @@
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
+from llmfoundations.course import cpu_name
 
-
-def cpu_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+__all__ = ["cpu_name"]

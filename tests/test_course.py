@@ -133,3 +133,60 @@ def test_checks_pass_on_the_lab_and_fail_on_the_student_version(path):
             assert err in ("NotImplementedError", "AssertionError"), (
                 f"a check cell of the student version must fail on the blank, got {err!r}"
             )
+
+
+def _lab_with_claims(root: Path, statements: list[str]) -> Path:
+    """A minimal repository with one lab whose stored output holds the given claims."""
+    from llmfoundations.lab import CLAIM_PREFIX
+
+    shutil.copy(ROOT / "_config.yml", _mk(root) / "_config.yml")
+    (root / "labs").mkdir()
+    text = "".join(CLAIM_PREFIX + s + "\n" for s in statements)
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": "", "execution_count": 1,
+                     "outputs": [{"output_type": "stream", "name": "stdout", "text": text}]}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = root / "labs" / "01-1-x.ipynb"
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def _record(runs: list[tuple[int, int, list[tuple[str, bool]]]], errors=()) -> dict:
+    return {"lab": "01-1-x.ipynb", "machine": "m", "torch": "t", "date": "d", "runs": [
+        {"seed": s, "threads": t, "seconds": 1.0, "errors": list(errors),
+         "claims": [{"statement": st, "value": h, "at_least": None, "at_most": None, "holds": h}
+                    for st, h in cl]}
+        for s, t, cl in runs]}
+
+
+def test_stored_claims_are_found_and_must_be_measured(tmp_path):
+    path = _lab_with_claims(tmp_path / "repo", ["a holds", "b holds"])
+    repo = course.Repo(tmp_path / "repo")
+    assert course.stored_claims(json.loads(path.read_text())) == ["a holds", "b holds"]
+    assert any("never measured" in p for p in course.check_claims(repo))
+
+    record = course.claims_file(repo, path)
+    record.parent.mkdir()
+    good = [(s, t, [("a holds", True), ("b holds", True)]) for s in range(3) for t in (1, 2)]
+    record.write_text(json.dumps(_record(good)))
+    assert course.check_claims(repo) == []
+
+    record.write_text(json.dumps(_record(good[:4])))  # two seeds only
+    assert any("need 3 and 2" in p for p in course.check_claims(repo))
+    failed = good[:-1] + [(2, 2, [("a holds", True), ("b holds", False)])]
+    record.write_text(json.dumps(_record(failed)))
+    assert any("failed in a measured run: 'b holds'" in p for p in course.check_claims(repo))
+    missing = good[:-1] + [(2, 2, [("a holds", True)])]
+    record.write_text(json.dumps(_record(missing)))
+    assert any("5 of 6 runs" in p for p in course.check_claims(repo))
+    record.write_text(json.dumps(_record(good, errors=["cell 3: RuntimeError: boom"])))
+    assert any("boom" in p for p in course.check_claims(repo))
+
+
+def test_spread_table_shows_band_and_range():
+    record = _record([(s, t, [("a", True)]) for s in range(3) for t in (1, 2)])
+    for i, run in enumerate(record["runs"]):
+        run["claims"].append({"statement": "loss low", "value": 1.0 + i / 10, "at_least": None,
+                              "at_most": 2.0, "holds": True})
+    table = course.spread_table(record)
+    assert "| a | true | 6 of 6 true | 6/6 |" in table
+    assert "| loss low | <= 2 | 1 .. 1.5 | 6/6 |" in table

