@@ -572,3 +572,27 @@ def test_benchmark_check_runs(repo_root, capsys):
 def test_online_softmax_with_a_leading_block_of_minus_infinity():
     x = torch.tensor([[-math.inf, -math.inf, 1.0, 2.0], [0.5, -math.inf, -math.inf, 3.0]])
     torch.testing.assert_close(online_softmax(x, block_size=2), torch.softmax(x, -1), atol=1e-7, rtol=0)
+
+
+# ----------------------------------------------------------------------------- autotune pruning
+
+
+@pytest.mark.parametrize("name", ["fwd", "bwd_dkdv", "bwd_dq"])
+def test_pruner_keeps_a_subset_and_never_nothing(name):
+    flash_triton = pytest.importorskip("llmfoundations.flash_triton")
+    for capability in [(7, 5), (8, 0), (8, 6), (9, 0)]:
+        for element_size in (2, 4):
+            for block_d in (16, 32, 64, 128):
+                kept = flash_triton.kept_shapes(name, block_d, capability, element_size)
+                assert kept and set(kept) <= set(flash_triton.AUTOTUNE_SHAPES[name])
+
+
+def test_pruner_choices_measured_by_the_compile_stage():
+    # Compiled for sm_75: the float32 D=128 dK/dV kernel needs 69,632 bytes of shared memory
+    # with 32x32 tiles, over the T4's 64 KB; 32x16 takes 51,200 (.ci/compile_kernels.py).
+    flash_triton = pytest.importorskip("llmfoundations.flash_triton")
+    assert flash_triton.kept_shapes("bwd_dkdv", 128, (7, 5), 4) == [(32, 16, 4, 2)]
+    assert (32, 32, 4, 2) in flash_triton.kept_shapes("bwd_dkdv", 128, (7, 5), 2)
+    # sm_80: float32 forward with D=128 and 64x64 tiles in 3 stages needs 180,480 bytes (> 163 KB)
+    assert (64, 64, 4, 3) not in flash_triton.kept_shapes("fwd", 128, (8, 0), 4)
+    assert (64, 64, 4, 3) in flash_triton.kept_shapes("fwd", 128, (9, 0), 4)

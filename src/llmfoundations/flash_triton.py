@@ -50,6 +50,8 @@ import triton.language as tl
 __all__ = [
     "INTERPRET",
     "INTERPRET_BLOCKS",
+    "AUTOTUNE_SHAPES",
+    "kept_shapes",
     "FlashAttentionTriton",
     "triton_forward",
     "triton_backward",
@@ -434,42 +436,78 @@ def _flash_bwd_dq_kernel(
 # ----------------------------------------------------------------------------
 # Autotuning (GPU only)
 # ----------------------------------------------------------------------------
-def _prune(configs, named_args, **kwargs):
-    """Keep the configs that fit this GPU and head dimension.
+#: Autotuning choices per kernel: (first tile, second tile, num_warps, num_stages), where the
+#: first tile is the one a program owns (queries for fwd and dQ, keys for dK/dV).
+AUTOTUNE_SHAPES = {
+    "fwd": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2),
+            (32, 32, 4, 2)],
+    "bwd_dkdv": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2),
+                 (32, 16, 4, 2)],
+    "bwd_dq": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2),
+               (32, 16, 4, 2)],
+}
+
+
+def kept_shapes(name: str, block_d: int, capability: tuple[int, int], element_size: int) -> list[tuple]:
+    """The autotuning choices of kernel ``name`` worth trying on a GPU of this compute capability.
 
     Two 128-wide tiles with a 128-wide head dimension need more registers than a
     block has. A T4 (sm_75) has 64 KB of shared memory per block and, since
     Triton 3.3, no tensor-core path for ``tl.dot`` (its products run on plain
     FMA units, in registers), so only small tiles fit there; 32 x 32 tiles are
     kept for it alone (and 32 x 16 for float32 with D = 128, whose backward
-    tiles need more than 64 KB otherwise). Triton's autotuner also skips any
-    config that fails for lack of resources; pruning saves that compile time.
+    tiles need more than 64 KB otherwise). On Ampere and Hopper the product of the
+    two tiles, the head dimension and the element size is capped (float32 tiles take
+    twice the bytes), and float32 configs with three pipeline stages are capped again
+    on sm_8x, whose 163 KB of shared memory per block they overflow (the H100's 227 KB
+    holds them). Triton's autotuner also skips any config that fails for lack of
+    resources; pruning saves that compile time. ``.ci/compile_kernels.py`` compiles
+    every kept choice for sm_75, sm_80 and sm_90 without a GPU and fails if one does
+    not compile or needs more shared memory than the architecture gives a block
+    (its table, every config included: ``benchmarks/results/triton_compile.md``).
     """
-    block_d = {**named_args, **kwargs}["BLOCK_D"]
-    before_ampere = torch.cuda.get_device_capability() < (8, 0)
+    before_ampere = tuple(capability) < (8, 0)
     kept = []
-    for config in configs:
-        first, second = config.kwargs.values()
+    for shape in AUTOTUNE_SHAPES[name]:
+        first, second, _, stages = shape
+        tile_bytes = first * second * block_d * element_size
         if before_ampere:
-            fits = max(first, second) <= 64 and (first + second) * block_d <= 64 * 128
+            fits = max(first, second) <= 64 and (first + second) * block_d * element_size <= 64 * 128 * 2
         else:
             fits = min(first, second) >= 32 and max(first, second) >= 64
-            fits = fits and first * second * block_d <= 128 * 64 * 128
+            fits = fits and tile_bytes <= 128 * 64 * 128 * 2
+            if element_size == 4 and stages >= 3 and tuple(capability) < (9, 0):
+                fits = fits and tile_bytes <= 64 * 64 * 64 * 4
         if fits:
-            kept.append(config)
-    return kept or configs[-1:]
+            kept.append(shape)
+    return kept or AUTOTUNE_SHAPES[name][-1:]
 
 
-def _autotuned(kernel, shapes: list[tuple[int, int, int, int]], tile_names: tuple[str, str]):
-    """Autotune ``kernel`` over (tile, tile, num_warps, num_stages) choices."""
+def _pruner(name: str):
+    """Triton's ``early_config_prune`` hook for kernel ``name``: keep what :func:`kept_shapes` keeps."""
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        shapes = kept_shapes(name, args["BLOCK_D"], torch.cuda.get_device_capability(),
+                             args["Q"].element_size())
+        kept = [c for c in configs
+                if (*c.kwargs.values(), c.num_warps, c.num_stages) in shapes]
+        return kept or configs[-1:]
+
+    return prune
+
+
+def _autotuned(name: str):
+    """Autotune kernel ``name`` over its (tile, tile, num_warps, num_stages) choices."""
+    kernel, tile_names = _KERNELS[name]
     configs = [
         triton.Config(dict(zip(tile_names, (a, b), strict=True)), num_warps=w, num_stages=s)
-        for a, b, w, s in shapes
+        for a, b, w, s in AUTOTUNE_SHAPES[name]
     ]
     return triton.autotune(
         configs=configs,
         key=["LEN_BUCKET", "HEAD_DIM", "IS_CAUSAL"],  # tensor dtypes are added by Triton
-        prune_configs_by={"early_config_prune": _prune},
+        prune_configs_by={"early_config_prune": _pruner(name)},
     )(kernel)
 
 
@@ -479,26 +517,7 @@ _KERNELS = {
     "bwd_dkdv": (_flash_bwd_dkdv_kernel, ("BLOCK_N", "BLOCK_M")),
     "bwd_dq": (_flash_bwd_dq_kernel, ("BLOCK_M", "BLOCK_N")),
 }
-_TUNED = {}
-if not INTERPRET:
-    _TUNED["fwd"] = _autotuned(
-        _flash_fwd_kernel,
-        [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2),
-         (32, 32, 4, 2)],
-        _KERNELS["fwd"][1],
-    )
-    _TUNED["bwd_dkdv"] = _autotuned(
-        _flash_bwd_dkdv_kernel,
-        [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2),
-         (32, 16, 4, 2)],
-        _KERNELS["bwd_dkdv"][1],
-    )
-    _TUNED["bwd_dq"] = _autotuned(
-        _flash_bwd_dq_kernel,
-        [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2),
-         (32, 16, 4, 2)],
-        _KERNELS["bwd_dq"][1],
-    )
+_TUNED = {} if INTERPRET else {name: _autotuned(name) for name in _KERNELS}
 
 
 # ----------------------------------------------------------------------------
