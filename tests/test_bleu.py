@@ -284,3 +284,11 @@ def test_score_is_frozen_and_checked():
         BLEUScore(1.0, (1.0,), 1.0, 1, 1, (1, 2), (1,), "")
     with pytest.raises(ValueError, match="brevity_penalty"):
         BLEUScore(1.0, (1.0,), 2.0, 1, 1, (1,), (1,), "")
+
+
+def test_docstring_examples():
+    import doctest
+
+    import llmfoundations.evaluation.bleu as module
+
+    assert doctest.testmod(module).failed == 0
