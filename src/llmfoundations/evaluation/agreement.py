@@ -218,10 +218,11 @@ class ReliabilityCurve:
 
     Attributes:
         n_bins: bins on [0, 1]; ``edges = linspace(0, 1, n_bins + 1)``.
-        bin_index: ``(M,)`` which bin each entry describes (0 = the lowest confidences).
-        counts: ``(M,)`` predictions in the bin.
-        mean_confidence: ``(M,)`` their mean confidence.
-        accuracy: ``(M,)`` the share of them that were correct.
+        bin_index: which bin each entry describes (0 = the lowest confidences), one entry
+            per non-empty bin, as in the next three fields.
+        counts: predictions in the bin.
+        mean_confidence: their mean confidence.
+        accuracy: the share of them that were correct.
 
     Perfect calibration puts every point ``(mean_confidence, accuracy)`` on the diagonal.
     """
