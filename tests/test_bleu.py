@@ -246,6 +246,33 @@ def test_pieces():
     assert brevity_penalty(4, 7) == pytest.approx(math.exp(-0.75))
 
 
+def test_numbers_quoted_in_the_chapter():
+    """chapters/05-evaluation/bleu.md and what-metrics-miss.md quote these."""
+    s = bleu(["The cat sat."], ["The cat sat on the mat."])
+    assert round(math.exp(sum(math.log(p) for p in s.precisions) / 4), 2) == 63.89
+    smoothing = {m: round(sentence_bleu("a b c d e", "a b x d e", smooth=m).score, 2)
+                 for m in ("exp", "floor", "add-k", "none")}  # fmt: skip
+    assert smoothing == {"exp": 30.21, "floor": 16.07, "add-k": 44.72, "none": 0.0}
+    hyps = ["the cat sat on the mat", "a dog"]
+    refs = ["the cat sat on the mat", "the dog barked loudly at night"]
+    assert round(bleu(hyps, refs).score, 2) == 56.05
+    plain = [
+        sentence_bleu(h, r, effective_order=False).score for h, r in zip(hyps, refs, strict=True)
+    ]
+    assert [round(x, 2) for x in plain] == [100.0, 0.0]
+    default = [sentence_bleu(h, r).score for h, r in zip(hyps, refs, strict=True)]
+    assert [round(x, 2) for x in default] == [100.0, 6.77]
+    tokenised = bleu(
+        ["The price is 1,000 dollars."], ["The price is 1,000 dollars ."], tokenize="none"
+    )
+    assert round(tokenised.score, 2) == 54.75
+    ref = "The meeting was moved to Friday because the manager is ill."
+    paraphrase = "Since the boss is sick, the meeting is now on Friday."
+    wrong = "The meeting was moved to Monday because the manager is ill."
+    assert round(sentence_bleu(paraphrase, ref).score, 2) == 4.62
+    assert round(sentence_bleu(wrong, ref).score, 2) == 73.49
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -173,6 +173,20 @@ def test_lcs_helpers():
     assert lcs_indices("a b c".split(), "c a b".split()) == [0, 1]
 
 
+def test_numbers_quoted_in_the_chapter():
+    """chapters/05-evaluation/rouge.md and what-metrics-miss.md quote these."""
+    assert rouge_n("the cat", "the cat sat on the mat") == RougeScore(1.0, 1 / 3, 0.5)
+    a, b = "the bed was warm\nthe cat slept", "the cat slept\nthe bed was warm"
+    assert rouge_lsum(a, b).fmeasure == 1.0 and rouge_l(a, b).fmeasure == pytest.approx(4 / 7)
+    assert rouge_l("The cats were sleeping", "the cat was sleeping").fmeasure == 0.5
+    assert rouge_l("The cats were sleeping", "the cat was sleeping", stem=True).fmeasure == 0.75
+    ref = "The meeting was moved to Friday because the manager is ill."
+    paraphrase = "Since the boss is sick, the meeting is now on Friday."
+    wrong = "The meeting was moved to Monday because the manager is ill."
+    assert round(rouge_l(paraphrase, ref).fmeasure, 2) == 0.27
+    assert round(rouge_l(wrong, ref).fmeasure, 2) == 0.91
+
+
 # ----------------------------------------------------------------------------- errors
 
 
