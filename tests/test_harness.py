@@ -187,6 +187,7 @@ def test_model_system_on_a_tiny_model():
         (lambda: evaluate(Task("t", (Example("a", "p"),), lambda o, e: float("nan")), lambda p, g: ""), ValueError, "metric returned nan"),
         (lambda: evaluate(Task("t", (Example("a", "p"),), lambda o, e: "1"), lambda p, g: ""), TypeError, "metric must return a number"),
         (lambda: evaluate(Task("t", (Example("a", "p"),), exact_match), lambda p, g: ""), ValueError, "needs an Example with a reference"),
+        (lambda: evaluate(_task(1), lambda p, g: pytest.fail("ran"), confidence=95), ValueError, r"confidence must be in \(0, 1\)"),
         (lambda: bootstrap_ci([]), ValueError, "scores must be a non-empty"),
         (lambda: bootstrap_ci([1.0], confidence=1.0), ValueError, r"confidence must be in \(0, 1\)"),
         (lambda: bootstrap_ci([1.0, float("inf")]), ValueError, "scores must be finite"),

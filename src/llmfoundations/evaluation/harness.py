@@ -224,12 +224,23 @@ def bootstrap_ci(
         raise ValueError(f"scores must be a non-empty 1-D list, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("scores must be finite (no NaN or inf)")
+    _check_bootstrap_options(confidence, n_resamples, seed)
+    return _bootstrap_ci(x, confidence, n_resamples, seed)
+
+
+def _check_bootstrap_options(confidence: object, n_resamples: object, seed: object) -> None:
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
         raise TypeError(f"confidence must be a number, got {type(confidence).__name__}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     check_int("n_resamples", n_resamples, minimum=1)
     check_int("seed", seed, minimum=0)
+
+
+def _bootstrap_ci(
+    x: np.ndarray, confidence: float, n_resamples: int, seed: int
+) -> ConfidenceInterval:
+    """Unchecked core of :func:`bootstrap_ci` (``x``: non-empty, finite, float64)."""
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(x), (n_resamples, len(x)))  # (n_resamples, n)
     means = x[index].mean(axis=1)  # (n_resamples,)
@@ -291,7 +302,7 @@ def evaluate(
         raise TypeError(f"task must be a Task, got {type(task).__name__}")
     if not callable(system):
         raise TypeError(f"system must be callable, got {type(system).__name__}")
-    check_int("seed", seed, minimum=0)
+    _check_bootstrap_options(confidence, n_resamples, seed)  # before a long run, not after
     path = None if results_path is None else Path(results_path)
     stored = _read_results(path, task) if path is not None else {}
     results = []
@@ -317,8 +328,8 @@ def evaluate(
         if path is not None:
             _append_result(path, task.name, example, result)
         results.append(result)
-    summary = bootstrap_ci(
-        [r.score for r in results], confidence=confidence, n_resamples=n_resamples, seed=seed
+    summary = _bootstrap_ci(
+        np.array([r.score for r in results]), float(confidence), n_resamples, seed
     )
     return EvaluationReport(task.name, tuple(results), summary)
 
