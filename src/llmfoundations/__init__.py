@@ -14,6 +14,7 @@ Dimension legend (used in every shape comment of the package)::
     E    number of experts (mixture of experts)
     K    top-k experts per token
     V    vocabulary size
+    O    answer options a judge chooses from ("1".."5", or "A"/"B"; evaluation.judge)
 
 Tensors are batch-first: token ids are (B, T), hidden states (B, T, C),
 per-head tensors (B, H, T, D), logits (B, T, V).
