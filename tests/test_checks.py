@@ -65,24 +65,126 @@ def test_softmax_check_rejects_wrong_answers(wrong):
         checks.check_softmax(wrong)
 
 
-def test_a_blank_answer_fails_with_not_implemented():
-    def blank(x):
+def test_a_blank_answer_says_not_attempted_and_what_to_do():
+    def softmax(x):
         raise NotImplementedError()
 
-    with pytest.raises(NotImplementedError):
-        checks.check_softmax(blank)
+    with pytest.raises(NotImplementedError) as info:
+        checks.check_softmax(softmax)
+    assert str(info.value) == (
+        "softmax: not attempted yet: replace `raise NotImplementedError()` with your solution "
+        "and run the cell again"
+    )
+
+
+def test_a_blank_lambda_is_named_after_the_check():
+    with pytest.raises(NotImplementedError, match="^softmax: not attempted yet"):
+        checks.check_softmax(lambda x: (_ for _ in ()).throw(NotImplementedError))
+
+
+def test_a_library_not_implemented_error_is_not_called_a_blank():
+    def softmax(x):
+        raise NotImplementedError("aten::foo is not implemented for this device")
+
+    with pytest.raises(NotImplementedError, match="^aten::foo is not implemented"):
+        checks.check_softmax(softmax)
 
 
 ALL_CHECKS = sorted(n for n in checks.__all__ if n.startswith("check_"))
 
 
 @pytest.mark.parametrize("name", ALL_CHECKS)
-def test_every_check_fails_on_a_blank_answer(name):
+def test_every_check_fails_on_a_blank_answer_saying_not_attempted(name):
     def blank(*args, **kwargs):
         raise NotImplementedError()
 
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="not attempted yet: replace `raise"):
         getattr(checks, name)(blank)
+
+
+def test_a_check_without_exercise_check_is_an_import_error(tmp_path, monkeypatch):
+    import importlib
+    import shutil
+    import sys
+    from pathlib import Path
+
+    package = tmp_path / "fakechecks2"
+    shutil.copytree(Path(checks.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "zz_plain.py").write_text("__all__ = ['check_plain']\ndef check_plain(f):\n    f()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fakechecks2", raising=False)
+    with pytest.raises(ImportError, match="zz_plain.check_plain must be decorated with @exercise_check"):
+        importlib.import_module("fakechecks2")
+
+
+# ----------------------------------------------------------------- forbidden calls
+
+
+def test_softmax_check_refuses_the_built_in_softmax_in_any_spelling():
+    import torch.nn.functional as F
+
+    for shortcut in (
+        lambda x: torch.softmax(x, -1),
+        lambda x: F.softmax(x, dim=-1),
+        lambda x: x.softmax(-1),
+        lambda x: x.log_softmax(-1).exp(),
+    ):
+        with pytest.raises(AssertionError, match="softmax, case 1 of 4 .*calls (log_)?softmax, which "
+                           "this exercise asks you not to use"):
+            checks.check_softmax(shortcut)
+
+
+def test_forbidding_sees_aliases_and_leaves_torch_untouched():
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from llmfoundations.checks.core import ForbiddenCall, forbidding_torch_calls
+
+    q = torch.randn(2, 3, 4)
+    with forbidding_torch_calls({"scaled_dot_product_attention": "do it by hand"}):
+        torch.softmax(q, -1)  # other calls run
+        with pytest.raises(ForbiddenCall, match="calls scaled_dot_product_attention.*do it by hand"):
+            sdpa(q, q, q)
+    assert sdpa(q, q, q).shape == (2, 3, 4)  # and the call works again outside
+
+
+def test_forbidding_needs_a_mapping():
+    from llmfoundations.checks.core import forbidding_torch_calls
+
+    with pytest.raises(TypeError, match="advice must map"):
+        with forbidding_torch_calls(["softmax"]):
+            pass
+
+
+# --------------------------------------------------------------------------- hints
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda x: x.exp() / x.exp().sum(-1, keepdim=True), "subtract the row maximum"),
+        (lambda x: (x - x.max(0, keepdim=True).values).exp()
+         / (x - x.max(0, keepdim=True).values).exp().sum(0, keepdim=True), "over the first dimension"),
+        (lambda x: (x - x.max()).exp() / (x - x.max()).exp().sum(), "over the whole tensor"),
+    ],
+)
+def test_softmax_check_names_the_common_mistakes(wrong, hint):
+    with pytest.raises(AssertionError, match=f"(?s)softmax, case.*\nHint: .*{hint}"):
+        checks.check_softmax(wrong)
+
+
+def test_no_hint_when_no_known_mistake_matches():
+    with pytest.raises(AssertionError) as info:
+        checks.check_softmax(lambda x: torch.zeros_like(x))
+    assert "Hint:" not in str(info.value)
+
+
+def test_compare_with_reference_adds_the_hint_of_the_mistake_it_reproduces():
+    from llmfoundations.checks.core import compare_with_reference
+
+    cases = [((torch.tensor([1.0, 2.0]),), {}), ((torch.tensor([3.0]),), {})]
+    hints = [(lambda x: x * 3, "tripled"), (lambda x: x + 1, "one added")]
+    with pytest.raises(AssertionError, match="(?s)double, case 1 of 2.*\nHint: one added$"):
+        compare_with_reference("double", lambda x: x + 1, lambda x: 2 * x, cases, hints=hints)
 
 
 @pytest.mark.parametrize("name", ALL_CHECKS)

@@ -248,8 +248,38 @@ def good_causal_attention(q, k, v):
 
 def test_attention_check_passes_correct_answers(capsys):
     checks.check_attention(good_attention)
-    checks.check_attention(lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
+    checks.check_attention(lambda q, k, v: torch.einsum(
+        "...qk,...kd->...qd", (torch.einsum("...qd,...kd->...qk", q, k) / q.shape[-1] ** 0.5)
+        .softmax(-1), v))  # fmt: skip
     assert capsys.readouterr().out.count("✔ attention: all 4 cases") == 2
+
+
+def test_attention_checks_refuse_the_fused_kernel_the_lab_rules_out():
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    for shortcut in (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), lambda q, k, v: sdpa(q, k, v)):
+        with pytest.raises(AssertionError, match="attention, case 1 of 4.*calls scaled_dot_product_attention, "
+                           "which this exercise asks you not to use"):
+            checks.check_attention(shortcut)
+    with pytest.raises(AssertionError, match="causal_attention, case 1 of 5.*calls scaled_dot_product_attention"):
+        checks.check_causal_attention(lambda q, k, v: sdpa(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v, "not scaled"),
+        (lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(v.shape[-1]), -1) @ v,
+         "the \\*value\\* size"),
+        (lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1], -1) @ v, "divided by D;"),
+        (lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-2) @ v,
+         "over the queries"),
+        (lambda q, k, v: (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])) @ v, "straight into @ v"),
+    ],
+)
+def test_attention_check_names_the_common_mistakes(wrong, hint):
+    with pytest.raises(AssertionError, match=f"\nHint: .*{hint}"):
+        checks.check_attention(wrong)
 
 
 @pytest.mark.parametrize(
@@ -304,6 +334,20 @@ def test_causal_attention_check_rejects_wrong_answers(wrong):
         checks.check_causal_attention(wrong)
 
 
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (_causal_hides_diagonal, "hides the diagonal"),
+        (_causal_looks_forward, "points the wrong way"),
+        (_causal_mask_after_softmax, "after the softmax"),
+        (good_attention, "there is no mask"),
+    ],
+)
+def test_causal_attention_check_names_the_common_mistakes(wrong, hint):
+    with pytest.raises(AssertionError, match=f"\nHint: .*{hint}"):
+        checks.check_causal_attention(wrong)
+
+
 def test_repeat_kv_check_passes_correct_answers(capsys):
     checks.check_repeat_kv(lambda k, n_rep: repeat(k, "b g t d -> b (g r) t d", r=n_rep))
     checks.check_repeat_kv(
@@ -323,6 +367,20 @@ def test_repeat_kv_check_passes_correct_answers(capsys):
 )
 def test_repeat_kv_check_rejects_wrong_answers(wrong):
     with pytest.raises(AssertionError, match="repeat_kv, case"):
+        checks.check_repeat_kv(wrong)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda k, n_rep: k.repeat(1, n_rep, 1, 1), "tiled"),
+        (lambda k, n_rep: repeat(k, "b g t d -> b (r g) t d", r=n_rep), "tiled"),
+        (lambda k, n_rep: torch.repeat_interleave(k, n_rep, dim=2), "positions are repeated"),
+        (lambda k, n_rep: k, "unchanged"),
+    ],
+)
+def test_repeat_kv_check_names_the_common_mistakes(wrong, hint):
+    with pytest.raises(AssertionError, match=f"\nHint: .*{hint}"):
         checks.check_repeat_kv(wrong)
 
 
@@ -391,6 +449,25 @@ def _sinusoidal_column_exponent(n_positions, d_model):
 def test_sinusoidal_check_rejects_wrong_answers(wrong):
     with pytest.raises(AssertionError, match="sinusoidal, case"):
         checks.check_sinusoidal(wrong)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (_sinusoidal_swapped, "swapped"),
+        (_sinusoidal_exponent_i, "exponent is i / d_model"),
+        (_sinusoidal_concatenated, "concatenated"),
+    ],
+)
+def test_sinusoidal_check_names_the_common_mistakes(wrong, hint):
+    with pytest.raises(AssertionError, match=f"\nHint: .*{hint}"):
+        checks.check_sinusoidal(wrong)
+
+
+def test_a_wrong_answer_with_no_known_mistake_gets_no_hint():
+    with pytest.raises(AssertionError) as info:
+        checks.check_sinusoidal(_sinusoidal_column_exponent)
+    assert "Hint:" not in str(info.value)
 
 
 def _rope_complex(x, positions, theta=10000.0):

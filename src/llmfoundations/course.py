@@ -7,12 +7,14 @@ Run from the repository root::
     python -m llmfoundations.course student [--out student]      # student versions (solutions blanked)
     python -m llmfoundations.course check             # lab conventions and links; exit 1 on problems
     python -m llmfoundations.course spread labs/X.ipynb [...]    # claims over 3 seeds x 2 thread counts
+    python -m llmfoundations.course grade SUBMISSIONS/ --out grades.csv  # grade handed-in notebooks
 
 A lab shows the floats of training and of a model but checks only the claims drawn from
 them (:func:`llmfoundations.lab.claim`). ``spread`` runs a lab with several seeds and
 thread counts, records every claim's value and writes ``labs/claims/NAME.json``;
 ``check`` refuses a lab whose stored claims were not measured that way or did not hold
-in every run.
+in every run. ``grade`` runs students' notebooks and scores their checks
+(:mod:`llmfoundations.grading`).
 
 The repository URL lives in one place, ``_config.yml`` (``repository.url`` and
 ``repository.branch``); every Colab link and install command is generated from it.
@@ -33,10 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from . import grading
 
 __all__ = [
     "Repo",
@@ -587,6 +592,48 @@ def spread_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- grade
+
+
+def resolve_labs(labs: Sequence[grading.Lab], names: Sequence[str]) -> list[str]:
+    """Lab names (file stems) from names or numbers (``01-2``, ``01-2-self-attention``,
+    ``labs/01-2-self-attention.ipynb``); ``ValueError`` naming the one that fits no lab."""
+    found = []
+    for name in names:
+        stem = Path(name).stem if name.endswith(".ipynb") else name
+        lab = grading.match_lab(f"{stem}.ipynb", labs)
+        if lab is None:
+            raise ValueError(f"--labs: {name!r} is not a lab ({', '.join(x.name for x in labs)})")
+        found.append(lab.name)
+    return found
+
+
+def grade(
+    repo: Repo,
+    submissions: Path,
+    out: Path,
+    *,
+    feedback: Path | None = None,
+    timeout: float = grading.DEFAULT_TIMEOUT,
+    jobs: int = 1,
+    assigned: Sequence[str] | None = None,
+) -> list[grading.Submission]:
+    """Grade ``submissions/<student>/*.ipynb`` against the repository's labs; write
+    ``out`` (a row per student x lab x check), ``<out>-summary.csv`` and one markdown
+    report per student in ``feedback`` (default: ``feedback/`` beside ``out``)."""
+    labs = [grading.load_lab(p) for p in repo.labs]
+    names = resolve_labs(labs, assigned) if assigned else None
+    subs = grading.grade_submissions(submissions, labs, timeout=timeout, jobs=jobs, assigned=names)
+    grading.write_grades(subs, out)
+    grading.write_summary(subs, grading.summary_path(out))
+    reports = grading.write_feedback(subs, feedback or out.parent / "feedback", labs)
+    for line in grading.summary_lines(subs):
+        print(line)
+    print(f"wrote {out}, {grading.summary_path(out)} and {len(reports)} feedback report(s) in "
+          f"{feedback or out.parent / 'feedback'}")  # fmt: skip
+    return subs
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -606,6 +653,16 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     sp.add_argument("--jobs", type=int, default=2)
     sp.add_argument("--timeout", type=int, default=900)
+    gr = sub.add_parser("grade", help="run handed-in notebooks, score their checks, write grades and feedback")
+    gr.add_argument("submissions", type=Path, help="a folder with one sub-folder of notebooks per student")
+    gr.add_argument("--out", type=Path, default=Path("grades.csv"), help="the CSV to write (default grades.csv)")
+    gr.add_argument("--feedback", type=Path, default=None,
+                    help="folder for one markdown report per student (default: feedback/ beside --out)")
+    gr.add_argument("--timeout", type=float, default=grading.DEFAULT_TIMEOUT,
+                    help=f"seconds per notebook (default {grading.DEFAULT_TIMEOUT})")
+    gr.add_argument("--jobs", type=int, default=1, help="notebooks graded side by side (default 1)")
+    gr.add_argument("--labs", nargs="+", default=None,
+                    help="labs every student should hand in, e.g. 01-2 01-3 (default: every lab handed in)")
     args = parser.parse_args(argv)
     repo = Repo()
     if args.command == "sync":
@@ -619,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "spread":
         spread(repo, [p.resolve() for p in args.labs], seeds=tuple(args.seeds),
                threads=tuple(args.threads), jobs=args.jobs, timeout=args.timeout)
+    elif args.command == "grade":
+        try:
+            grade(repo, args.submissions, args.out, feedback=args.feedback, timeout=args.timeout,
+                  jobs=args.jobs, assigned=args.labs)
+        except ValueError as err:
+            parser.error(str(err))
     elif args.command == "check":
         problems = check_labs(repo)
         for p in problems:

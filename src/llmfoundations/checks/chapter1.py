@@ -16,6 +16,11 @@ The cases are chosen so that the usual mistakes fail:
 - ``sinusoidal``: sine and cosine swapped, exponent ``i / d`` instead of ``2i / d``;
 - ``rope_interleaved``: the split-half pairing, rotating the wrong way, wrong speeds.
 
+Most of these mistakes are also recognised: the failure then ends with a ``Hint:`` line
+naming it (attention, causal attention, ``repeat_kv``, ``sinusoidal``). Lab 01-2 asks
+for attention written by hand, so ``attention`` and ``causal_attention`` fail a function
+that calls ``scaled_dot_product_attention`` (any spelling: ``NO_FUSED_ATTENTION``).
+
 The references are independent of the student's code: plain Python for the tokenizer
 exercises, ``torch.nn.functional.scaled_dot_product_attention`` for attention, and the
 course's ``positional`` module for the encodings.
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 
 from llmfoundations.positional import apply_rope, sinusoidal_encoding
 
-from .core import check_callable, compare_with_reference
+from .core import Hint, check_callable, compare_with_reference, exercise_check
 
 __all__ = [
     "check_count_pairs",
@@ -133,6 +138,7 @@ def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
 # -------------------------------------------------------------------- checks (01-1)
 
 
+@exercise_check
 def check_count_pairs(student: Callable[[list[int]], Mapping[Pair, int]]) -> None:
     """Lab 01-1: ``count_pairs(ids)`` -> ``{(a, b): count}`` over adjacent pairs."""
     check_callable("count_pairs", student)
@@ -155,6 +161,7 @@ def check_count_pairs(student: Callable[[list[int]], Mapping[Pair, int]]) -> Non
     )
 
 
+@exercise_check
 def check_merge(student: Callable[[list[int], Pair, int], list[int]]) -> None:
     """Lab 01-1: ``merge(ids, pair, new_id)`` -> a new list with the pair replaced."""
     check_callable("merge", student)
@@ -179,6 +186,7 @@ def check_merge(student: Callable[[list[int], Pair, int], list[int]]) -> None:
     )
 
 
+@exercise_check
 def check_train_bpe(student: Callable[..., Mapping[Pair, int]]) -> None:
     """Lab 01-1: ``train_bpe(ids, n_merges, first_id=256)`` -> ``{pair: new_id}``."""
     check_callable("train_bpe", student)
@@ -208,6 +216,72 @@ def _reference_causal_attention(
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+#: Lab 01-2 asks for attention written with ``@``, ``.transpose`` and ``torch.softmax``.
+NO_FUSED_ATTENTION = {
+    "scaled_dot_product_attention": "write softmax(q k^T / sqrt(D)) v yourself with @, "
+    ".transpose(-2, -1) and torch.softmax",
+}
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    return q @ k.transpose(-2, -1) * scale  # (..., Tq, Tk)
+
+
+def _mistakes_of_attention() -> list[Hint]:
+    """Known wrong answers of ``attention`` and what to tell the student about each."""
+
+    def d(q: torch.Tensor) -> float:
+        return q.shape[-1]
+
+    return [
+        (lambda q, k, v: torch.softmax(_scores(q, k, 1.0), -1) @ v,
+         "the scores are not scaled: divide q @ k^T by sqrt(D), D = q.shape[-1]."),
+        (lambda q, k, v: torch.softmax(_scores(q, k, v.shape[-1] ** -0.5), -1) @ v,
+         "the scores are divided by the square root of the *value* size; D is the size of the "
+         "queries and keys, q.shape[-1]."),
+        (lambda q, k, v: torch.softmax(_scores(q, k, 1 / d(q)), -1) @ v,
+         "the scores are divided by D; divide by its square root, math.sqrt(q.shape[-1])."),
+        (lambda q, k, v: torch.softmax(_scores(q, k, d(q) ** -0.5), -2) @ v,
+         "the softmax runs over the queries (dim=-2); each query's weights over the keys must "
+         "sum to 1: softmax over the last dimension, dim=-1."),
+        (lambda q, k, v: _scores(q, k, d(q) ** -0.5) @ v,
+         "the scores go straight into @ v; turn them into weights with torch.softmax(scores, "
+         "dim=-1) first."),
+    ]  # fmt: skip
+
+
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor):
+    scores = _scores(q, k, q.shape[-1] ** -0.5).masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def _mistakes_of_causal_attention() -> list[Hint]:
+    """Known wrong answers of ``causal_attention`` and what to tell the student about each."""
+
+    def ones(q: torch.Tensor) -> torch.Tensor:
+        return torch.ones(q.shape[-2], q.shape[-2], dtype=torch.bool)  # (T, T)
+
+    def after_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(_scores(q, k, q.shape[-1] ** -0.5), dim=-1)
+        return (weights * ones(q).tril()) @ v
+
+    return [
+        (lambda q, k, v: _masked_attention(q, k, v, ones(q).tril(-1)),
+         "the mask hides the diagonal too: position i may attend to itself, j <= i "
+         "(tril(), not tril(-1))."),
+        (lambda q, k, v: _masked_attention(q, k, v, ones(q).triu()),
+         "the mask points the wrong way: position i may see j <= i, the lower triangle "
+         "(tril), not the future (triu)."),
+        (after_softmax,
+         "the mask is applied after the softmax, so the weights no longer sum to 1: set the "
+         "forbidden scores to -inf *before* the softmax."),
+        (lambda q, k, v: _masked_attention(q, k, v, ones(q)),
+         "there is no mask: every position also sees the future; set the scores of j > i "
+         "to -inf before the softmax."),
+    ]  # fmt: skip
+
+
+@exercise_check
 def check_attention(student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-2: ``attention(q, k, v)`` = softmax(q k^T / sqrt(D)) v, no mask."""
     check_callable("attention", student)
@@ -223,9 +297,11 @@ def check_attention(student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
     cases = [
         ((_randn(g, *sq), _randn(g, *sk), _randn(g, *sv)), {}) for sq, sk, sv in shapes
     ]
-    compare_with_reference("attention", student, _reference_attention, cases, atol=1e-5, rtol=1e-4)
+    compare_with_reference("attention", student, _reference_attention, cases, atol=1e-5,
+                           rtol=1e-4, hints=_mistakes_of_attention(), forbid=NO_FUSED_ATTENTION)
 
 
+@exercise_check
 def check_causal_attention(
     student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
@@ -238,7 +314,8 @@ def check_causal_attention(
         v_shape = (*s[:-1], s[-1] + 2)  # Dv != D
         cases.append(((_randn(g, *s), _randn(g, *s), _randn(g, *v_shape)), {}))
     compare_with_reference(
-        "causal_attention", student, _reference_causal_attention, cases, atol=1e-5, rtol=1e-4
+        "causal_attention", student, _reference_causal_attention, cases, atol=1e-5, rtol=1e-4,
+        hints=_mistakes_of_causal_attention(), forbid=NO_FUSED_ATTENTION,
     )
 
 
@@ -246,6 +323,7 @@ def _reference_repeat_kv(k: torch.Tensor, n_rep: int) -> torch.Tensor:
     return torch.repeat_interleave(k, n_rep, dim=1)  # head h reads KV head h // n_rep
 
 
+@exercise_check
 def check_repeat_kv(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 01-2: ``repeat_kv(k, n_rep)``: ``(B, Hkv, T, D)`` -> ``(B, Hkv * n_rep, T, D)``.
 
@@ -261,19 +339,62 @@ def check_repeat_kv(student: Callable[[torch.Tensor, int], torch.Tensor]) -> Non
         ((_randn(g, 2, 1, 4, 4), 8), {}),  # multi-query: one KV head for all
         ((_randn(g, 1, 2, 3, 4), 1), {}),  # plain multi-head: unchanged
     ]
-    compare_with_reference("repeat_kv", student, _reference_repeat_kv, cases, atol=0.0, rtol=0.0)
+    hints = [
+        (lambda k, n_rep: k.repeat(1, n_rep, 1, 1),
+         "the heads are tiled ([k0, k1, k0, k1]); query head h must read KV head h // n_rep, "
+         "so each head is repeated in place: [k0, k0, k1, k1] (torch.repeat_interleave(k, "
+         "n_rep, dim=1))."),
+        (lambda k, n_rep: torch.repeat_interleave(k, n_rep, dim=2),
+         "the positions are repeated (dim=2); repeat the heads, dim=1."),
+        (lambda k, n_rep: k,
+         "the keys come back unchanged: each of the Hkv heads must appear n_rep times."),
+    ]  # fmt: skip
+    compare_with_reference("repeat_kv", student, _reference_repeat_kv, cases, atol=0.0, rtol=0.0,
+                           hints=hints)
 
 
 # -------------------------------------------------------------------- checks (01-3)
 
 
+@exercise_check
 def check_sinusoidal(student: Callable[[int, int], torch.Tensor]) -> None:
     """Lab 01-3: ``sinusoidal(n_positions, d_model)``, the 2017 table ``(T, C)``."""
     check_callable("sinusoidal", student)
     cases = [((1, 2), {}), ((4, 2), {}), ((6, 4), {}), ((50, 16), {}), ((20, 64), {})]
     compare_with_reference(
-        "sinusoidal", student, sinusoidal_encoding, cases, atol=1e-4, rtol=1e-4
+        "sinusoidal", student, sinusoidal_encoding, cases, atol=1e-4, rtol=1e-4,
+        hints=_mistakes_of_sinusoidal(),
     )
+
+
+def _sinusoidal_from(angle: torch.Tensor, layout: str) -> torch.Tensor:
+    """A table from angles (T, C/2): sin/cos interleaved, swapped, or concatenated."""
+    sin, cos = angle.sin(), angle.cos()
+    if layout == "swapped":
+        sin, cos = cos, sin
+    if layout == "concatenated":
+        return torch.cat((sin, cos), dim=-1).float()
+    return torch.stack((sin, cos), dim=-1).flatten(1).float()
+
+
+def _mistakes_of_sinusoidal() -> list[Hint]:
+    """Known wrong answers of ``sinusoidal`` (even ``d_model``) and what to say about each."""
+
+    def angle(n_positions: int, d_model: int, two_i: bool = True) -> torch.Tensor:
+        pos = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (T, 1)
+        i = torch.arange(d_model // 2, dtype=torch.float64)  # (C/2,)
+        return pos / 10000.0 ** ((2 * i if two_i else i) / d_model)  # (T, C/2)
+
+    return [
+        (lambda t, c: _sinusoidal_from(angle(t, c), "swapped"),
+         "sine and cosine are swapped: even columns 2i hold the sine, odd columns 2i + 1 "
+         "the cosine."),
+        (lambda t, c: _sinusoidal_from(angle(t, c, two_i=False), "interleaved"),
+         "the exponent is i / d_model; the pair (2i, 2i + 1) turns at p / 10000^(2i / d_model)."),
+        (lambda t, c: _sinusoidal_from(angle(t, c), "concatenated"),
+         "the sines and cosines are concatenated ([sin ... | cos ...]); they alternate: "
+         "column 2i a sine, column 2i + 1 the cosine of the same angle."),
+    ]  # fmt: skip
 
 
 def _reference_rope_interleaved(
@@ -282,6 +403,7 @@ def _reference_rope_interleaved(
     return apply_rope(x, positions, theta, interleaved=True)
 
 
+@exercise_check
 def check_rope_interleaved(student: Callable[..., torch.Tensor]) -> None:
     """Lab 01-3: ``rope_interleaved(x, positions, theta=10000.0)``, pairs ``(2i, 2i+1)``."""
     check_callable("rope_interleaved", student)

@@ -35,7 +35,7 @@ from llmfoundations.models import EncoderMLM, ModelConfig
 from llmfoundations.sampling import sequence_logprob
 from llmfoundations.scaling import CHINCHILLA_FIT, compute_optimal, predict_loss
 
-from .core import check_callable, compare_with_reference
+from .core import check_callable, compare_with_reference, exercise_check
 
 __all__ = [
     "check_last_token_states",
@@ -58,6 +58,7 @@ def _reference_last_token_states(hidden: torch.Tensor, lengths: torch.Tensor) ->
     return hidden[rows, lengths - 1]  # (B, C)
 
 
+@exercise_check
 def check_last_token_states(
     student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
@@ -90,6 +91,7 @@ def _reference_gpt1_loss(
     return task + lam * lm
 
 
+@exercise_check
 def check_gpt1_loss(student: Callable[..., torch.Tensor]) -> None:
     """Lab 02-1: GPT-1's fine-tuning objective, task cross-entropy + ``lam`` x LM loss."""
     check_callable("gpt1_loss", student)
@@ -116,6 +118,7 @@ def _reference_segment_ids(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
     return out
 
 
+@exercise_check
 def check_segment_ids(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 02-2: BERT's sentence A / B ids for ``[CLS] A [SEP] B [SEP] [PAD]...`` rows."""
     check_callable("segment_ids", student)
@@ -152,6 +155,7 @@ def reference_pseudo_log_likelihood(
     return picked.sum()
 
 
+@exercise_check
 def check_pseudo_log_likelihood(student: Callable[..., torch.Tensor]) -> None:
     """Lab 02-2: a sentence's pseudo-log-likelihood under a masked LM (Salazar et al., 2020).
 
@@ -192,6 +196,7 @@ def _reference_calibrate(probs: torch.Tensor, content_free: torch.Tensor) -> tor
     return scaled / scaled.sum(dim=-1, keepdim=True)
 
 
+@exercise_check
 def check_contextual_calibration(
     student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
@@ -215,6 +220,7 @@ def check_contextual_calibration(
     compare_with_reference("calibrate", student, _reference_calibrate, cases, atol=1e-6)
 
 
+@exercise_check
 def check_continuation_logprob(student: Callable[..., torch.Tensor]) -> None:
     """Lab 02-3: ``continuation_logprob(logits, ids, prompt_len)``: logits (B, T, V) of a
     causal LM run on ids (B, T) -> (B,), the summed log-probability of ``ids[:, prompt_len:]``.
@@ -242,6 +248,7 @@ _OTHER_FIT = {"E": 1.82, "A": 482.0, "B": 2085.0, "alpha": 0.35, "beta": 0.37}  
 _TOY_FIT = {"E": 0.8, "A": 30.0, "B": 900.0, "alpha": 0.45, "beta": 0.6}
 
 
+@exercise_check
 def check_chinchilla_loss(student: Callable[[Any, Any, Mapping[str, float]], Any]) -> None:
     """Lab 02-4: ``chinchilla_loss(N, D, params) = E + A / N**alpha + B / D**beta``."""
     check_callable("chinchilla_loss", student)
@@ -266,6 +273,7 @@ def check_chinchilla_loss(student: Callable[[Any, Any, Mapping[str, float]], Any
     )
 
 
+@exercise_check
 def check_optimal_allocation(
     student: Callable[[float, Mapping[str, float]], tuple[float, float]],
 ) -> None:

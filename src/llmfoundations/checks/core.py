@@ -1,13 +1,40 @@
-"""The generic machinery of the checks: run a student's function beside a reference."""
+"""The generic machinery of the checks: run a student's function beside a reference.
+
+Three things make a failing check useful to a student rather than merely strict:
+
+- ``exercise_check`` marks a check function; a blank answer (the student version's
+  ``raise NotImplementedError()``) then fails with "not attempted yet" and what to do,
+  instead of a bare ``NotImplementedError``;
+- ``compare_with_reference(..., hints=...)`` tries known wrong answers when the student's
+  result differs and adds a ``Hint:`` line naming the mistake it reproduces;
+- ``compare_with_reference(..., forbid=...)`` fails a function that calls a torch function
+  the exercise asks the student not to use (``forbidding_torch_calls``).
+
+Left out: a hint is given only when a known mistake reproduces the student's result; the
+forbidding watch sees calls made through ``torch`` (any spelling: ``F.x``, ``torch.x``,
+``tensor.x``, an alias), not a call of some other library's implementation.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import functools
+import io
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["compare_with_reference", "random_cases"]
+
+Case = tuple[tuple, dict]
+Hint = tuple[Callable[..., Any], str]  # (a known wrong answer, what to tell the student)
+
+#: What a blank exercise's check says (after the exercise's name).
+NOT_ATTEMPTED = (
+    "not attempted yet: replace `raise NotImplementedError()` with your solution and run the cell again"
+)
 
 
 def _describe(x: Any) -> str:
@@ -22,38 +49,192 @@ def check_callable(name: str, student: object) -> None:
         raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
 
 
+# --------------------------------------------------------------------- not attempted
+
+
+def exercise_check(check: Callable[..., None]) -> Callable[..., None]:
+    """Decorate the check of an exercise: a blank answer fails with "not attempted yet".
+
+    A blank is a ``NotImplementedError`` without a message (what ``raise
+    NotImplementedError()`` in the student version gives); it is re-raised as a
+    ``NotImplementedError`` that says what to do. One with a message (an operation a library
+    lacks) passes through unchanged. Every ``check_*`` the ``checks`` package exports must
+    carry this decorator.
+    """
+
+    @functools.wraps(check)
+    def run(student: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            return check(student, *args, **kwargs)
+        except NotImplementedError as err:
+            if str(err):
+                raise
+            name = getattr(student, "__name__", "")
+            if not name.isidentifier():
+                name = check.__name__.removeprefix("check_")
+            raise NotImplementedError(f"{name}: {NOT_ATTEMPTED}") from None
+
+    run.__exercise_check__ = True  # type: ignore[attr-defined]
+    return run
+
+
+# ------------------------------------------------------------------ forbidden calls
+
+
+class ForbiddenCall(AssertionError):
+    """A student's function called a torch function its exercise rules out."""
+
+
+class _Forbid(TorchFunctionMode):
+    """Raises ``ForbiddenCall`` on any torch call whose name is a key of ``advice``."""
+
+    def __init__(self, advice: Mapping[str, str]) -> None:
+        super().__init__()
+        self.advice = dict(advice)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.advice:
+            raise ForbiddenCall(
+                f"your function calls {name}, which this exercise asks you not to use; "
+                f"{self.advice[name]}"
+            )
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def forbidding_torch_calls(advice: Mapping[str, str]) -> Iterator[None]:
+    """Inside the block, a torch call named in ``advice`` raises ``ForbiddenCall``.
+
+    ``advice`` maps a torch function's name (``"scaled_dot_product_attention"``) to what
+    to do instead. It is a ``TorchFunctionMode``, so it sees every spelling of the call
+    (``F.x``, ``torch.x``, ``tensor.x``, ``from ... import x as y``) and leaves torch itself
+    untouched. Only calls made from Python are seen: what happens inside a torch call is not.
+    For example, ``with forbidding_torch_calls({"softmax": "write it yourself"}):
+    F.softmax(x, -1)`` raises "your function calls softmax, which this exercise asks you
+    not to use; write it yourself".
+    """
+    if not isinstance(advice, Mapping):
+        raise TypeError(f"advice must map torch function names to advice, got {type(advice).__name__}")
+    if not advice:
+        yield
+        return
+    with _Forbid(advice):
+        yield
+
+
+# --------------------------------------------------------------------------- hints
+
+
+def _same(got: Any, expected: Any, atol: float, rtol: float) -> bool:
+    """Whether two results agree (tensors within tolerance, NaN equal to NaN; else ``==``)."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            return False
+        return torch.allclose(got.double(), expected.double(), atol=atol, rtol=rtol, equal_nan=True)
+    if isinstance(expected, tuple):
+        return (
+            isinstance(got, tuple)
+            and len(got) == len(expected)
+            and all(_same(g, e, atol, rtol) for g, e in zip(got, expected, strict=True))
+        )
+    return bool(got == expected)
+
+
+def diagnose(
+    student: Callable[..., Any],
+    reference: Callable[..., Any],
+    cases: Sequence[Case],
+    hints: Sequence[Hint],
+    atol: float,
+    rtol: float,
+) -> str | None:
+    """The message of the known mistake that best explains the student's wrong results.
+
+    A mistake that reproduces the student's result in every case wins; otherwise the first
+    one that reproduces the first wrong case. None when no mistake matches (or the student's
+    function raises: the first run already reported that).
+    """
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            results = [student(*args, **kwargs) for args, kwargs in cases]
+    except Exception:  # noqa: BLE001 - the first run already reported the real error
+        return None
+    for wrong, message in hints:
+        if all(
+            _same(got, wrong(*args, **kwargs), atol, rtol)
+            for got, (args, kwargs) in zip(results, cases, strict=True)
+        ):
+            return message
+    for got, (args, kwargs) in zip(results, cases, strict=True):
+        if _same(got, reference(*args, **kwargs), atol, rtol):
+            continue
+        for wrong, message in hints:
+            if _same(got, wrong(*args, **kwargs), atol, rtol):
+                return message
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------- comparison
+
+
+def _compare_one(where: str, got: Any, expected: Any, atol: float, rtol: float) -> None:
+    """Raise ``AssertionError`` (prefixed by ``where``) unless ``got`` matches ``expected``."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            raise AssertionError(f"{where}: expected a tensor, got {_describe(got)}")
+        if got.shape != expected.shape:
+            raise AssertionError(f"{where}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}")
+        try:
+            torch.testing.assert_close(got, expected.to(got.dtype), atol=atol, rtol=rtol)
+        except AssertionError as err:
+            raise AssertionError(f"{where}: values differ from the reference.\n{err}") from None
+    elif got != expected:
+        raise AssertionError(f"{where}: expected {expected!r}, got {got!r}")
+
+
 def compare_with_reference(
     name: str,
     student: Callable[..., Any],
     reference: Callable[..., Any],
-    cases: Sequence[tuple[tuple, dict]],
+    cases: Sequence[Case],
     *,
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    hints: Sequence[Hint] = (),
+    forbid: Mapping[str, str] | None = None,
+    quiet: bool = False,
 ) -> None:
     """Run ``student`` and ``reference`` on every ``(args, kwargs)`` case and compare.
 
     Tensors are compared with ``torch.testing.assert_close``; other values with ``==``.
+    On a difference, each ``(wrong, message)`` of ``hints`` is tried and the message of a
+    mistake that reproduces the student's result is added as a ``Hint:`` line. ``forbid``
+    maps torch function names the exercise rules out to advice (see
+    ``forbidding_torch_calls``); the student's function fails if it calls one. ``quiet``
+    leaves out the line printed on success.
     """
     check_callable(name, student)
-    for i, (args, kwargs) in enumerate(cases, start=1):
-        expected = reference(*args, **kwargs)
-        got = student(*args, **kwargs)
-        where = f"{name}, case {i} of {len(cases)} (inputs: {', '.join(_describe(a) for a in args)})"
-        if isinstance(expected, torch.Tensor):
-            if not isinstance(got, torch.Tensor):
-                raise AssertionError(f"{where}: expected a tensor, got {_describe(got)}")
-            if got.shape != expected.shape:
-                raise AssertionError(
-                    f"{where}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-                )
+    try:
+        for i, (args, kwargs) in enumerate(cases, start=1):
+            where = f"{name}, case {i} of {len(cases)} (inputs: {', '.join(_describe(a) for a in args)})"
+            expected = reference(*args, **kwargs)
             try:
-                torch.testing.assert_close(got, expected.to(got.dtype), atol=atol, rtol=rtol)
-            except AssertionError as err:
-                raise AssertionError(f"{where}: values differ from the reference.\n{err}") from None
-        elif got != expected:
-            raise AssertionError(f"{where}: expected {expected!r}, got {got!r}")
-    print(f"✔ {name}: all {len(cases)} cases match the reference")
+                with forbidding_torch_calls(forbid or {}):
+                    got = student(*args, **kwargs)
+            except ForbiddenCall as err:
+                raise ForbiddenCall(f"{where}: {err}") from None
+            _compare_one(where, got, expected, atol, rtol)
+    except ForbiddenCall as err:
+        raise AssertionError(str(err)) from None
+    except AssertionError as err:
+        hint = diagnose(student, reference, cases, hints, atol, rtol) if hints else None
+        if hint is None:
+            raise
+        raise AssertionError(f"{err}\nHint: {hint}") from None
+    if not quiet:
+        print(f"✔ {name}: all {len(cases)} cases match the reference")
 
 
 def random_cases(shapes: Sequence[tuple[int, ...]], seed: int = 0, scale: float = 3.0):

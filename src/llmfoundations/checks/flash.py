@@ -39,7 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from llmfoundations.flash import attention_traffic
 
-from .core import check_callable, compare_with_reference
+from .core import check_callable, compare_with_reference, exercise_check
 
 __all__ = [
     "check_naive_attention_bytes",
@@ -105,6 +105,7 @@ def _reference_naive_attention_bytes(seq_len: int, head_dim: int, dtype_bytes: i
     return attention_traffic(seq_len, head_dim, bytes_per_element=dtype_bytes).naive_bytes
 
 
+@exercise_check
 def check_naive_attention_bytes(student: Callable[[int, int, int], int]) -> None:
     """Lab 06-1: ``naive_attention_bytes(T, D, dtype_bytes)``, bytes one head's plain
     attention forward moves: read Q, K, V, write O, and write S, read S, write P, read P."""
@@ -145,6 +146,7 @@ def _watched_online_softmax(student: Callable[[torch.Tensor, int], torch.Tensor]
     return run
 
 
+@exercise_check
 def check_online_softmax(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 06-1: ``online_softmax(x, block_size)``, the softmax over the last dimension,
     computed by reading ``block_size`` columns at a time (running maximum and sum)."""
@@ -197,6 +199,7 @@ def _watched_tiled_attention(student: Callable[..., torch.Tensor]):
     return run
 
 
+@exercise_check
 def check_tiled_attention(
     student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor],
 ) -> None:

@@ -28,9 +28,7 @@ it); ``attention.causal_mask``; and the written-out sampling rules of the exerci
 
 from __future__ import annotations
 
-import contextlib
-import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,7 +40,7 @@ from llmfoundations.attention import causal_mask
 from llmfoundations.layers import TransformerBlock
 from llmfoundations.models import IGNORE_INDEX, DecoderLM, ModelConfig
 
-from .core import check_callable, compare_with_reference
+from .core import Case, check_callable, compare_with_reference, exercise_check
 
 __all__ = [
     "check_causal_lm_loss",
@@ -53,86 +51,12 @@ __all__ = [
     "check_cross_attention_mask",
 ]
 
-Case = tuple[tuple, dict]
-Hint = tuple[Callable[..., Any], str]  # (a known wrong answer, what to tell the student)
 
 #: Parameters of GPT-2 small (V=50257, C=768, 12 layers, 1024 positions, tied output layer).
 GPT2_SMALL_PARAMETERS = 124_439_808
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-
-def _same(got: Any, expected: Any, atol: float, rtol: float) -> bool:
-    """Whether two results agree (tensors within tolerance, anything else with ``==``)."""
-    if isinstance(expected, torch.Tensor):
-        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
-            return False
-        return torch.allclose(got.double(), expected.double(), atol=atol, rtol=rtol)
-    if isinstance(expected, tuple):
-        return (
-            isinstance(got, tuple)
-            and len(got) == len(expected)
-            and all(_same(g, e, atol, rtol) for g, e in zip(got, expected, strict=True))
-        )
-    return bool(got == expected)
-
-
-def _diagnose(
-    student: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Sequence[Case],
-    hints: Sequence[Hint],
-    atol: float,
-    rtol: float,
-) -> str | None:
-    """The message of the known mistake that best explains the student's wrong results.
-
-    A mistake that reproduces the student's result in every case wins; otherwise the first
-    one that reproduces the first wrong case.
-    """
-    try:
-        results = [student(*args, **kwargs) for args, kwargs in cases]
-    except Exception:  # noqa: BLE001 - the first run already reported the real error
-        return None
-    for wrong, message in hints:
-        if all(
-            _same(got, wrong(*args, **kwargs), atol, rtol)
-            for got, (args, kwargs) in zip(results, cases, strict=True)
-        ):
-            return message
-    for got, (args, kwargs) in zip(results, cases, strict=True):
-        if _same(got, reference(*args, **kwargs), atol, rtol):
-            continue
-        for wrong, message in hints:
-            if _same(got, wrong(*args, **kwargs), atol, rtol):
-                return message
-        return None
-    return None
-
-
-def _compare(
-    name: str,
-    student: Callable[..., Any],
-    reference: Callable[..., Any],
-    cases: Sequence[Case],
-    *,
-    hints: Sequence[Hint] = (),
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
-    quiet: bool = False,
-) -> None:
-    """``compare_with_reference``, plus a hint when the result matches a known mistake."""
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            compare_with_reference(name, student, reference, cases, atol=atol, rtol=rtol)
-    except AssertionError as err:
-        hint = _diagnose(student, reference, cases, hints, atol, rtol)
-        raise AssertionError(f"{err}\nHint: {hint}" if hint else str(err)) from None
-    if not quiet:
-        print(printed.getvalue(), end="")
 
 
 def _returning(name: str, kind: str, student: Callable[..., Any]) -> Callable[..., Any]:
@@ -212,6 +136,7 @@ def _loss_cases() -> list[Case]:
     return cases
 
 
+@exercise_check
 def check_causal_lm_loss(student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-4: next-token loss; ``logits[:, t]`` is scored against ``labels[:, t + 1]``."""
     check_callable("causal_lm_loss", student)
@@ -226,7 +151,8 @@ def check_causal_lm_loss(student: Callable[[torch.Tensor, torch.Tensor], torch.T
         (_loss_mean_over_all, "targets equal to -100 must be left out of the mean, not "
          "counted as zero loss (F.cross_entropy's ignore_index does this)."),
     ]  # fmt: skip
-    _compare("causal_lm_loss", student, reference_causal_lm_loss, _loss_cases(), hints=hints)
+    compare_with_reference("causal_lm_loss", student, reference_causal_lm_loss, _loss_cases(),
+                           hints=hints)
 
 
 # ------------------------------------------------------------- 01-4: parameter count
@@ -273,6 +199,7 @@ _COUNT_CONFIGS: list[tuple[tuple[int, int, int, int], dict]] = [
 ]
 
 
+@exercise_check
 def check_count_parameters(student: Callable[..., int]) -> None:
     """Lab 01-4: the number of parameters of a GPT-2-style ``DecoderLM``, in closed form.
 
@@ -302,7 +229,7 @@ def check_count_parameters(student: Callable[..., int]) -> None:
         (_count_forgot_norms, "each LayerNorm has a scale and a shift of d_model each: two per "
          "block and one at the end."),
     ]  # fmt: skip
-    _compare("count_parameters", student, built, cases, hints=hints)
+    compare_with_reference("count_parameters", student, built, cases, hints=hints)
 
 
 # --------------------------------------------------------------- 01-4: residual block
@@ -341,6 +268,7 @@ def _randomise_norms(module: nn.Module, generator: torch.Generator) -> None:
                     sub.bias.copy_(0.5 * torch.randn(sub.bias.shape, generator=generator))
 
 
+@exercise_check
 def check_residual_block(student: Callable[..., torch.Tensor]) -> None:
     """Lab 01-4: one residual sub-layer, pre-norm or post-norm.
 
@@ -371,8 +299,8 @@ def check_residual_block(student: Callable[..., torch.Tensor]) -> None:
         (_block_no_residual, "the residual connection is missing: add x back."),
     ]  # fmt: skip
     with torch.no_grad():
-        _compare("residual_block", student, reference_residual_block, cases, hints=hints,
-                 quiet=True)  # fmt: skip
+        compare_with_reference("residual_block", student, reference_residual_block, cases,
+                               hints=hints, quiet=True)  # fmt: skip
 
         blocks = {}
         for position in ("pre", "post"):
@@ -389,7 +317,7 @@ def check_residual_block(student: Callable[..., torch.Tensor]) -> None:
 
         x = torch.randn(2, 6, c, generator=g)
         block_cases = [((x, "pre"), {}), ((x, "post"), {})]
-        _compare(
+        compare_with_reference(
             "residual_block (two of them make a TransformerBlock)",
             two_sublayers,
             lambda x, position: blocks[position](x),
@@ -445,6 +373,7 @@ def _pad_mask_cases() -> list[Case]:
     return [((right,), {}), ((left,), {}), ((ragged,), {}), ((torch.ones(1, 1, dtype=torch.long),), {})]
 
 
+@exercise_check
 def check_causal_padding_mask(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-5: a decoder's self-attention mask, causal and blind to padded keys."""
     check_callable("causal_padding_mask", student)
@@ -459,8 +388,8 @@ def check_causal_padding_mask(student: Callable[[torch.Tensor], torch.Tensor]) -
          "pattern (their outputs are thrown away later anyway)."),
     ]  # fmt: skip
     wrapped = _returning("causal_padding_mask", "bool tensor", student)
-    _compare("causal_padding_mask", wrapped, reference_causal_padding_mask, _pad_mask_cases(),
-             hints=hints)  # fmt: skip
+    compare_with_reference("causal_padding_mask", wrapped, reference_causal_padding_mask,
+                           _pad_mask_cases(), hints=hints)  # fmt: skip
 
 
 def reference_cross_attention_mask(src_pad_mask: torch.Tensor, tgt_len: int) -> torch.Tensor:
@@ -484,6 +413,7 @@ def _cross_on_queries(src_pad_mask, tgt_len):
     return reference_cross_attention_mask(src_pad_mask, tgt_len).transpose(1, 2)
 
 
+@exercise_check
 def check_cross_attention_mask(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 01-5: the mask of an encoder-decoder's cross-attention, (B, T_tgt, S)."""
     check_callable("cross_attention_mask", student)
@@ -503,8 +433,8 @@ def check_cross_attention_mask(student: Callable[[torch.Tensor, int], torch.Tens
          "columns are source positions (keys)."),
     ]  # fmt: skip
     wrapped = _returning("cross_attention_mask", "bool tensor", student)
-    _compare("cross_attention_mask", wrapped, reference_cross_attention_mask, cases,
-             hints=hints)  # fmt: skip
+    compare_with_reference("cross_attention_mask", wrapped, reference_cross_attention_mask, cases,
+                           hints=hints)  # fmt: skip
 
 
 # ----------------------------------------------------------------- 01-5: BERT masking
@@ -580,6 +510,7 @@ def _with_seed(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+@exercise_check
 def check_mask_tokens(student: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Lab 01-5: BERT's 15% / 80-10-10 masking, with the exercise's exact random draws."""
     check_callable("mask_tokens", student)
@@ -612,8 +543,12 @@ def check_mask_tokens(student: Callable[..., tuple[torch.Tensor, torch.Tensor]])
 
     student_seeded = _with_seed(guarded)
     reference_seeded = _with_seed(reference_mask_tokens)
-    _compare("mask_tokens (labels)", labels_of(student_seeded), labels_of(reference_seeded),
-             cases, hints=[(labels_of(w), m) for w, m in hints], atol=0, rtol=0, quiet=True)  # fmt: skip
-    _compare("mask_tokens (inputs)", inputs_of(student_seeded), inputs_of(reference_seeded),
-             cases, hints=[(inputs_of(w), m) for w, m in hints], atol=0, rtol=0, quiet=True)  # fmt: skip
+    compare_with_reference("mask_tokens (labels)", labels_of(student_seeded),
+                           labels_of(reference_seeded), cases,
+                           hints=[(labels_of(w), m) for w, m in hints], atol=0, rtol=0,
+                           quiet=True)  # fmt: skip
+    compare_with_reference("mask_tokens (inputs)", inputs_of(student_seeded),
+                           inputs_of(reference_seeded), cases,
+                           hints=[(inputs_of(w), m) for w, m in hints], atol=0, rtol=0,
+                           quiet=True)  # fmt: skip
     print(f"✔ mask_tokens: inputs and labels match the reference in all {len(cases)} cases")

@@ -31,7 +31,7 @@ from einops import rearrange
 
 from llmfoundations.moe import dispatch_order, load_balancing_loss, top_k_routing
 
-from .core import check_callable, compare_with_reference
+from .core import check_callable, compare_with_reference, exercise_check
 
 __all__ = ["check_top_k_routing", "check_load_balancing_loss", "check_kept_slots"]
 
@@ -62,6 +62,7 @@ def _pair(name: str, student: Callable[..., Any]) -> Callable[..., tuple[Any, An
     return run
 
 
+@exercise_check
 def check_top_k_routing(
     student: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
 ) -> None:
@@ -142,6 +143,7 @@ def _loss_gradient(
     return run
 
 
+@exercise_check
 def check_load_balancing_loss(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 01-6: ``load_balancing_loss(router_logits, k)``, the course's Switch loss
     ``E * sum_i f_i * P_i`` with ``f_i`` the fraction of the ``N * k`` token-slots
@@ -197,6 +199,7 @@ def reference_kept_slots(experts: torch.Tensor, n_experts: int, capacity: int) -
     return rearrange(kept, "(k n) -> n k", n=n_tokens)
 
 
+@exercise_check
 def check_kept_slots(student: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
     """Lab 01-6: ``kept_slots(experts, n_experts, capacity)`` -> (N, K) bool.
 

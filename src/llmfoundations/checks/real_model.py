@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from llmfoundations.pretrained import apply_chat_template, qk_rows_to_split_half
 
-from .core import check_callable, compare_with_reference
+from .core import check_callable, compare_with_reference, exercise_check
 
 __all__ = [
     "check_chatml",
@@ -86,6 +86,7 @@ def _random_q4_1_block(rng: np.random.Generator, *, q: np.ndarray | None = None)
 # ----------------------------------------------------------------------------- 02-5 checks
 
 
+@exercise_check
 def check_chatml(student: Callable[[list[dict[str, str]]], str]) -> None:
     """Lab 02-5: ``chatml(messages)`` -> SmolLM2's ChatML prompt, ready for the reply.
 
@@ -127,6 +128,7 @@ def check_chatml(student: Callable[[list[dict[str, str]]], str]) -> None:
     print(f"✔ chatml: all {len(conversations)} cases match the reference")
 
 
+@exercise_check
 def check_unpermute_qk(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 02-5: ``unpermute_qk(weight, n_heads)`` undoes llama.cpp's row order.
 
@@ -142,6 +144,7 @@ def check_unpermute_qk(student: Callable[[torch.Tensor, int], torch.Tensor]) -> 
     compare_with_reference("unpermute_qk", student, qk_rows_to_split_half, cases, atol=0, rtol=0)
 
 
+@exercise_check
 def check_dequantize_q4_1(student: Callable[[bytes], torch.Tensor]) -> None:
     """Lab 02-5: ``dequantize_q4_1(block)`` -> the 32 weights of one 20-byte ``Q4_1`` block."""
     check_callable("dequantize_q4_1", student)
@@ -222,6 +225,7 @@ def _as_head_list(name: str, got: Any, case: str) -> list[tuple[int, int, float]
 # ----------------------------------------------------------------------------- 01-7 checks
 
 
+@exercise_check
 def check_top_attending_heads(student: Callable[..., list[tuple[int, int, float]]]) -> None:
     """Lab 01-7: ``top_attending_heads(attn, query_idx, key_idx, k)`` ranks the heads."""
     check_callable("top_attending_heads", student)
@@ -252,6 +256,7 @@ def check_top_attending_heads(student: Callable[..., list[tuple[int, int, float]
     print(f"✔ top_attending_heads: all {len(cases)} cases match the reference")
 
 
+@exercise_check
 def check_previous_token_scores(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Lab 01-7: ``previous_token_scores(attn)`` -> ``(L, H)`` mean weight on the token before."""
     check_callable("previous_token_scores", student)
@@ -311,6 +316,7 @@ def reference_attend_with_cache(
 # ----------------------------------------------------------------------------- 06-2 checks
 
 
+@exercise_check
 def check_kv_cache_bytes(student: Callable[..., int]) -> None:
     """Lab 06-2: ``kv_cache_bytes(n_layers, batch_size, n_kv_heads, head_dim, seq_len,
     bytes_per_value)`` -> bytes of keys and values for a whole model."""
@@ -334,6 +340,7 @@ def check_kv_cache_bytes(student: Callable[..., int]) -> None:
     compare_with_reference("kv_cache_bytes", as_int, _reference_kv_cache_bytes, cases)
 
 
+@exercise_check
 def check_attend_with_cache(student: Callable[..., torch.Tensor]) -> None:
     """Lab 06-2: ``attend_with_cache(q, k_cache, v_cache, k_new, v_new)``: the new tokens'
     attention output, as if the whole sequence had been computed at once."""

@@ -33,7 +33,7 @@ import torch
 
 from llmfoundations.sampling import distinct_n, top_k_filter, top_p_filter
 
-from .core import check_callable, compare_with_reference
+from .core import check_callable, compare_with_reference, exercise_check
 
 __all__ = [
     "check_temperature_softmax",
@@ -89,6 +89,7 @@ def _reference_temperature_softmax(logits: torch.Tensor, temperature: float) -> 
     return torch.softmax(logits / temperature, dim=-1)
 
 
+@exercise_check
 def check_temperature_softmax(student: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """Lab 04-1: ``temperature_softmax(logits, temperature)`` -> probabilities ``(B, V)``.
 
@@ -113,6 +114,7 @@ def check_temperature_softmax(student: Callable[[torch.Tensor, float], torch.Ten
     )
 
 
+@exercise_check
 def check_top_k(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
     """Lab 04-1: ``top_k(logits, k)`` keeps the ``k`` largest logits of each row, ``-inf`` elsewhere."""
     check_callable("top_k", student)
@@ -155,6 +157,7 @@ def top_p_cases() -> list[tuple[tuple, dict]]:
     return cases
 
 
+@exercise_check
 def check_top_p(student: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     """Lab 04-2: ``top_p(logits, p)``, nucleus filtering.
 
@@ -172,6 +175,7 @@ def check_top_p(student: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     )
 
 
+@exercise_check
 def check_distinct_n(student: Callable[[Sequence[str], int], float]) -> None:
     """Lab 04-2: ``distinct_n(texts, n)``: distinct n-grams / all n-grams, pooled over ``texts``.
 
@@ -230,6 +234,7 @@ def reference_few_shot_messages(
     return messages
 
 
+@exercise_check
 def check_few_shot_messages(
     student: Callable[[str, Sequence[tuple[str, str]], str], list[dict[str, str]]],
 ) -> None:
@@ -272,6 +277,7 @@ def reference_majority_vote(answers: Sequence[str]) -> str:
     return next(a for a, c in counts.items() if c == best)  # dicts keep insertion order
 
 
+@exercise_check
 def check_majority_vote(student: Callable[[Sequence[str]], str]) -> None:
     """Lab 04-3: ``majority_vote(answers)``, the vote of self-consistency decoding."""
     check_callable("majority_vote", student)
