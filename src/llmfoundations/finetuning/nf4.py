@@ -268,6 +268,7 @@ def _unpack(packed: Tensor, n: int) -> Tensor:
 
 
 def _dequantize_absmax(q: QuantizedAbsmax) -> Tensor:
+    """Unchecked core of ``dequantize_absmax``: float32 (Nb,)."""
     return (
         _blockwise_dequantize(q.codes, q.scale, _DYNAMIC_CODE.to(q.scale.device), q.block_size)
         + q.offset
@@ -358,6 +359,10 @@ class NF4Linear(nn.Module):
     the full-precision weight is not kept. Buffers: ``packed`` and either ``absmax`` or
     ``absmax_codes`` / ``absmax_scale`` / ``absmax_offset``; the bias, if any, stays in
     full precision and frozen. Forward: ``x @ dequantize(W).T + bias`` in ``x``'s dtype.
+
+    Keep the scales in float32: ``module.to(torch.bfloat16)`` casts every floating buffer,
+    ``absmax`` included, which rounds the scales (bitsandbytes keeps them in float32).
+    Cast the inputs and the adapters instead.
     """
 
     def __init__(self, linear: nn.Linear, block_size: int = 64, *, double_quant: bool = False):
