@@ -236,9 +236,10 @@ def _blockwise_quantize(x: Tensor, code: Tensor, block_size: int) -> tuple[Tenso
     """
     n = x.numel()
     n_blocks = -(-n // block_size)
-    blocks = F.pad(x, (0, n_blocks * block_size - n)).view(n_blocks, block_size)  # (Nb, bs)
+    padded = F.pad(x, (0, n_blocks * block_size - n))  # (Nb * block_size,)
+    blocks = padded.view(n_blocks, block_size)  # (Nb, block_size)
     absmax = blocks.abs().amax(dim=1)  # (Nb,); the zero padding never exceeds it
-    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]).clamp(-1, 1)  # (Nb, bs)
+    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]).clamp(-1, 1)  # (Nb, block_size)
     midpoints = (code[:-1] + code[1:]) / 2  # (K-1,): the boundaries between nearest codes
     indices = torch.bucketize(scaled.reshape(-1)[:n], midpoints)  # (N,)
     return indices, absmax
