@@ -231,7 +231,7 @@ def test_learned_positions_have_a_hard_limit_but_sinusoidal_extrapolates():
     logits = model(ids).logits  # positions 8..11 come from the formula
     assert torch.isfinite(logits).all()
     emb = model.embed(ids) * config.d_model**0.5 + sinusoidal_encoding(12, config.d_model)
-    torch.testing.assert_close(model._embed(ids, torch.arange(12)), emb, **TOL)
+    torch.testing.assert_close(model._embed(model.embed(ids), torch.arange(12)), emb, **TOL)
 
 
 def test_decoder_input_errors():
@@ -255,6 +255,59 @@ def test_decoder_input_errors():
         model(ids, positions=torch.arange(4))
     with pytest.raises(TypeError, match="kv_cache"):
         model(ids, kv_cache=[])
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_inputs_embeds_equal_the_looked_up_ids(preset):
+    """``inputs_embeds=embed(ids)`` is the same forward pass: scale, positions and all."""
+    model = _perturb(_model(PRESETS[preset]()))
+    ids = torch.randint(0, V, (2, 7))
+    labels = ids.clone()
+    labels[:, :2] = IGNORE_INDEX
+    mask = torch.tensor([[1] * 7, [0, 0] + [1] * 5])
+    with torch.no_grad():
+        by_ids = model(ids, attention_mask=mask, labels=labels)
+        by_embeds = model(inputs_embeds=model.embed(ids), attention_mask=mask, labels=labels)
+    torch.testing.assert_close(by_embeds.logits, by_ids.logits, atol=0, rtol=0)
+    torch.testing.assert_close(by_embeds.loss, by_ids.loss, atol=0, rtol=0)
+
+
+def test_inputs_embeds_prefill_then_ids_with_a_cache_equals_one_pass():
+    from llmfoundations.kv_cache import KVCache
+
+    model = _perturb(_model(PRESETS["llama"]()))
+    ids = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = KVCache.for_model(model, 2, 9)
+        first = model(inputs_embeds=model.embed(ids[:, :6]), kv_cache=cache).logits
+        rest = model(ids[:, 6:], kv_cache=cache).logits
+    torch.testing.assert_close(torch.cat([first, rest], 1), full, **TOL)
+
+
+def test_inputs_embeds_receive_gradients():
+    model = _model(PRESETS["gpt"]())
+    embeds = torch.randn(1, 5, model.config.d_model, requires_grad=True)
+    model(inputs_embeds=embeds).logits.sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+
+
+def test_inputs_embeds_errors():
+    model = _model(PRESETS["llama"]())
+    ids = torch.randint(0, V, (2, 5))
+    embeds = model.embed(ids)
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds, got both"):
+        model(ids, inputs_embeds=embeds)
+    with pytest.raises(ValueError, match="got neither"):
+        model()
+    with pytest.raises(ValueError, match="inputs_embeds must be"):
+        model(inputs_embeds=embeds[..., :-1])
+    with pytest.raises(ValueError, match="inputs_embeds must have 3"):
+        model(inputs_embeds=embeds[0])
+    with pytest.raises(TypeError, match="inputs_embeds"):
+        model(inputs_embeds=ids[..., None].expand(2, 5, model.config.d_model))
+    with pytest.raises(ValueError, match="labels"):
+        model(inputs_embeds=embeds, labels=ids[:, :3])
 
 
 def test_moe_decoder_reports_aux_loss():

@@ -15,6 +15,12 @@ Dimension legend (used in every shape comment of the package)::
     K    top-k experts per token
     V    vocabulary size
     O    answer options a judge chooses from ("1".."5", or "A"/"B"; evaluation.judge)
+    r    rank of a LoRA update (finetuning.lora)
+    Cin, Cout  input / output features of one linear layer (C, F or H*D inside a block)
+    M    bottleneck width of an adapter (Houlsby et al.'s m; finetuning.adapters)
+    Tv   number of virtual tokens of a soft prompt (finetuning.prompt_tuning)
+    N    number of items once flattened (tokens B*T, or the elements of a weight)
+    Nb   number of quantization blocks, ceil(N / block size) (finetuning.nf4)
 
 Tensors are batch-first: token ids are (B, T), hidden states (B, T, C),
 per-head tensors (B, H, T, D), logits (B, T, V).

@@ -425,9 +425,11 @@ class _TransformerModel(nn.Module):
             raise TypeError(f"positions must be integers for positional='{self.config.positional}'")
         return positions
 
-    def _embed(self, ids: Tensor, positions: Tensor, segment_ids: Tensor | None = None) -> Tensor:
-        """Token (+ position, + segment) embeddings: ids (B, T) -> (B, T, C)."""
-        x = self.embed(ids)  # (B, T, C)
+    def _embed(
+        self, tokens: Tensor, positions: Tensor, segment_ids: Tensor | None = None
+    ) -> Tensor:
+        """Token embeddings (B, T, C), looked up by the caller, + positions (+ segments)."""
+        x = tokens
         if self.config.scale_embeddings:
             x = x * math.sqrt(self.config.d_model)
         if self.config.positional == "learned":
@@ -436,7 +438,7 @@ class _TransformerModel(nn.Module):
             table = self.pos_table
             needed = int(positions.max()) + 1
             if needed > table.shape[0]:  # the formula extrapolates: extend the table
-                table = sinusoidal_encoding(needed, self.config.d_model, device=ids.device)
+                table = sinusoidal_encoding(needed, self.config.d_model, device=x.device)
             x = x + table[positions].to(x.dtype)
         if segment_ids is not None:
             x = x + self.segment_embed(segment_ids)
@@ -527,8 +529,9 @@ class DecoderLM(_TransformerModel):
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         *,
+        inputs_embeds: Tensor | None = None,
         attention_mask: Tensor | None = None,
         positions: Tensor | None = None,
         kv_cache: KVCache | None = None,
@@ -539,6 +542,10 @@ class DecoderLM(_TransformerModel):
 
         Args:
             input_ids: ``(B, T)`` token ids.
+            inputs_embeds: ``(B, T, C)`` vectors used *instead of* ``embed(input_ids)``
+                (give exactly one of the two). Everything after the lookup still applies:
+                the ``sqrt(d_model)`` scale, learned or sinusoidal positions, dropout. Soft
+                prompts (``finetuning.prompt_tuning``) enter the model this way.
             attention_mask: ``(B, Tk)``, 1 = real token, 0 = padding (left padding for
                 batched generation). With a KV cache, ``Tk`` = cached + new positions.
             positions: ``(T,)`` or ``(B, T)``. Default: ``cumsum(attention_mask) - 1``
@@ -551,8 +558,24 @@ class DecoderLM(_TransformerModel):
             output_attentions: return every layer's attention weights (slower path).
         """
         config = self.config
-        ids = _check_ids("input_ids", input_ids, config.vocab_size)
-        b, t = ids.shape
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(
+                "give exactly one of input_ids and inputs_embeds, got "
+                f"{'both' if input_ids is not None else 'neither'}"
+            )
+        if input_ids is not None:
+            ids = _check_ids("input_ids", input_ids, config.vocab_size)
+            tokens = self.embed(ids)  # (B, T, C)
+        else:
+            tokens = check_tensor(
+                "inputs_embeds", inputs_embeds, ndim=3, floating=True, nonempty=True
+            )
+            if tokens.shape[-1] != config.d_model:
+                raise ValueError(
+                    f"inputs_embeds must be (B, T, C) with C = d_model = {config.d_model}, "
+                    f"got {tuple(tokens.shape)}"
+                )
+        b, t = tokens.shape[:2]
         past = 0
         if kv_cache is not None:
             if not isinstance(kv_cache, KVCache):
@@ -569,10 +592,10 @@ class DecoderLM(_TransformerModel):
             if attention_mask is not None:
                 positions = self._positions_from_mask(attention_mask, t)  # (B, T)
             else:
-                positions = torch.arange(past, past + t, device=ids.device)  # (T,)
+                positions = torch.arange(past, past + t, device=tokens.device)  # (T,)
         positions = self._check_positions(positions, b, t)
 
-        x = self._embed(ids, positions)  # (B, T, C)
+        x = self._embed(tokens, positions)  # (B, T, C)
         rope = None
         if config.positional == "rope":  # the same angles for every layer: compute them once
             aligned = positions[:, None] if positions.ndim == 2 else positions  # (B, 1, T) or (T,)
@@ -687,7 +710,7 @@ class EncoderMLM(_TransformerModel):
                     f"segment_ids must have shape {(b, t)}, got {tuple(segment_ids.shape)}"
                 )
         positions = torch.arange(t, device=ids.device)  # (T,)
-        x = self.embed_norm(self._embed(ids, positions, segment_ids))  # (B, T, C)
+        x = self.embed_norm(self._embed(self.embed(ids), positions, segment_ids))  # (B, T, C)
         attentions = []
         for block in self.blocks:
             out = block(
@@ -754,7 +777,7 @@ class EncoderDecoder(_TransformerModel):
         if src_mask is not None:
             src_mask = _check_padding_mask("src_mask", src_mask, (b, s))
         positions = torch.arange(s, device=ids.device)
-        x = self._embed(ids, positions)  # (B, S, C)
+        x = self._embed(self.embed(ids), positions)  # (B, S, C)
         rope = self.config.positional == "rope"
         for block in self.encoder_blocks:
             x = block(x, attn_mask=src_mask, positions=positions if rope else None)
@@ -781,7 +804,7 @@ class EncoderDecoder(_TransformerModel):
         if tgt_mask is not None:
             tgt_mask = _check_padding_mask("tgt_mask", tgt_mask, (b, t))
         positions = torch.arange(t, device=ids.device)
-        x = self._embed(ids, positions)  # (B, T, C)
+        x = self._embed(self.embed(ids), positions)  # (B, T, C)
         rope = self.config.positional == "rope"
         for block in self.decoder_blocks:
             x = block(
