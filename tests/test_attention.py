@@ -502,3 +502,17 @@ def test_softmax_subtracts_the_row_maximum():
     rows = attention_weights(q, k, scale=1.0)
     assert torch.isfinite(rows).all()
     torch.testing.assert_close(rows.sum(-1), torch.ones(1, 3), **TOL)
+
+
+def test_mha_refuses_input_of_another_dtype_than_its_weights():
+    mha = MultiHeadAttention(d_model=8, n_heads=2)
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's weights are"):
+        mha(torch.randn(1, 3, 8, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast mixes dtypes on purpose
+        assert mha(torch.randn(1, 3, 8)).shape == (1, 3, 8)
+
+
+def test_kv_cache_refuses_another_dtype():
+    cache = LayerKVCache(batch_size=1, n_kv_heads=2, head_dim=4, max_len=8)
+    with pytest.raises(TypeError, match="cache's dtype torch.float32"):
+        cache.update(torch.randn(1, 2, 3, 4, dtype=torch.float64), torch.randn(1, 2, 3, 4, dtype=torch.float64))

@@ -461,6 +461,12 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"x must have last dimension d_model={self.d_model}, got {tuple(x.shape)}"
             )
+        weight = self.q_proj.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype} but the layer's weights are {weight.dtype}: convert one "
+                "(e.g. layer.to(x.dtype)) or use torch.autocast"
+            )
         cross = context is not None
         if cross:
             check_tensor("context", context, ndim=3, floating=True, nonempty=True)
