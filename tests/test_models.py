@@ -586,3 +586,19 @@ def test_negative_positions_are_refused():
 
     with pytest.raises(ValueError, match="positions must be >= 0"):
         apply_rope(torch.randn(1, 3, 4), torch.tensor([-2, 0, 1]))
+
+
+def test_encoder_mlm_applies_embedding_dropout_after_the_layernorm_as_bert():
+    config = dataclasses.replace(
+        ModelConfig.bert(V, d_model=32, n_layers=1, n_heads=4, max_seq_len=16), dropout=0.5
+    )
+    model = _perturb(_model(config, EncoderMLM)).train()
+    ids = torch.randint(0, V, (2, 6))
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    torch.manual_seed(3)
+    model(ids)
+    summed = model.embed(ids) + model.pos_embed(torch.arange(6))  # (B, T, C)
+    torch.manual_seed(3)  # the embedding dropout is the first random draw of the forward pass
+    expected = F.dropout(model.embed_norm(summed), p=0.5, training=True)
+    torch.testing.assert_close(seen["x"], expected, **TOL)

@@ -451,7 +451,14 @@ class _TransformerModel(nn.Module):
     def _embed(
         self, tokens: Tensor, positions: Tensor, segment_ids: Tensor | None = None
     ) -> Tensor:
-        """Token embeddings (B, T, C), looked up by the caller, + positions (+ segments)."""
+        """Token embeddings (B, T, C), looked up by the caller, + positions (+ segments), then
+        dropout."""
+        return self.embed_drop(self._embed_sum(tokens, positions, segment_ids))
+
+    def _embed_sum(
+        self, tokens: Tensor, positions: Tensor, segment_ids: Tensor | None = None
+    ) -> Tensor:
+        """Token embeddings (B, T, C) + positions (+ segments), before dropout."""
         x = tokens
         if self.config.scale_embeddings:
             x = x * math.sqrt(self.config.d_model)
@@ -465,7 +472,7 @@ class _TransformerModel(nn.Module):
             x = x + table[positions].to(x.dtype)
         if segment_ids is not None:
             x = x + self.segment_embed(segment_ids)
-        return self.embed_drop(x)
+        return x
 
     def _init_weights(self) -> None:
         std = self.config.init_std
@@ -735,7 +742,8 @@ class EncoderMLM(_TransformerModel):
                     f"segment_ids must have shape {(b, t)}, got {tuple(segment_ids.shape)}"
                 )
         positions = torch.arange(t, device=ids.device)  # (T,)
-        x = self.embed_norm(self._embed(self.embed(ids), positions, segment_ids))  # (B, T, C)
+        # BERT: LayerNorm of the summed embeddings, then dropout
+        x = self.embed_drop(self.embed_norm(self._embed_sum(self.embed(ids), positions, segment_ids)))
         attentions = []
         for block in self.blocks:
             out = block(
