@@ -8,7 +8,6 @@ unknown option never turns into a silently wrong answer.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Sequence
 
 import torch

@@ -352,10 +352,10 @@ class BPETokenizer:
         if splitter is not None:
             for match in splitter.finditer(head):
                 start = match.end()
-        last = None
-        for last in self._regex.finditer(head, pos=start):
-            pass
-        return last.start() if last is not None else hold
+        last_start = hold  # no chunk at all: everything up to the held-back part is final
+        for match in self._regex.finditer(head, pos=start):
+            last_start = match.start()
+        return last_start
 
     def decode(self, ids: Iterable[int]) -> str:
         """Join the tokens' bytes and decode them as UTF-8.
