@@ -461,8 +461,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"x must have last dimension d_model={self.d_model}, got {tuple(x.shape)}"
             )
-        weight = self.q_proj.weight
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        weight = getattr(self.q_proj, "weight", None)  # absent when wrapped (LoRA, QLoRA)
+        mixed = isinstance(weight, Tensor) and weight.is_floating_point() and x.dtype != weight.dtype
+        if mixed and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(
                 f"x has dtype {x.dtype} but the layer's weights are {weight.dtype}: convert one "
                 "(e.g. layer.to(x.dtype)) or use torch.autocast"
