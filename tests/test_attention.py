@@ -461,3 +461,58 @@ def test_precomputed_rope_angles_give_the_same_attention_and_are_checked():
         mha(x, rope_cos_sin=rope_cos_sin(positions[:5], 8))
     with pytest.raises(TypeError, match="rope_cos_sin must be a \\(cos, sin\\) pair"):
         mha(x, rope_cos_sin=cos_sin[0])
+
+
+# ----------------------------------------------------------------------------- large scores
+
+
+def test_sdpa_half_precision_large_scores_do_not_overflow():
+    # q . q reaches ~1e5 here, past float16's 65504: products must be taken in float32.
+    torch.manual_seed(0)
+    q = k = torch.randn(1, 2, 6, 64) * 40
+    v = torch.randn(1, 2, 6, 64)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # float32
+    for dtype in (torch.float16, torch.bfloat16):
+        out = scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=True)
+        weights = attention_weights(q.to(dtype), k.to(dtype), is_causal=True)
+        assert out.dtype == weights.dtype == dtype
+        assert torch.isfinite(out).all() and torch.isfinite(weights).all()
+        torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_mha_half_precision_large_activations_are_finite(fused):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(d_model=64, n_heads=2, causal=True, fused=fused).half()
+    with torch.no_grad():
+        mha.q_proj.weight.mul_(100)
+        mha.k_proj.weight.copy_(mha.q_proj.weight)  # q = k: scores q . q overflow float16
+    x = torch.randn(1, 6, 64).half()
+    out, weights = mha(x, need_weights=True)
+    assert torch.isfinite(out).all() and torch.isfinite(weights).all()
+
+
+def test_softmax_subtracts_the_row_maximum():
+    # exp(1000) overflows float32: without the max subtracted this gives NaN.
+    q = torch.tensor([[[30.0, 0.0], [0.0, 30.0], [30.0, 30.0]]])
+    k = torch.tensor([[[30.0, 0.0], [0.0, 30.0], [-30.0, 0.0]]])
+    v = torch.randn(1, 3, 2)
+    out = scaled_dot_product_attention(q, k, v, scale=1.0)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=1.0), **TOL)
+    rows = attention_weights(q, k, scale=1.0)
+    assert torch.isfinite(rows).all()
+    torch.testing.assert_close(rows.sum(-1), torch.ones(1, 3), **TOL)
+
+
+def test_mha_refuses_input_of_another_dtype_than_its_weights():
+    mha = MultiHeadAttention(d_model=8, n_heads=2)
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's weights are"):
+        mha(torch.randn(1, 3, 8, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast mixes dtypes on purpose
+        assert mha(torch.randn(1, 3, 8)).shape == (1, 3, 8)
+
+
+def test_kv_cache_refuses_another_dtype():
+    cache = LayerKVCache(batch_size=1, n_kv_heads=2, head_dim=4, max_len=8)
+    with pytest.raises(TypeError, match="cache's dtype torch.float32"):
+        cache.update(torch.randn(1, 2, 3, 4, dtype=torch.float64), torch.randn(1, 2, 3, 4, dtype=torch.float64))

@@ -150,6 +150,17 @@ def good_residual_block(x, f, norm, norm_position):
     return norm(x + f(x))
 
 
+@pytest.mark.parametrize(
+    ("check", "answer"),
+    [("check_residual_block", good_residual_block), ("check_causal_lm_loss", good_loss)],
+)
+def test_checks_leave_the_students_random_state_alone(check, answer):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    getattr(checks, check)(answer)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_residual_block_passes_a_correct_answer(capsys):
     checks.check_residual_block(good_residual_block)
     out = capsys.readouterr().out

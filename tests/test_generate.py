@@ -286,7 +286,9 @@ def test_input_errors():
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         generate(model, ids, 2, sampling=SamplingConfig(), generator=0)
     with pytest.raises(ValueError, match="max_seq_len=48"):
-        generate(model, ids, 46)
+        generate(model, ids, 47)  # 3 + 47 tokens: positions 0..48, one past the table
+    # 3 + 46 tokens fit: the last token is never fed back, so positions 0..47 are embedded
+    assert generate(model, ids, 46).shape == (1, 49)
 
 
 # ----------------------------------------------------------------------------- text

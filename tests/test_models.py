@@ -223,7 +223,7 @@ def test_positions_default_and_explicit():
 
 def test_learned_positions_have_a_hard_limit_but_sinusoidal_extrapolates():
     gpt = _model(PRESETS["gpt"]())  # max_seq_len=32
-    with pytest.raises(ValueError, match="max_positions=32"):
+    with pytest.raises(ValueError, match="max_seq_len=32"):
         gpt(torch.randint(0, V, (1, 33)))
     config = PRESETS["original"](max_seq_len=8)
     model = _model(config)
@@ -561,3 +561,44 @@ def test_mixtral_preset_is_a_sparse_llama():
     block = model.blocks[0]
     assert len(block.ffn.experts) == 8
     assert int(block.ffn.tokens_per_expert.sum()) == 2 * 2 * 7
+
+
+def test_rope_models_refuse_positions_past_max_seq_len():
+    # The review's case: a RoPE model with max_seq_len=8 ran 20 tokens silently.
+    model = _model(ModelConfig.llama(vocab_size=50, max_seq_len=8, d_model=16, n_layers=1,
+                                     n_heads=2))  # fmt: skip
+    assert model(torch.randint(0, 50, (1, 8))).logits.shape == (1, 8, 50)
+    with pytest.raises(ValueError, match="max_seq_len=8"):
+        model(torch.randint(0, 50, (1, 20)))
+    with pytest.raises(ValueError, match="max_seq_len=8"):
+        model(torch.randint(0, 50, (1, 2)), positions=torch.tensor([3, 8]))
+    longer = _model(ModelConfig.llama(vocab_size=50, max_seq_len=32, d_model=16, n_layers=1,
+                                      n_heads=2))  # fmt: skip
+    assert longer(torch.randint(0, 50, (1, 20))).logits.shape == (1, 20, 50)
+
+
+def test_negative_positions_are_refused():
+    model = _model(ModelConfig.llama(vocab_size=50, max_seq_len=8, d_model=16, n_layers=1,
+                                     n_heads=2))  # fmt: skip
+    with pytest.raises(ValueError, match="positions must be >= 0"):
+        model(torch.randint(0, 50, (1, 3)), positions=torch.tensor([-1, 0, 1]))
+    from llmfoundations.positional import apply_rope
+
+    with pytest.raises(ValueError, match="positions must be >= 0"):
+        apply_rope(torch.randn(1, 3, 4), torch.tensor([-2, 0, 1]))
+
+
+def test_encoder_mlm_applies_embedding_dropout_after_the_layernorm_as_bert():
+    config = dataclasses.replace(
+        ModelConfig.bert(V, d_model=32, n_layers=1, n_heads=4, max_seq_len=16), dropout=0.5
+    )
+    model = _perturb(_model(config, EncoderMLM)).train()
+    ids = torch.randint(0, V, (2, 6))
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    torch.manual_seed(3)
+    model(ids)
+    summed = model.embed(ids) + model.pos_embed(torch.arange(6))  # (B, T, C)
+    torch.manual_seed(3)  # the embedding dropout is the first random draw of the forward pass
+    expected = F.dropout(model.embed_norm(summed), p=0.5, training=True)
+    torch.testing.assert_close(seen["x"], expected, **TOL)

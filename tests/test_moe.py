@@ -32,10 +32,13 @@ ATOL, RTOL = 1e-6, 1e-5  # fp32: the batched and per-token paths differ only by 
 
 
 def make_layer(seed: int = 0, **kwargs) -> MoELayer:
+    """A layer in eval mode, or in training mode when it has a capacity (which applies only
+    in training); no router jitter, so both modes are deterministic."""
     torch.manual_seed(seed)
     args = dict(d_model=16, d_ff=32, n_experts=4, top_k=2)
     args.update(kwargs)
-    return MoELayer(**args).eval()
+    layer = MoELayer(**args)
+    return layer.train(args.get("capacity_factor") is not None)
 
 
 def routed_layer(n_experts: int, top_k: int, **kwargs) -> MoELayer:
@@ -485,3 +488,62 @@ def test_bad_function_arguments():
         expert_capacity(4, 2, 1, 0.0)
     with pytest.raises(ValueError, match="activation"):
         Expert(4, 8, activation="silu")
+
+
+# --------------------------------------------------------------------------- capacity at inference
+
+
+def test_capacity_drops_only_in_training():
+    layer = make_layer(n_experts=4, top_k=2, capacity_factor=0.25)
+    x = torch.randn(2, 12, 16)
+    layer(x)
+    assert layer.dropped > 0 and layer.capacity(24) is not None
+    layer.eval()
+    y = layer(x)
+    assert layer.capacity(24) is None and layer.dropped == 0 and bool(layer.last_kept.all())
+    unlimited = make_layer(n_experts=4, top_k=2)  # same seed, same weights, no capacity
+    assert_close(y, unlimited(x), atol=0, rtol=0)
+
+
+def _mixtral_with_capacity():
+    from llmfoundations.models import DecoderLM, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig.mixtral(vocab_size=40, n_experts=4, top_k=2, capacity_factor=1.0,
+                                 init_std=0.2)
+    return DecoderLM(config).eval()
+
+
+def test_capacity_does_not_leak_the_future_at_inference():
+    # The review's reproduction: with capacity applied in eval, changing tokens 6-11 moved
+    # the logits at positions 0-5 by up to 1.87.
+    model = _mixtral_with_capacity()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (1, 12), generator=g)
+    other = ids.clone()
+    other[:, 6:] = torch.randint(0, 40, (1, 6), generator=g)
+    with torch.no_grad():
+        a, b = model(ids).logits, model(other).logits
+    assert_close(a[:, :6], b[:, :6], atol=1e-5, rtol=0)
+
+
+def test_capacity_model_generates_the_same_with_and_without_the_cache():
+    from llmfoundations.generate import generate
+
+    model = _mixtral_with_capacity()
+    prompt = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, prompt, max_new_tokens=8, use_cache=True)
+    uncached = generate(model, prompt, max_new_tokens=8, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_capacity_in_training_depends_on_other_tokens():
+    # What the prose teaches: while training, token dropping couples the tokens of a batch.
+    model = _mixtral_with_capacity().train()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (1, 12), generator=g)
+    other = ids.clone()
+    other[:, 6:] = torch.randint(0, 40, (1, 6), generator=g)
+    with torch.no_grad():
+        a, b = model(ids).logits, model(other).logits
+    assert (a[:, :6] - b[:, :6]).abs().max() > 1e-3

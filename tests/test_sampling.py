@@ -535,6 +535,51 @@ def test_beam_search_matches_transformers_generate(alpha):
     assert n_ended > 0  # the end-of-sequence path was exercised
 
 
+@pytest.mark.slow
+def test_beam_search_matches_transformers_on_many_small_searches():
+    """72 searches on tiny GPT-2s (V = 6, end token often likely, length penalties != 1):
+    exercises the early-stopping bound with a length penalty and the rule that only the
+    num_beams best candidates may end. Mutating either (a bound that ignores the penalty,
+    an end token accepted from any rank) makes some of these differ from transformers."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab, eos, prompt_len, new = 6, 1, 3, 7
+    differ = []
+    for seed, alpha, num_beams, eos_boost in itertools.product(
+        range(6), (0.5, 2.0, -0.5), (2, 3), (1.0, 2.5)
+    ):
+        torch.manual_seed(seed)
+        config = GPT2Config(
+            vocab_size=vocab, n_positions=32, n_embd=16, n_layer=1, n_head=2,
+            bos_token_id=0, eos_token_id=eos, pad_token_id=eos,
+        )  # fmt: skip
+        model = GPT2LMHeadModel(config).eval()
+        with torch.no_grad():
+            model.transformer.wte.weight.mul_(3.0)
+            model.transformer.wte.weight[eos] *= eos_boost  # tied head: the end token is likelier
+        prompts = torch.randint(0, vocab, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            out = model.generate(
+                prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+                num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=new,
+                eos_token_id=eos, pad_token_id=eos, length_penalty=alpha, early_stopping="never",
+                output_scores=True, return_dict_in_generate=True,
+            )  # fmt: skip
+            ours = beam_search(lambda ids, m=model: m(ids).logits[:, -1], prompts, num_beams, new,
+                               eos, alpha)  # fmt: skip
+        for b, r in itertools.product(range(2), range(num_beams)):
+            theirs = out.sequences[b * num_beams + r].tolist()
+            generated = theirs[prompt_len:]
+            if eos in generated:  # transformers pads finished hypotheses with eos
+                generated = generated[: generated.index(eos) + 1]
+            same = ours[b][r].sequence.tolist() == theirs[:prompt_len] + generated
+            score = out.sequences_scores[b * num_beams + r].item()
+            if not same or ours[b][r].score != pytest.approx(score, rel=1e-5, abs=1e-6):
+                differ.append((seed, alpha, num_beams, eos_boost, b, r))
+    assert differ == []
+
+
 # --------------------------------------------------------------------------- best-of-N
 
 

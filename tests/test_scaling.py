@@ -269,3 +269,41 @@ def test_published_fit_at_gophers_budget():
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- fits that are not scaling laws ------------------------------------------------------
+
+
+def _grid_runs(law, ns=(1e7, 3e7, 1e8, 3e8), ds=(1e9, 3e9, 1e10)):
+    N, D = (np.array(v, dtype=float) for v in zip(*[(n, d) for n in ns for d in ds], strict=True))
+    return N, D, numpy_law(N, D, law)
+
+
+def test_fit_refuses_losses_that_rise_with_n():
+    # The review's case: losses that rise with N gave alpha = -0.026 and E = 0 silently.
+    N, D, _ = _grid_runs(CHINCHILLA_FIT)
+    rising = 1.69 + 410.7 / D**0.28 + 0.1 * np.log10(N / N.min())  # worse with more parameters
+    with pytest.raises(ValueError, match="gives N no effect on the loss"):
+        fit_scaling_law(N, D, rising, n_starts=4)
+
+
+@pytest.mark.parametrize("name", ["N", "D"])
+def test_fit_refuses_a_single_value_of_n_or_d(name):
+    # All runs at one D gave beta = 0.9999 and E = 2.34 (truth 1.69) silently.
+    N, D, L = _grid_runs(CHINCHILLA_FIT)
+    if name == "D":
+        D = np.full_like(D, 1e10)
+    else:
+        N = np.full_like(N, 1e8)
+    L = numpy_law(N, D, CHINCHILLA_FIT)
+    with pytest.raises(ValueError, match=f"{name} has one distinct value"):
+        fit_scaling_law(N, D, L, n_starts=2)
+
+
+def test_fit_warns_when_e_sits_on_its_bound():
+    # A pure power law in N and D (E = 0) is fitted with E at its bound.
+    N, D, _ = _grid_runs(CHINCHILLA_FIT)
+    L = 406.4 / N**0.34 + 410.7 / D**0.28
+    with pytest.warns(RuntimeWarning, match="E is .* at its bound 0"):
+        fit = fit_scaling_law(N, D, L, n_starts=4)
+    assert fit["alpha"] > 0 and fit["beta"] > 0

@@ -381,3 +381,54 @@ def test_constructor_checks_vocab_and_merges():
         BPETokenizer(vocab, [], {"<s>": 300, "</s>": 300})
     with pytest.raises(TypeError, match="special_tokens"):
         BPETokenizer(vocab, [], "<s>")
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+@pytest.fixture(scope="module")
+def stream_tok() -> BPETokenizer:
+    from llmfoundations import data
+
+    return BPETokenizer.train(data.story_corpus(20_000, seed=0), vocab_size=300,
+                              special_tokens=["<|endoftext|>", "<|im_start|>"])  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", " ", "  ", "\n", "\t", "'s", "Tom", "12", "3", "!", "é",
+                              "<|endoftext|>", "<|end", "oftext|>", "<|", "im_start|>", "<"]),
+             max_size=40),  # fmt: skip
+    st.randoms(use_true_random=False),
+)
+def test_encode_iterable_equals_encode_of_the_whole_text(stream_tok, pieces, rnd):
+    text = "".join(pieces)
+    cuts = sorted(rnd.sample(range(len(text) + 1), k=min(4, len(text) + 1)))
+    parts = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    for allowed in ("all", "none", ["<|im_start|>"]):
+        assert list(stream_tok.encode_iterable(parts, allowed)) == stream_tok.encode(text, allowed)
+
+
+def test_encode_iterable_reads_a_file_lazily_in_bounded_memory(stream_tok, tmp_path):
+    import tracemalloc
+
+    from llmfoundations import data
+
+    story = data.story_corpus(50_000, seed=1)
+    path = tmp_path / "corpus.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(40):  # 2 MB of text, written as lines
+            f.write(story + "\n<|endoftext|>\n")
+    expected = len(stream_tok.encode(story + "\n<|endoftext|>\n"))
+    tracemalloc.start()
+    with open(path, encoding="utf-8") as f:
+        count = sum(1 for _ in stream_tok.encode_iterable(f))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 40 * expected
+    assert peak < 2_000_000 / 4  # a quarter of the file: memory does not grow with it
+
+
+def test_encode_iterable_rejects_non_strings(stream_tok):
+    with pytest.raises(TypeError, match="an item of texts must be a str"):
+        list(stream_tok.encode_iterable(["ok", b"bytes"]))

@@ -397,3 +397,32 @@ def test_evaluate_weights_by_tokens():
 def test_history_is_plain_lists():
     h = History()
     assert all(isinstance(v, list) and not v for v in h.__dict__.values())
+
+
+def test_aux_loss_is_scaled_by_its_coefficient(story_ids):
+    # One plain SGD step must follow the gradient of loss + coef * aux, computed by hand.
+    tok, ids = story_ids
+    x, y = next(data.batches(ids, 2, 8, seed=3))
+    for coef in (0.0, 0.01, 1.0):
+        torch.manual_seed(0)
+        model = WithAux(tok.vocab_size)
+        with torch.no_grad():
+            model.inner.bias.normal_()  # a non-zero bias: the auxiliary loss has a gradient
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        config = TrainConfig(steps=1, batch_size=2, seq_len=8, warmup_steps=0, lr=0.1,
+                             grad_clip=None, aux_loss_coef=coef)
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+        history = train_lm(model, [(x, y)], config, progress=False, optimizer=sgd)
+        ref = WithAux(tok.vocab_size)
+        ref.load_state_dict(start)
+        out = ref(x)
+        assert history.aux_loss[0] == pytest.approx(out.aux_loss.item())  # recorded unscaled
+        (lm_loss(out.logits, y) + coef * out.aux_loss).backward()
+        expected = start["inner.bias"] - 0.1 * ref.inner.bias.grad
+        assert_close(model.inner.bias.detach(), expected, atol=1e-6, rtol=0)
+
+
+def test_default_aux_loss_coef_is_switch_transformers():
+    assert TrainConfig().aux_loss_coef == 0.01
+    with pytest.raises(ValueError, match="aux_loss_coef"):
+        TrainConfig(aux_loss_coef=-1.0)

@@ -7,6 +7,7 @@ unknown option never turns into a silently wrong answer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -77,10 +78,15 @@ def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise unless ``value`` is a positive (or, with ``allow_zero``, non-negative) number."""
+    """Raise unless ``value`` is a finite positive (or, with ``allow_zero``, non-negative) number.
+
+    NaN and infinities fail: a temperature, learning rate or scale of ``inf`` is never meant.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value != value or (value < 0 if allow_zero else value <= 0):  # NaN fails too
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0 if allow_zero else value <= 0:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
 

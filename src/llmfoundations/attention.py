@@ -119,7 +119,12 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
 def _scores_with_mask(
     q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None
 ) -> Tensor:
-    """Scaled scores ``(..., Tq, Tk)`` with forbidden entries set to ``-inf``."""
+    """Scaled scores ``(..., Tq, Tk)`` with forbidden entries set to ``-inf``.
+
+    Half-precision inputs give float32 scores: in float16 a product ``q . k`` of large
+    vectors overflows to ``inf`` (65504 is the largest float16), and the softmax of an
+    ``inf`` row is NaN. torch's fused kernels accumulate in float32 too.
+    """
     _check_qkv(q, k, k)
     if mask is not None and is_causal:
         raise ValueError("pass either mask or is_causal=True, not both (as torch requires)")
@@ -128,7 +133,9 @@ def _scores_with_mask(
     else:
         check_positive("scale", scale)
     t_q, t_k = q.shape[-2], k.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
+    if q.dtype in (torch.float16, torch.bfloat16):
+        q, k = q.float(), k.float()
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk), float32 for half inputs
     if is_causal:
         mask = causal_mask(t_q, t_k, offset=0, device=q.device)  # top-left, like torch
     if mask is None:
@@ -156,7 +163,8 @@ def _softmax_zero_empty_rows(scores: Tensor) -> Tensor:
 
     Subtracting the row maximum keeps ``exp`` from overflowing. A row with no finite score
     has maximum ``-inf``; it is replaced by 0 so every ``exp`` is 0, and the denominator is
-    clamped away from 0 so the row (and its gradient) stays 0.
+    clamped away from 0 so the row (and its gradient) stays 0. Half-precision scores are
+    exponentiated in float32 and the weights returned in the scores' dtype.
     """
     work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     row_max = work.amax(dim=-1, keepdim=True)  # (..., Tq, 1)
@@ -179,7 +187,8 @@ def attention_weights(
     Each row sums to 1 (or is all zeros if the mask leaves the query no key). Same arguments
     as ``scaled_dot_product_attention``; useful for heatmaps.
     """
-    return _softmax_zero_empty_rows(_scores_with_mask(q, k, mask, is_causal, scale))
+    scores = _scores_with_mask(q, k, mask, is_causal, scale)  # float32 for half inputs
+    return _softmax_zero_empty_rows(scores).to(q.dtype)
 
 
 def scaled_dot_product_attention(
@@ -451,6 +460,13 @@ class MultiHeadAttention(nn.Module):
         if c != self.d_model:
             raise ValueError(
                 f"x must have last dimension d_model={self.d_model}, got {tuple(x.shape)}"
+            )
+        weight = getattr(self.q_proj, "weight", None)  # absent when wrapped (LoRA, QLoRA)
+        mixed = isinstance(weight, Tensor) and weight.is_floating_point() and x.dtype != weight.dtype
+        if mixed and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype} but the layer's weights are {weight.dtype}: convert one "
+                "(e.g. layer.to(x.dtype)) or use torch.autocast"
             )
         cross = context is not None
         if cross:

@@ -298,12 +298,18 @@ def generate(
 
 
 def _check_length_fits(model: nn.Module, total: int) -> None:
-    """Learned position tables have a hard end: refuse before spending any compute."""
+    """Refuse before spending any compute if positions would run past ``max_seq_len``.
+
+    The last generated token is never fed back, so ``total - 1`` positions are embedded.
+    Learned tables end at ``max_seq_len``, and RoPE models are refused past it too (see
+    ``DecoderLM``); sinusoidal encodings extrapolate.
+    """
     config = model.config
-    if getattr(config, "positional", None) == "learned" and total > config.max_seq_len:
+    limited = getattr(config, "positional", None) in ("learned", "rope")
+    if limited and total - 1 > config.max_seq_len:
         raise ValueError(
-            f"prompt length + max_new_tokens = {total} exceeds the model's learned positions "
-            f"(max_seq_len={config.max_seq_len})"
+            f"prompt length + max_new_tokens = {total} needs {total - 1} positions, more than "
+            f"the model's max_seq_len={config.max_seq_len}"
         )
 
 

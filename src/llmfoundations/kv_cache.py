@@ -105,6 +105,11 @@ class LayerKVCache:
             raise ValueError(
                 f"k and v must add as many positions, got {k.shape[2]} and {v.shape[2]}"
             )
+        if k.dtype != self.k.dtype or v.dtype != self.v.dtype:
+            raise TypeError(
+                f"k and v must have the cache's dtype {self.k.dtype} (it would cast them "
+                f"silently), got {k.dtype} and {v.dtype}"
+            )
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(

@@ -39,7 +39,11 @@ from llmfoundations._validate import (
 )
 from llmfoundations.kv_cache import KVCache
 from llmfoundations.layers import FFNS, NORMS, TransformerBlock, default_d_ff, make_norm
-from llmfoundations.positional import LearnedPositionalEmbedding, rope_cos_sin, sinusoidal_encoding
+from llmfoundations.positional import (
+    LearnedPositionalEmbedding,
+    _rope_cos_sin,
+    sinusoidal_encoding,
+)
 
 __all__ = [
     "ModelConfig",
@@ -423,12 +427,38 @@ class _TransformerModel(nn.Module):
             )
         if self.config.positional != "rope" and positions.is_floating_point():
             raise TypeError(f"positions must be integers for positional='{self.config.positional}'")
+        low, high = (v.item() for v in torch.aminmax(positions))
+        if low < 0:
+            raise ValueError(f"positions must be >= 0, got min {low}")
+        self._check_length(high)
         return positions
+
+    def _check_length(self, last_position: float) -> None:
+        """Refuse positions past ``max_seq_len`` where the model has no meaning for them.
+
+        Learned tables end there; RoPE would run, but on angles it never saw in training
+        (build the config with a larger ``max_seq_len`` to allow it). Sinusoidal encodings
+        extrapolate by design and are not limited.
+        """
+        config = self.config
+        if config.positional in ("learned", "rope") and last_position >= config.max_seq_len:
+            raise ValueError(
+                f"position {int(last_position)} is past the model's max_seq_len="
+                f"{config.max_seq_len} (positions 0..{config.max_seq_len - 1}); for RoPE, a "
+                "larger max_seq_len in the config allows longer inputs"
+            )
 
     def _embed(
         self, tokens: Tensor, positions: Tensor, segment_ids: Tensor | None = None
     ) -> Tensor:
-        """Token embeddings (B, T, C), looked up by the caller, + positions (+ segments)."""
+        """Token embeddings (B, T, C), looked up by the caller, + positions (+ segments), then
+        dropout."""
+        return self.embed_drop(self._embed_sum(tokens, positions, segment_ids))
+
+    def _embed_sum(
+        self, tokens: Tensor, positions: Tensor, segment_ids: Tensor | None = None
+    ) -> Tensor:
+        """Token embeddings (B, T, C) + positions (+ segments), before dropout."""
         x = tokens
         if self.config.scale_embeddings:
             x = x * math.sqrt(self.config.d_model)
@@ -442,7 +472,7 @@ class _TransformerModel(nn.Module):
             x = x + table[positions].to(x.dtype)
         if segment_ids is not None:
             x = x + self.segment_embed(segment_ids)
-        return self.embed_drop(x)
+        return x
 
     def _init_weights(self) -> None:
         std = self.config.init_std
@@ -593,13 +623,15 @@ class DecoderLM(_TransformerModel):
                 positions = self._positions_from_mask(attention_mask, t)  # (B, T)
             else:
                 positions = torch.arange(past, past + t, device=tokens.device)  # (T,)
-        positions = self._check_positions(positions, b, t)
+            self._check_length(past + t - 1)  # derived positions never exceed this: no sync
+        else:
+            positions = self._check_positions(positions, b, t)
 
         x = self._embed(tokens, positions)  # (B, T, C)
         rope = None
         if config.positional == "rope":  # the same angles for every layer: compute them once
             aligned = positions[:, None] if positions.ndim == 2 else positions  # (B, 1, T) or (T,)
-            rope = rope_cos_sin(aligned, config.head_dim, config.rope_theta)  # (..., T, D/2) each
+            rope = _rope_cos_sin(aligned, config.head_dim, config.rope_theta)  # (..., T, D/2) each
         attentions = []
         for i, block in enumerate(self.blocks):
             out = block(
@@ -710,7 +742,8 @@ class EncoderMLM(_TransformerModel):
                     f"segment_ids must have shape {(b, t)}, got {tuple(segment_ids.shape)}"
                 )
         positions = torch.arange(t, device=ids.device)  # (T,)
-        x = self.embed_norm(self._embed(self.embed(ids), positions, segment_ids))  # (B, T, C)
+        # BERT: LayerNorm of the summed embeddings, then dropout
+        x = self.embed_drop(self.embed_norm(self._embed_sum(self.embed(ids), positions, segment_ids)))
         attentions = []
         for block in self.blocks:
             out = block(

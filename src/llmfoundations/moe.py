@@ -286,11 +286,17 @@ class MoELayer(nn.Module):
     1. router: ``logits = gate(x)``, a bias-free ``nn.Linear(d_model, n_experts)``;
     2. :func:`top_k_routing`: softmax, keep the ``top_k`` best experts, renormalise
        their probabilities to sum to one (Mixtral's rule; done *before* any capacity drop);
-    3. with ``capacity_factor`` set, every expert keeps at most
+    3. in training mode with ``capacity_factor`` set, every expert keeps at most
        :func:`expert_capacity` token-slots, first choices first and earlier tokens
        first (:func:`dispatch_order`); a dropped slot adds nothing, the weights of the
        token's other experts are *not* re-scaled, and a token that loses every slot
-       leaves the layer as zeros, i.e. it only travels the surrounding residual path;
+       leaves the layer as zeros, i.e. it only travels the surrounding residual path.
+       Capacity is a training-time device (it bounds the work per expert in a batch):
+       in ``eval()`` nothing is dropped, as Mixtral runs at inference. While training,
+       the limit is shared by every token of the batch, so a token's output depends on
+       the *other* tokens, later positions and other rows (padding included) among them:
+       a known property of token dropping, and the reason it must not run when the
+       model generates (a cached and an uncached pass would disagree);
     4. dispatch: token-slots are sorted by expert, gathered once (``index_select``),
        every expert runs once on its contiguous slice, and the weighted results are
        summed back per token with ``index_add_``. There is a loop over experts, none
@@ -385,8 +391,11 @@ class MoELayer(nn.Module):
         return x
 
     def capacity(self, n_tokens: int) -> int | None:
-        """Token-slots per expert for a batch of ``n_tokens`` tokens (None: unlimited)."""
-        if self.capacity_factor is None:
+        """Token-slots per expert for a batch of ``n_tokens`` tokens.
+
+        ``None`` (unlimited) without a ``capacity_factor`` and in ``eval()`` mode.
+        """
+        if self.capacity_factor is None or not self.training:
             return None
         return expert_capacity(n_tokens, self.n_experts, self.top_k, self.capacity_factor)
 
@@ -435,8 +444,8 @@ def moe_reference(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
     """The same mixture as ``layer(x)``, computed one token at a time (slow, readable).
 
     Uses the layer's router and experts but none of its batched machinery: no sorting,
-    gathering or scattering. Capacity follows the same priority (first choices before
-    second choices, earlier tokens first). Router jitter is not applied, so compare in
+    gathering or scattering. Capacity (training mode only, as in the layer) follows the
+    same priority (first choices before second choices, earlier tokens first). Router jitter is not applied, so compare in
     ``eval()`` mode or with ``router_jitter=0``. The layer's attributes are not updated.
     """
     x = layer.check_input(x)

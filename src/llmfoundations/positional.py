@@ -134,6 +134,8 @@ def _check_positions(positions: object) -> Tensor:
     check_tensor("positions", positions, min_ndim=1)
     if positions.dtype == torch.bool or positions.is_complex():
         raise TypeError(f"positions must be an integer or real tensor, got dtype {positions.dtype}")
+    if positions.numel() and bool((positions < 0).any()):
+        raise ValueError(f"positions must be >= 0, got min {positions.min().item()}")
     return positions
 
 
@@ -215,7 +217,13 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = 10000.0) -> tu
     hands them to every layer (``rope_cos_sin=`` of ``MultiHeadAttention.forward``) instead
     of recomputing them for the queries and keys of each layer.
     """
-    angle = rope_angles(positions, head_dim, theta)  # (..., T, D/2)
+    return _rope_cos_sin(_check_positions(positions), head_dim, theta)
+
+
+def _rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """:func:`rope_cos_sin` without checking ``positions`` (models check them once, at entry)."""
+    freq = rope_frequencies(head_dim, theta, device=positions.device)  # (D/2,)
+    angle = positions.to(torch.float32)[..., None] * freq  # (..., T, D/2)
     return angle.cos(), angle.sin()
 
 

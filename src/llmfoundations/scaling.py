@@ -16,7 +16,10 @@ split has a closed form (:func:`compute_optimal`).
 (delta 1e-3) between the log of the predicted and the observed losses, with the
 prediction written as a log-sum-exp of ``a - alpha log N``, ``b - beta log D`` and
 ``e`` (where ``a, b, e = log A, log B, log E``), by L-BFGS from a grid of starting
-points. Everything runs in float64 on the CPU with ``torch.optim.LBFGS``.
+points. Everything runs in float64 on the CPU with ``torch.optim.LBFGS``. The exponents
+are fitted as ``log alpha`` and ``log beta``, so they stay positive: a law whose loss
+grows with ``N`` or ``D`` is not a scaling law, and the fit says so instead of
+returning one.
 
 >>> n_opt, d_opt = compute_optimal(5.76e23, CHINCHILLA_FIT)   # Gopher's budget
 >>> round(n_opt / 1e9), round(d_opt / 1e12, 1)                  # params (B), tokens (T)
@@ -40,6 +43,7 @@ What this module leaves out:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from itertools import product
 
@@ -53,6 +57,7 @@ __all__ = [
     "CHINCHILLA_FIT",
     "PARAM_NAMES",
     "INIT_GRID",
+    "TERM_FLOOR",
     "chinchilla_loss",
     "predict_loss",
     "training_flops",
@@ -73,10 +78,15 @@ INIT_GRID: dict[str, tuple[float, ...]] = {
     "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),  # log A
     "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),  # log B
     "e": (-1.0, -0.5, 0.0, 0.5, 1.0),  # log E
-    "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
-    "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "alpha": (0.05, 0.5, 1.0, 1.5, 2.0),
+    "beta": (0.05, 0.5, 1.0, 1.5, 2.0),
 }
-"""The paper's grid of initial values (6 * 6 * 5 * 5 * 5 = 4,500 points)."""
+"""The paper's grid of initial values (6 * 6 * 5 * 5 * 5 = 4,500 points), except that
+the exponents start at 0.05 where the paper has 0: they are fitted in log space."""
+
+#: A fitted term ``A / N**alpha`` (or ``B / D**beta``) whose range over the runs is below this
+#: fraction of the losses' range has no effect: the data show no power law in that variable.
+TERM_FLOOR = 1e-3
 
 
 def chinchilla_loss(
@@ -132,11 +142,19 @@ def fit_scaling_law(
     """Fit ``L = E + A/N**alpha + B/D**beta`` to training runs (Chinchilla Approach 3).
 
     ``N``, ``D`` and ``L`` are 1-D, equal-length and positive: parameters, training
-    tokens and final loss of each run (at least 5 runs; in practice use runs that
-    vary both ``N`` and ``D``, or the two terms cannot be told apart).
+    tokens and final loss of each run: at least 5 runs, with at least two distinct
+    values of ``N`` and of ``D`` (with one value the term cannot be told apart from
+    ``E``; in practice use several of each).
 
     Returns ``{"E", "A", "B", "alpha", "beta", "objective"}`` where ``objective`` is
     the summed Huber loss of the log-losses at the optimum (lower is better).
+
+    Raises ``ValueError`` when the fitted ``A / N**alpha`` (or ``B / D**beta``) hardly
+    changes over the runs (its range is below :data:`TERM_FLOOR` times the losses'
+    range): the losses do not fall with ``N`` (or ``D``) as a power law, and the
+    optimiser has sent the exponent or the coefficient to its bound. Warns (``RuntimeWarning``) when ``E`` comes out below 1e-6 times the smallest
+    loss, i.e. at its bound 0: the runs do not reach the flat part of the curve, and
+    ``E``, ``A`` and ``alpha`` trade off against each other.
     """
     n = _positive_tensor("N", N, ndim=1)
     d = _positive_tensor("D", D, ndim=1)
@@ -155,12 +173,22 @@ def fit_scaling_law(
     check_positive("huber_delta", huber_delta)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    for name, values, term in (("N", n, "A / N**alpha"), ("D", d, "B / D**beta")):
+        if values.unique().numel() < 2:
+            raise ValueError(
+                f"{name} has one distinct value ({values[0].item():.3g}) in all runs: the term "
+                f"{term} is then a constant that cannot be told apart from E; vary {name}"
+            )
 
     log_n, log_d, log_l = n.log(), d.log(), loss.log()  # (R,) each, R = number of runs
 
     def objective(theta: torch.Tensor) -> torch.Tensor:
-        """Summed Huber loss for each parameter vector; theta (S, 5) -> (S,)."""
-        a, b, e, alpha, beta = theta.unbind(-1)  # (S,) each
+        """Summed Huber loss for each parameter vector; theta (S, 5) -> (S,).
+
+        theta holds (log A, log B, log E, log alpha, log beta).
+        """
+        a, b, e, log_alpha, log_beta = theta.unbind(-1)  # (S,) each
+        alpha, beta = log_alpha.exp(), log_beta.exp()
         terms = torch.stack(
             [
                 a[:, None] - alpha[:, None] * log_n,  # log(A / N^alpha)   (S, R)
@@ -173,6 +201,7 @@ def fit_scaling_law(
         return F.huber_loss(log_pred, target, reduction="none", delta=huber_delta).sum(-1)
 
     grid = torch.tensor(list(product(*INIT_GRID.values())), dtype=torch.float64)  # (4500, 5)
+    grid[:, 3:] = grid[:, 3:].log()  # the exponents are searched in log space
     starts = _pick_starts(grid, objective(grid), n_starts, seed)  # (n_starts, 5)
 
     best_theta, best_value = None, math.inf
@@ -204,11 +233,30 @@ def fit_scaling_law(
 
     if best_theta is None:
         raise ValueError("every L-BFGS run diverged; check that L holds losses of the runs")
-    a, b, e, alpha, beta = best_theta.tolist()
+    a, b, e, log_alpha, log_beta = best_theta.tolist()
+    alpha, beta = math.exp(log_alpha), math.exp(log_beta)
+    A, B = math.exp(a), math.exp(b)
+    loss_span = (loss.max() - loss.min()).item()
+    for name, term, source in (("alpha", A / n**alpha, "N"), ("beta", B / d**beta, "D")):
+        # A term that hardly changes over the runs means the fit found no power law there:
+        # its exponent went to 0 (a constant, merged into E) or its coefficient to 0.
+        if (term.max() - term.min()).item() <= TERM_FLOOR * loss_span:
+            raise ValueError(
+                f"the fitted law gives {source} no effect on the loss ({name} = "
+                f"{alpha if name == 'alpha' else beta:.3g}): the losses do not fall as a power "
+                f"law of {source}; do they rise or stay flat as {source} grows?"
+            )
+    if math.exp(e) < 1e-6 * loss.min().item():
+        warnings.warn(
+            f"the fitted E is {math.exp(e):.2g}, at its bound 0: the runs do not show where "
+            "the loss levels off, so E, A and alpha are poorly determined",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return {
         "E": math.exp(e),
-        "A": math.exp(a),
-        "B": math.exp(b),
+        "A": A,
+        "B": B,
         "alpha": alpha,
         "beta": beta,
         "objective": best_value,

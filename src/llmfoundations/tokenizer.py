@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 
@@ -275,21 +275,58 @@ class BPETokenizer:
         [256, 257]
         """
         _check_text("text", text)
+        allowed = self._allowed(allowed_special)
+        return self._encode_allowed(text, allowed, self._splitter(allowed))
+
+    def encode_iterable(
+        self, texts: Iterable[str], allowed_special: str | Iterable[str] = "all"
+    ) -> Iterator[int]:
+        """Encode a stream of strings lazily, yielding ids: for corpora larger than memory.
+
+        ``texts`` is any iterable of strings, such as a file opened for reading (lines).
+        The ids are exactly ``encode("".join(texts))``: a pre-tokenization chunk, or a
+        special token, that runs across two strings is held back until it is complete
+        (the last chunk of the text seen so far could still grow). Memory stays bounded
+        by the longest chunk, not the corpus.
+
+        >>> tok = BPETokenizer.train("ab ab", vocab_size=258, special_tokens=["<eos>"])
+        >>> list(tok.encode_iterable(["ab a", "b<e", "os>"]))
+        [256, 32, 256, 257]
+        """
+        allowed = self._allowed(allowed_special)
+        splitter = self._splitter(allowed)
+        buffer = ""
+        for text in texts:
+            buffer += _check_text("an item of texts", text)
+            cut = self._safe_cut(buffer, allowed, splitter)
+            if cut:
+                yield from self._encode_allowed(buffer[:cut], allowed, splitter)
+                buffer = buffer[cut:]
+        if buffer:
+            yield from self._encode_allowed(buffer, allowed, splitter)
+
+    def _allowed(self, allowed_special: str | Iterable[str]) -> set[str]:
+        """The special tokens to recognise, from ``"all"``, ``"none"`` or a collection."""
         if isinstance(allowed_special, str):
             check_choice("allowed_special", allowed_special, ("all", "none"))
-            allowed = set(self.special_tokens) if allowed_special == "all" else set()
-        else:
-            allowed = set(allowed_special)
-            unknown = allowed - set(self.special_tokens)
-            if unknown:
-                raise ValueError(f"allowed_special: {sorted(unknown)} are not special tokens")
+            return set(self.special_tokens) if allowed_special == "all" else set()
+        allowed = set(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"allowed_special: {sorted(unknown)} are not special tokens")
+        return allowed
+
+    def _splitter(self, allowed: set[str]) -> regex.Pattern | None:
         if not allowed:
+            return None
+        return self._special_regex if allowed == set(self.special_tokens) else _special_splitter(allowed)
+
+    def _encode_allowed(
+        self, text: str, allowed: set[str], splitter: regex.Pattern | None
+    ) -> list[int]:
+        """Encode ``text`` recognising the ``allowed`` special tokens (already checked)."""
+        if splitter is None:
             return self.encode_ordinary(text)
-        splitter = (
-            self._special_regex
-            if allowed == set(self.special_tokens)
-            else _special_splitter(allowed)
-        )
         ids: list[int] = []
         for i, part in enumerate(splitter.split(text)):  # odd positions are the specials
             if i % 2:
@@ -297,6 +334,28 @@ class BPETokenizer:
             elif part:
                 ids.extend(self.encode_ordinary(part))
         return ids
+
+    def _safe_cut(self, text: str, allowed: set[str], splitter: regex.Pattern | None) -> int:
+        """How much of ``text`` encodes the same whatever text follows it.
+
+        Everything before the last pre-tokenization chunk, and before any ending that
+        could be the start of a special token.
+        """
+        hold = len(text)
+        longest = max((len(s) for s in allowed), default=0)
+        for k in range(min(len(text), longest - 1), 0, -1):  # a special token cut in two?
+            if any(s.startswith(text[-k:]) for s in allowed):
+                hold = len(text) - k
+                break
+        head = text[:hold]
+        start = 0  # where the last stretch of ordinary text begins
+        if splitter is not None:
+            for match in splitter.finditer(head):
+                start = match.end()
+        last_start = hold  # no chunk at all: everything up to the held-back part is final
+        for match in self._regex.finditer(head, pos=start):
+            last_start = match.start()
+        return last_start
 
     def decode(self, ids: Iterable[int]) -> str:
         """Join the tokens' bytes and decode them as UTF-8.

@@ -283,6 +283,9 @@ class TrainConfig:
     ``batch_size``, ``seq_len`` and ``seed`` also shape the random windows when
     ``train_lm`` is given a token stream. ``grad_clip=None`` measures the gradient norm
     without clipping. ``eval_every=0`` evaluates only once, after the last step.
+    ``aux_loss_coef`` multiplies a model's auxiliary loss (a mixture of experts'
+    load-balancing loss, summed over its MoE layers) before it is added to the
+    language-model loss; 0.01 is the Switch Transformer's coefficient.
     """
 
     steps: int = 1000
@@ -296,6 +299,7 @@ class TrainConfig:
     eval_every: int = 0
     betas: tuple[float, float] = (0.9, 0.95)
     seed: int = 0
+    aux_loss_coef: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len"):
@@ -306,6 +310,7 @@ class TrainConfig:
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
         check_positive("lr", self.lr)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("aux_loss_coef", self.aux_loss_coef, allow_zero=True)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
         cosine_schedule(0, self.warmup_steps, self.steps, self.min_lr_ratio)
@@ -388,7 +393,7 @@ def train_lm(
     ``data.batches(config.batch_size, config.seq_len, config.seed)``; a function that
     returns a batch ``(x, y)``; or an iterable of batches. ``model(x)`` may return the
     logits (B, T, V) or an object with ``.logits`` and optionally ``.aux_loss`` (added to
-    the loss). ``loss_fn(logits, y)`` replaces ``lm_loss``. ``eval_fn(model)`` returns a
+    the loss times ``config.aux_loss_coef``; ``History.aux_loss`` records it unscaled). ``loss_fn(logits, y)`` replaces ``lm_loss``. ``eval_fn(model)`` returns a
     float; it runs in eval mode without gradients every ``config.eval_every`` steps and
     after the last step. ``optimizer`` defaults to ``make_optimizer`` (AdamW, decay on
     >= 2-D parameters); the schedule is ``make_scheduler`` from step 0. ``device``
@@ -420,7 +425,7 @@ def train_lm(
         x, y = x.to(device), y.to(device)  # (B, T) each
         logits, aux_loss = _unpack(model(x))  # (B, T, V)
         loss = compute_loss(logits, y)
-        total = loss if aux_loss is None else loss + aux_loss
+        total = loss if aux_loss is None else loss + config.aux_loss_coef * aux_loss
         if not torch.isfinite(total):
             raise FloatingPointError(
                 f"loss became {total.item()} at step {step}; try a lower lr or grad_clip"

@@ -128,8 +128,9 @@ def _loss_cases() -> list[Case]:
     labels[2, 3] = IGNORE_INDEX
     cases.append(((logits, labels), {}))
     # the logits of a real (untrained) GPT on its own input
-    torch.manual_seed(0)
-    model = DecoderLM(ModelConfig.gpt(vocab_size=17, d_model=16, n_layers=1, n_heads=2))
+    with torch.random.fork_rng(devices=[]):  # leave the student's random state alone
+        torch.manual_seed(0)
+        model = DecoderLM(ModelConfig.gpt(vocab_size=17, d_model=16, n_layers=1, n_heads=2))
     ids = torch.randint(0, 17, (2, 10), generator=g)
     with torch.no_grad():
         cases.append(((model(ids).logits, ids), {}))
@@ -276,8 +277,13 @@ def check_residual_block(student: Callable[..., torch.Tensor]) -> None:
     course's ``TransformerBlock`` with either norm position.
     """
     check_callable("residual_block", student)
+    with torch.random.fork_rng(devices=[]):  # leave the student's random state alone
+        torch.manual_seed(41)
+        _check_residual_block(student)
+
+
+def _check_residual_block(student: Callable[..., torch.Tensor]) -> None:
     g = torch.Generator().manual_seed(41)
-    torch.manual_seed(41)
     c = 16
     linear = nn.Linear(c, c)
     norm = nn.LayerNorm(c)
