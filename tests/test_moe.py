@@ -514,17 +514,20 @@ def _mixtral_with_capacity():
     return DecoderLM(config).eval()
 
 
-def test_capacity_does_not_leak_the_future_at_inference():
-    # The review's reproduction: with capacity applied in eval, changing tokens 6-11 moved
-    # the logits at positions 0-5 by up to 1.87.
-    model = _mixtral_with_capacity()
+def _past_logits_change(model) -> float:
+    """Largest change of the logits at positions 0-5 when only tokens 6-11 change."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 40, (1, 12), generator=g)
     other = ids.clone()
     other[:, 6:] = torch.randint(0, 40, (1, 6), generator=g)
     with torch.no_grad():
-        a, b = model(ids).logits, model(other).logits
-    assert_close(a[:, :6], b[:, :6], atol=1e-5, rtol=0)
+        return (model(ids).logits[:, :6] - model(other).logits[:, :6]).abs().max().item()
+
+
+def test_capacity_does_not_leak_the_future_at_inference():
+    # The review's reproduction: with capacity applied in eval, changing tokens 6-11 moved
+    # the logits at positions 0-5 by up to 1.87.
+    assert _past_logits_change(_mixtral_with_capacity()) < 1e-5
 
 
 def test_capacity_model_generates_the_same_with_and_without_the_cache():
@@ -539,11 +542,4 @@ def test_capacity_model_generates_the_same_with_and_without_the_cache():
 
 def test_capacity_in_training_depends_on_other_tokens():
     # What the prose teaches: while training, token dropping couples the tokens of a batch.
-    model = _mixtral_with_capacity().train()
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 40, (1, 12), generator=g)
-    other = ids.clone()
-    other[:, 6:] = torch.randint(0, 40, (1, 6), generator=g)
-    with torch.no_grad():
-        a, b = model(ids).logits, model(other).logits
-    assert (a[:, :6] - b[:, :6]).abs().max() > 1e-3
+    assert _past_logits_change(_mixtral_with_capacity().train()) > 1e-3

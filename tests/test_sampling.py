@@ -504,6 +504,18 @@ def _tiny_gpt2(vocab: int, eos: int):
     return model
 
 
+def _transformers_beams(model, prompts, num_beams, new, eos, alpha):
+    """transformers' beam search with early_stopping="never" (its exact stopping rule)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return model.generate(
+            prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+            num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=new,
+            eos_token_id=eos, pad_token_id=eos, length_penalty=alpha, early_stopping="never",
+            output_scores=True, return_dict_in_generate=True,
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.0, 2.0, -1.0])
 def test_beam_search_matches_transformers_generate(alpha):
     """transformers' beam search with early_stopping="never" (its exact stopping rule):
@@ -511,14 +523,7 @@ def test_beam_search_matches_transformers_generate(alpha):
     vocab, eos, num_beams, new = 11, 3, 3, 6
     model = _tiny_gpt2(vocab, eos)
     prompts = torch.randint(0, vocab, (2, 4), generator=torch.Generator().manual_seed(1))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        out = model.generate(
-            prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-            num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=new,
-            eos_token_id=eos, pad_token_id=eos, length_penalty=alpha, early_stopping="never",
-            output_scores=True, return_dict_in_generate=True,
-        )  # fmt: skip
+    out = _transformers_beams(model, prompts, num_beams, new, eos, alpha)
     ours = beam_search(lambda ids: model(ids).logits[:, -1], prompts, num_beams, new, eos, alpha)
     n_ended = 0
     for b in range(2):
@@ -558,14 +563,8 @@ def test_beam_search_matches_transformers_on_many_small_searches():
             model.transformer.wte.weight.mul_(3.0)
             model.transformer.wte.weight[eos] *= eos_boost  # tied head: the end token is likelier
         prompts = torch.randint(0, vocab, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            out = model.generate(
-                prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=new,
-                eos_token_id=eos, pad_token_id=eos, length_penalty=alpha, early_stopping="never",
-                output_scores=True, return_dict_in_generate=True,
-            )  # fmt: skip
+        out = _transformers_beams(model, prompts, num_beams, new, eos, alpha)
+        with torch.no_grad():
             ours = beam_search(lambda ids, m=model: m(ids).logits[:, -1], prompts, num_beams, new,
                                eos, alpha)  # fmt: skip
         for b, r in itertools.product(range(2), range(num_beams)):
