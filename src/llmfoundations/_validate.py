@@ -54,7 +54,9 @@ def check_tensor(
         allowed_dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
         if x.dtype not in allowed_dtypes:
             want = ", ".join(str(d).replace("torch.", "") for d in allowed_dtypes)
-            raise TypeError(f"{name} must have dtype {want}, got {str(x.dtype).replace('torch.', '')}")
+            raise TypeError(
+                f"{name} must have dtype {want}, got {str(x.dtype).replace('torch.', '')}"
+            )
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if nonempty and x.numel() == 0:
@@ -105,6 +107,18 @@ def check_divisible(name: str, value: int, by_name: str, by: int) -> None:
     """Raise unless ``value`` is a multiple of ``by``."""
     if by <= 0 or value % by != 0:
         raise ValueError(f"{name} ({value}) must be divisible by {by_name} ({by})")
+
+
+def check_bool(name: str, value: object) -> None:
+    """Raise unless ``value`` is a bool (``0`` and ``1`` are not)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def check_str(name: str, value: object) -> None:
+    """Raise unless ``value`` is a str."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
 
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:

@@ -69,7 +69,7 @@ from typing import Literal, get_args
 import regex
 
 from llmfoundations import __version__
-from llmfoundations._validate import check_choice, check_int, check_positive
+from llmfoundations._validate import check_bool, check_choice, check_int, check_positive, check_str
 
 __all__ = [
     "Tokenize",
@@ -117,7 +117,7 @@ def tokenize_13a(text: str) -> list[str]:
     >>> tokenize_13a("It costs $1,000.50 (about 2-3 days' pay).")
     ['It', 'costs', '$', '1,000.50', '(', 'about', '2', '-', '3', "days'", 'pay', ')', '.']
     """
-    _check_str("text", text)
+    check_str("text", text)
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     if "&" in text:
         text = text.replace("&quot;", '"').replace("&amp;", "&")
@@ -151,7 +151,7 @@ def tokenize_intl(text: str) -> list[str]:
     >>> tokenize_intl("It ended in 1999.")
     ['It', 'ended', 'in', '1999.']
     """
-    _check_str("text", text)
+    check_str("text", text)
     text = _PUNCT_AFTER_NON_NUMBER.sub(r"\1 \2 ", text)
     text = _PUNCT_BEFORE_NON_NUMBER.sub(r" \1 \2", text)
     text = _SYMBOL.sub(r" \1 ", text)
@@ -164,7 +164,7 @@ def tokenize_char(text: str) -> list[str]:
     >>> tokenize_char("猫が 好き")
     ['猫', 'が', '好', 'き']
     """
-    _check_str("text", text)
+    check_str("text", text)
     return " ".join(text).split()
 
 
@@ -328,9 +328,9 @@ def bleu(
     check_choice("tokenize", tokenize, get_args(Tokenize))
     check_choice("smooth", smooth, get_args(Smooth))
     value = _check_smooth_value(smooth, smooth_value)
-    _check_bool("lowercase", lowercase)
+    check_bool("lowercase", lowercase)
     check_int("max_order", max_order, minimum=1)
-    _check_bool("effective_order", effective_order)
+    check_bool("effective_order", effective_order)
     return _bleu(hyps, refs, tokenize, smooth, value, lowercase, max_order, effective_order)
 
 
@@ -355,14 +355,14 @@ def sentence_bleu(
     >>> round(sentence_bleu("the cat sat", "the cat sat on the mat").score, 2)
     36.79
     """
-    _check_str("hypothesis", hypothesis)
+    check_str("hypothesis", hypothesis)
     refs = _check_references([references], 1, name="references", single=True)
     check_choice("tokenize", tokenize, get_args(Tokenize))
     check_choice("smooth", smooth, get_args(Smooth))
     value = _check_smooth_value(smooth, smooth_value)
-    _check_bool("lowercase", lowercase)
+    check_bool("lowercase", lowercase)
     check_int("max_order", max_order, minimum=1)
-    _check_bool("effective_order", effective_order)
+    check_bool("effective_order", effective_order)
     return _bleu([hypothesis], refs, tokenize, smooth, value, lowercase, max_order, effective_order)
 
 
@@ -475,19 +475,6 @@ def _signature(
     return "|".join(fields)
 
 
-# --------------------------------------------------------------------------- checks
-
-
-def _check_str(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _check_hypotheses(hypotheses: object) -> list[str]:
     if isinstance(hypotheses, str) or not isinstance(hypotheses, Sequence):
         raise TypeError(
@@ -497,7 +484,7 @@ def _check_hypotheses(hypotheses: object) -> list[str]:
     if len(hypotheses) == 0:
         raise ValueError("hypotheses must not be empty (BLEU of an empty corpus is undefined)")
     for i, h in enumerate(hypotheses):
-        _check_str(f"hypotheses[{i}]", h)
+        check_str(f"hypotheses[{i}]", h)
     return list(hypotheses)
 
 
@@ -527,7 +514,7 @@ def _check_references(
         if len(refs) == 0:
             raise ValueError(f"{where} must hold at least one reference, got an empty list")
         for j, r in enumerate(refs):
-            _check_str(f"{where}[{j}]", r)
+            check_str(f"{where}[{j}]", r)
         out.append(list(refs))
     return out
 

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import regex
 
-from llmfoundations._validate import check_int
+from llmfoundations._validate import check_bool, check_int, check_str
 
 __all__ = [
     "RougeScore",
@@ -123,8 +123,8 @@ def rouge_tokenize(text: str, stem: bool = False) -> list[str]:
     >>> rouge_tokenize("The cats were running", stem=True)
     ['the', 'cat', 'were', 'run']
     """
-    _check_str("text", text)
-    _check_bool("stem", stem)
+    check_str("text", text)
+    check_bool("stem", stem)
     return _rouge_tokenize(text, stem)
 
 
@@ -147,7 +147,7 @@ def unicode_word_tokenize(text: str) -> list[str]:
     >>> unicode_word_tokenize("Кошки спят, the café's cat")
     ['кошки', 'спят', 'the', 'café', 's', 'cat']
     """
-    _check_str("text", text)
+    check_str("text", text)
     return _WORD.findall(text.lower())
 
 
@@ -157,7 +157,7 @@ def character_tokenize(text: str) -> list[str]:
     >>> character_tokenize("猫が好き。")
     ['猫', 'が', '好', 'き']
     """
-    _check_str("text", text)
+    check_str("text", text)
     return [c for c in text.lower() if _WORD.fullmatch(c)]
 
 
@@ -284,8 +284,8 @@ def rouge_lsum(
     >>> rouge_lsum("the bed was warm\\nthe cat slept", "the cat slept\\nthe bed was warm")
     RougeScore(precision=1.0, recall=1.0, fmeasure=1.0)
     """
-    _check_str("prediction", prediction)
-    _check_str("reference", reference)
+    check_str("prediction", prediction)
+    check_str("reference", reference)
     split = _check_tokenizer(tokenizer, stem)
     pred_sents = [split(s) for s in prediction.split("\n") if s]
     ref_sents = [split(s) for s in reference.split("\n") if s]
@@ -306,19 +306,6 @@ def rouge_lsum(
     return _score(hits, n_pred, n_ref)
 
 
-# --------------------------------------------------------------------------- checks
-
-
-def _check_str(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _tokens(name: str, tokens: object) -> list[str]:
     if isinstance(tokens, str) or not isinstance(tokens, Sequence):
         raise TypeError(f"{name} must be a list of tokens, got {type(tokens).__name__}")
@@ -327,7 +314,7 @@ def _tokens(name: str, tokens: object) -> list[str]:
 
 def _check_tokenizer(tokenizer: object, stem: object) -> Callable[[str], list[str]]:
     """The function that turns one text into tokens, checked once per call."""
-    _check_bool("stem", stem)
+    check_bool("stem", stem)
     if tokenizer is None:
         return functools.partial(_rouge_tokenize, stem=bool(stem))
     if not callable(tokenizer):
@@ -349,8 +336,8 @@ def _check_tokenizer(tokenizer: object, stem: object) -> Callable[[str], list[st
 def _tokenize_pair(
     prediction: object, reference: object, stem: object, tokenizer: object
 ) -> tuple[list[str], list[str]]:
-    _check_str("prediction", prediction)
-    _check_str("reference", reference)
+    check_str("prediction", prediction)
+    check_str("reference", reference)
     split = _check_tokenizer(tokenizer, stem)
     assert isinstance(prediction, str) and isinstance(reference, str)
     return split(prediction), split(reference)
