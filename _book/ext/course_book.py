@@ -11,20 +11,23 @@ What it does, and why:
   an anonymous AMD module).
 * The role ``{src}`attention.py``` links to a module of the package on the
   repository named in ``_config.yml`` (the one place the URL is written).
-* The directive ``{lab-table}`` renders the table of labs from each notebook's
-  ``llmfoundations`` metadata, so the instructor guide never goes stale.
+* The edition (``course.edition`` in ``_config.yml``): in the ``student`` edition every
+  lab page, and every copy of a lab's notebook the site offers for download, is the
+  student version (solutions blanked, outputs cleared). In either edition the launch
+  button's Colab link of a lab page is the lab's own Colab link (pinned ref, edition).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 from pathlib import Path
 
 from docutils import nodes
-from docutils.parsers.rst import Directive
-from docutils.statemachine import StringList
+
+from llmfoundations import course
 
 ROOT = Path(__file__).resolve().parents[2]
 IPYTHONDIR = ROOT / "_book" / "ipython"
@@ -52,31 +55,49 @@ def _src_role(name, rawtext, text, lineno, inliner, options=None, content=None):
     return [ref], []
 
 
-class LabTable(Directive):
-    """Table of labs: title, objectives, time on CPU / GPU, GPU use."""
+@functools.cache
+def _repo() -> course.Repo:
+    """The repository's course settings (``_config.yml``), read once per build."""
+    return course.Repo(ROOT)
 
-    has_content = False
 
-    def run(self):
-        lines = [
-            "| Lab | Objectives | CPU | GPU | GPU use |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        found = self.state.document.settings.env.found_docs
-        for path in sorted((ROOT / "labs").glob("*.ipynb")):
-            meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("llmfoundations", {})
-            objectives = "; ".join(meta.get("objectives", []))
-            title = meta.get("title", path.stem)
-            if f"labs/{path.stem}" in found:  # a lab not (yet) in the table of contents: no link
-                title = f"{{doc}}`{title} </labs/{path.stem}>`"
-            lines.append(
-                f"| {title} | {objectives} "
-                f"| {meta.get('cpu_minutes', '?')} min | {meta.get('gpu_minutes', '?')} min "
-                f"| {meta.get('gpu', '?')} |"
-            )
-        container = nodes.container()
-        self.state.nested_parse(StringList(lines, source="lab-table"), self.content_offset, container)
-        return container.children
+def _set_edition(app, config):
+    """Sphinx re-reads every page when the edition changes (it is part of its configuration)."""
+    config.course_edition = _repo().edition
+
+
+def _edition_source(app, docname, source):
+    """In the student edition, a lab page is made from the lab's student version."""
+    path = Path(app.env.doc2path(docname))
+    if path.suffix == ".ipynb":
+        source[0] = course.site_notebook(_repo(), path.relative_to(ROOT).as_posix(), source[0])
+
+
+def _lab_colab_button(app, pagename, templatename, context, doctree):
+    """The launch button's Colab link of a lab page opens what the lab's own link opens."""
+    if not (ROOT / f"{pagename}.ipynb").is_file() or not pagename.startswith("labs/"):
+        return
+    groups = [b for b in context.get("header_buttons") or [] if isinstance(b, dict)]
+    for button in (x for g in groups for x in g.get("buttons") or [] if isinstance(x, dict)):
+        if button.get("text") == "Colab":
+            button["url"] = _repo().colab_url(f"{pagename}.ipynb")
+
+
+def _student_downloads(app, exception):
+    """In the student edition, every copy of a lab notebook in the site is its student version."""
+    repo = _repo()
+    if (
+        exception
+        or app.builder is None
+        or app.builder.format != "html"
+        or repo.edition != "student"
+    ):
+        return
+    labs = {p.name: p for p in repo.labs}
+    for copy in Path(app.outdir).rglob("*.ipynb"):
+        if copy.name in labs:
+            copy.write_text(course.student_text(json.loads(labs[copy.name].read_text(encoding="utf-8"))),
+                            encoding="utf-8")  # fmt: skip
 
 
 def _add_page_scripts(app, pagename, templatename, context, doctree):
@@ -135,7 +156,12 @@ def _copy_plotly(app, exception):
 def setup(app):
     os.environ["IPYTHONDIR"] = str(IPYTHONDIR)
     app.add_role("src", _src_role)
-    app.add_directive("lab-table", LabTable)
+    app.add_config_value("course_edition", "full", "env")
+    app.connect("config-inited", _set_edition)
+    app.connect("source-read", _edition_source)
+    # after the theme's launch buttons (priority 501)
+    app.connect("html-page-context", _lab_colab_button, priority=600)
+    app.connect("build-finished", _student_downloads)
     app.connect("html-page-context", _add_page_scripts)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=100)
     app.connect("build-finished", _copy_plotly)

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m llmfoundations.course sync              # regenerate lab headers, set-up cells, README table
+    python -m llmfoundations.course sync [--ref REF] [--edition E]  # regenerate lab headers, set-up cells, tables
     python -m llmfoundations.course execute labs/X.ipynb [...]   # run labs on the CPU, store outputs
     python -m llmfoundations.course student [--out student]      # student versions (solutions blanked)
     python -m llmfoundations.course check             # lab conventions and links; exit 1 on problems
@@ -18,9 +18,15 @@ in every run. ``grade`` runs students' notebooks and scores their checks
 
 The repository URL lives in one place, ``_config.yml`` (``repository.url`` and
 ``repository.branch``); every Colab link and install command is generated from it.
+Beside it, ``course.ref`` pins what the labs install and what their Colab links open
+(``release``, the default: the tag ``v<version>`` of ``pyproject.toml``; or a tag, a
+commit, or ``main``), and ``course.edition`` chooses what the website shows and Colab
+opens: ``full`` (labs with solutions) or ``student`` (solutions blanked, outputs
+cleared; ``sync`` then writes the student notebooks to ``labs/student/``).
 
 Each lab carries notebook metadata ``llmfoundations`` with ``title``, ``objectives``,
-``prerequisites``, ``cpu_minutes``, ``gpu_minutes``, ``gpu`` and ``needs_model``.
+``prerequisites``, ``student_minutes``, ``cpu_minutes``, ``gpu_minutes``, ``gpu`` and
+``needs_model``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,12 @@ __all__ = [
     "setup_source",
     "sync_lab",
     "student_version",
+    "student_text",
+    "site_notebook",
+    "resolve_ref",
+    "edition_path",
+    "sync",
+    "instructors_table",
     "exercise_cell_indices",
     "check_labs",
     "check_claims",
@@ -58,11 +70,15 @@ __all__ = [
     "cpu_name",
 ]
 
-REQUIRED_META = ("title", "objectives", "prerequisites", "cpu_minutes", "gpu_minutes", "gpu")
+REQUIRED_META = ("title", "objectives", "prerequisites", "student_minutes", "cpu_minutes", "gpu_minutes", "gpu")
 GPU_USES = ("not needed", "helps", "recommended")
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 EXERCISES_HEADING = re.compile(r"^##\s+Exercises\b", re.M)
 README_START, README_END = "<!-- labs:start -->", "<!-- labs:end -->"
+EDITIONS = ("full", "student")
+#: Where ``sync`` writes the student notebooks in the student edition (committed: Colab opens them).
+STUDENT_DIR = "labs/student"
+_GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -74,8 +90,37 @@ def find_root(start: Path | None = None) -> Path:
     raise FileNotFoundError(f"no _config.yml with a labs/ folder above {here}")
 
 
+def package_version(root: Path) -> str:
+    """The ``version`` of ``[project]`` in ``root/pyproject.toml``."""
+    path = root / "pyproject.toml"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+    if not match:
+        raise ValueError(f"course.ref 'release' needs a version in {path}")
+    return match.group(1)
+
+
+def resolve_ref(ref: str, root: Path) -> str:
+    """The git ref the labs install and open: ``release`` means the tag ``v<version>``."""
+    ref = str(ref).strip()
+    if ref == "release":
+        return f"v{package_version(root)}"
+    if not _GIT_REF.fullmatch(ref) or ".." in ref:
+        raise ValueError(f"ref must be 'release', a tag, a commit or a branch, got {ref!r}")
+    return ref
+
+
+def edition_path(rel_path: str, edition: str) -> str:
+    """The notebook Colab opens for the lab ``rel_path`` (``labs/X.ipynb``) in ``edition``."""
+    if edition not in EDITIONS:
+        raise ValueError(f"edition must be one of {EDITIONS}, got {edition!r}")
+    if edition == "full" or not rel_path.startswith("labs/"):
+        return rel_path
+    return f"{STUDENT_DIR}/{rel_path.removeprefix('labs/')}"
+
+
 class Repo:
-    """The repository as the tooling sees it: its URL, branch and labs."""
+    """The repository as the tooling sees it: its URL, branch, pinned ref, edition and labs."""
 
     def __init__(self, root: Path | None = None):
         self.root = find_root(root)
@@ -87,19 +132,31 @@ class Repo:
         if not match:
             raise ValueError(f"repository.url in _config.yml must be a GitHub URL, got {self.url!r}")
         self.slug = match.group(1)
+        settings = config.get("course") or {}
+        self.ref_setting = str(settings.get("ref", "release"))
+        self.edition = str(settings.get("edition", "full"))
+        if self.edition not in EDITIONS:
+            raise ValueError(f"course.edition in _config.yml must be one of {EDITIONS}, got {self.edition!r}")
+
+    @property
+    def ref(self) -> str:
+        """What the labs install and Colab opens: ``course.ref`` of ``_config.yml``, resolved."""
+        return resolve_ref(self.ref_setting, self.root)
 
     @property
     def labs(self) -> list[Path]:
         return sorted((self.root / "labs").glob("*.ipynb"))
 
     def colab_url(self, path: str) -> str:
-        return f"https://colab.research.google.com/github/{self.slug}/blob/{self.branch}/{path}"
+        """Colab's link to the lab ``path`` in this edition, at the pinned ref."""
+        path = edition_path(path, self.edition)
+        return f"https://colab.research.google.com/github/{self.slug}/blob/{self.ref}/{path}"
 
     def blob_url(self, path: str) -> str:
         return f"{self.url}/blob/{self.branch}/{path}"
 
     def pip_spec(self) -> str:
-        return f"llmfoundations[model] @ git+{self.url}@{self.branch}"
+        return f"llmfoundations[model] @ git+{self.url}@{self.ref}"
 
 
 # --------------------------------------------------------------------------- cells
@@ -130,8 +187,8 @@ def header_source(repo: Repo, rel_path: str, meta: dict) -> str:
         f"[Open in Colab]({repo.colab_url(rel_path)})\n\n"
         f"**You will:**\n{objectives}\n\n"
         f"**Before this lab:**\n{prerequisites}\n\n"
-        f"**Time:** about {meta['cpu_minutes']} min on a CPU, {meta['gpu_minutes']} min on a GPU."
-        f" **GPU:** {meta['gpu']}.\n\n"
+        f"**Time:** about {meta['student_minutes']} min of your time (an estimate); the cells run in "
+        f"about {meta['cpu_minutes']} min on a CPU, {meta['gpu_minutes']} min on a GPU. **GPU:** {meta['gpu']}.\n\n"
         f"*Run every cell from the top; nothing needs editing. The first code cell installs "
         f"the course package on Colab and picks the device.*"
     )
@@ -142,7 +199,8 @@ def setup_source(repo: Repo, meta: dict) -> str:
     needs_model = bool(meta.get("needs_model", False))
     lines = [
         "# Set-up (generated by `python -m llmfoundations.course sync`; the same in every lab).",
-        "# On Colab it installs the course package; everywhere it picks a device and seeds everything.",
+        f"# On Colab it installs the course package at {repo.ref}, the version this notebook was made with;",
+        "# everywhere it picks a device and seeds everything.",
         "import importlib.util",
         "import subprocess",
         "import sys",
@@ -211,37 +269,126 @@ def _write_nb(path: Path, nb: dict) -> None:
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _lab_metas(repo: Repo) -> list[tuple[str, dict]]:
+    """``(labs/X.ipynb, metadata)`` of every lab, in order."""
+    return [
+        (path.relative_to(repo.root).as_posix(), lab_meta(json.loads(path.read_text(encoding="utf-8")), path))
+        for path in repo.labs
+    ]
+
+
 def readme_table(repo: Repo) -> str:
-    rows = ["| Lab | Open | CPU / GPU time |", "| --- | --- | --- |"]
-    for path in repo.labs:
-        meta = lab_meta(json.loads(path.read_text(encoding="utf-8")), path)
-        rel = path.relative_to(repo.root).as_posix()
+    rows = ["| Lab | Open | Your time | CPU / GPU time |", "| --- | --- | --- | --- |"]
+    for rel, meta in _lab_metas(repo):
         rows.append(
-            f"| [{meta['title']}]({rel}) | [Colab]({repo.colab_url(rel)}) "
+            f"| [{meta['title']}]({rel}) | [Colab]({repo.colab_url(rel)}) | {meta['student_minutes']} min "
             f"| {meta['cpu_minutes']} / {meta['gpu_minutes']} min |"
         )
     return "\n".join(rows)
 
 
-def sync_readme(repo: Repo) -> bool:
-    readme = repo.root / "README.md"
-    text = readme.read_text(encoding="utf-8")
+def instructors_table(repo: Repo) -> str:
+    """The instructor guide's table of labs: objectives, student time, machine time, GPU use."""
+    rows = [
+        "| Lab | Students will | Student time (estimate) | CPU / GPU time | GPU |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for rel, meta in _lab_metas(repo):
+        objectives = "<br>".join(f"• {o}" for o in meta["objectives"]).replace("|", "\\|")
+        rows.append(
+            f"| [{meta['title']}]({rel}) | {objectives} | {meta['student_minutes']} min "
+            f"| {meta['cpu_minutes']} / {meta['gpu_minutes']} min | {meta['gpu']} |"
+        )
+    return "\n".join(rows)
+
+
+#: The generated tables of labs: file -> the function that makes its table.
+TABLES = {"README.md": readme_table, "instructors.md": instructors_table}
+
+
+def _with_table(text: str, table: str, name: str) -> str:
+    """``text`` with what lies between the ``labs:start`` and ``labs:end`` markers replaced by ``table``."""
     if README_START not in text or README_END not in text:
-        raise ValueError(f"README.md must contain {README_START} and {README_END}")
+        raise ValueError(f"{name} must contain {README_START} and {README_END}")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{readme_table(repo)}\n{README_END}{tail}"
-    if new == text:
-        return False
-    readme.write_text(new, encoding="utf-8")
-    return True
+    return f"{head}{README_START}\n{table}\n{README_END}{tail}"
+
+
+def sync_tables(repo: Repo) -> list[str]:
+    """Regenerate the tables of labs in README.md and instructors.md; return the files changed."""
+    changed = []
+    for name, make in TABLES.items():
+        path = repo.root / name
+        text = path.read_text(encoding="utf-8")
+        new = _with_table(text, make(repo), name)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(name)
+    return changed
+
+
+def student_text(nb: dict) -> str:
+    """The student version of a lab as notebook JSON, as ``sync`` writes it to ``labs/student/``."""
+    student = student_version(nb)
+    for cell in student["cells"]:
+        cell["source"] = _source(cell).splitlines(keepends=True)
+    return json.dumps(student, indent=1, ensure_ascii=False) + "\n"
+
+
+def site_notebook(repo: Repo, rel_path: str, text: str) -> str:
+    """The notebook the website shows for ``rel_path`` (its JSON ``text`` as stored): a lab's
+    student version in the student edition, else the notebook itself."""
+    is_lab = re.fullmatch(r"labs/[^/]+\.ipynb", rel_path) is not None
+    if repo.edition != "student" or not is_lab:
+        return text
+    return student_text(json.loads(text))
+
+
+def sync_student(repo: Repo) -> list[str]:
+    """In the student edition, write every lab's student version to ``labs/student/``."""
+    if repo.edition != "student":
+        return []
+    folder = repo.root / STUDENT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for path in repo.labs:
+        target = folder / path.name
+        text = student_text(json.loads(path.read_text(encoding="utf-8")))
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+            changed.append(target.relative_to(repo.root).as_posix())
+    return changed
 
 
 def sync(repo: Repo) -> list[str]:
+    """Regenerate every lab's header and set-up cell, the tables of labs and, in the student
+    edition, the student notebooks; return what changed."""
     changed = [p.name for p in repo.labs if sync_lab(repo, p)]
-    if sync_readme(repo):
-        changed.append("README.md")
-    return changed
+    return changed + sync_tables(repo) + sync_student(repo)
+
+
+def set_course_setting(root: Path, key: str, value: str) -> None:
+    """Write ``course.<key>: value`` into ``root/_config.yml``, keeping its comments."""
+    if key not in ("ref", "edition"):
+        raise ValueError(f"key must be 'ref' or 'edition', got {key!r}")
+    path = root / "_config.yml"
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(rf"^(course:\n(?:[ \t]*#.*\n|[ \t]+.*\n)*?[ \t]+{key}:[ \t]*)([^\s#]+)", re.M)
+    if not pattern.search(text):
+        raise ValueError(f"{path} has no 'course:' block with a '{key}:' line to set")
+    path.write_text(pattern.sub(lambda m: m.group(1) + value, text, count=1), encoding="utf-8")
+
+
+def ref_is_known(root: Path, ref: str) -> bool | None:
+    """Whether git knows ``ref`` in ``root`` (None: git could not be run)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=root, capture_output=True
+        )
+    except OSError:
+        return None
+    return done.returncode == 0
 
 
 # --------------------------------------------------------------------------- exercises
@@ -322,11 +469,15 @@ def check_labs(repo: Repo) -> list[str]:
             continue
         if meta["gpu"] not in GPU_USES:
             problems.append(f"{rel}: metadata gpu must be one of {GPU_USES}, got {meta['gpu']!r}")
+        if not isinstance(meta["student_minutes"], int) or meta["student_minutes"] <= 0:
+            problems.append(f"{rel}: metadata student_minutes must be a positive whole number of minutes")
         cells = nb["cells"]
         if len(cells) < 2 or _source(cells[0]) != header_source(repo, rel, meta):
-            problems.append(f"{rel}: header cell out of date (run: python -m llmfoundations.course sync)")
-        if len(cells) < 2 or _source(cells[1]) != setup_source(repo, meta):
-            problems.append(f"{rel}: set-up cell out of date (run: python -m llmfoundations.course sync)")
+            problems.append(f"{rel}: header cell out of date {SYNC_HINT}")
+        if len(cells) < 2 or f'"{repo.pip_spec()}"' not in _source(cells[1]):
+            problems.append(f"{rel}: set-up cell does not install course.ref {repo.ref!r} of _config.yml {SYNC_HINT}")
+        elif _source(cells[1]) != setup_source(repo, meta):
+            problems.append(f"{rel}: set-up cell out of date {SYNC_HINT}")
         ex = exercise_cell_indices(nb)
         if not ex:
             problems.append(f"{rel}: no '## Exercises' section")
@@ -350,8 +501,43 @@ def check_labs(repo: Repo) -> list[str]:
             if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
                 if "raises-exception" not in _tags(cell):
                     problems.append(f"{rel}: cell {i} has a stored error")
+    problems += check_tables(repo)
+    problems += check_student_edition(repo)
     problems += check_claims(repo)
     problems += check_links(repo)
+    return problems
+
+
+SYNC_HINT = "(run: python -m llmfoundations.course sync)"
+
+
+def check_tables(repo: Repo) -> list[str]:
+    """The generated tables of labs in README.md and instructors.md must be current."""
+    problems = []
+    for name, make in TABLES.items():
+        try:
+            text = (repo.root / name).read_text(encoding="utf-8")
+            stale = _with_table(text, make(repo), name) != text
+        except (OSError, ValueError, KeyError) as err:
+            problems.append(f"{name}: cannot make its table of labs: {err}")
+            continue
+        if stale:
+            problems.append(f"{name}: table of labs out of date {SYNC_HINT}")
+    return problems
+
+
+def check_student_edition(repo: Repo) -> list[str]:
+    """In the student edition, ``labs/student/`` must hold every lab's current student version."""
+    if repo.edition != "student":
+        return []
+    problems = []
+    for path in repo.labs:
+        target = repo.root / STUDENT_DIR / path.name
+        rel = target.relative_to(repo.root).as_posix()
+        if not target.exists():
+            problems.append(f"{rel}: missing in the student edition {SYNC_HINT}")
+        elif target.read_text(encoding="utf-8") != student_text(json.loads(path.read_text(encoding="utf-8"))):
+            problems.append(f"{rel}: not the current student version of {path.name} {SYNC_HINT}")
     return problems
 
 
@@ -416,9 +602,10 @@ _MD_LINK = re.compile(r"\]\((?!#)([^)\s]+)\)")
 def check_links(repo: Repo) -> list[str]:
     """Colab and repository links in the README, labs and chapters must name existing files."""
     problems = []
-    colab_prefix = f"https://colab.research.google.com/github/{repo.slug}/blob/{repo.branch}/"
+    colab_prefix = f"https://colab.research.google.com/github/{repo.slug}/blob/{repo.ref}/"
     blob_prefix = f"{repo.url}/blob/{repo.branch}/"
-    files = [repo.root / "README.md", *repo.labs, *sorted((repo.root / "chapters").rglob("*.md"))]
+    guide = [repo.root / "instructors.md"] if (repo.root / "instructors.md").exists() else []
+    files = [repo.root / "README.md", *guide, *repo.labs, *sorted((repo.root / "chapters").rglob("*.md"))]
     for file in files:
         text = file.read_text(encoding="utf-8")
         rel = file.relative_to(repo.root).as_posix()
@@ -640,7 +827,11 @@ def grade(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmfoundations.course", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("sync", help="regenerate lab headers, set-up cells and the README table")
+    sy = sub.add_parser("sync", help="regenerate lab headers, set-up cells, tables of labs (and student notebooks)")
+    sy.add_argument("--ref", default=None,
+                    help="first set course.ref in _config.yml: release (tag v<version>), a tag, a commit, or main")
+    sy.add_argument("--edition", choices=EDITIONS, default=None,
+                    help="first set course.edition in _config.yml: what the site shows and Colab opens")
     ex = sub.add_parser("execute", help="run labs on the CPU and store their outputs")
     ex.add_argument("labs", nargs="+", type=Path)
     ex.add_argument("--timeout", type=int, default=900)
@@ -666,8 +857,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repo = Repo()
     if args.command == "sync":
-        changed = sync(repo)
+        try:
+            if args.ref is not None:
+                resolve_ref(args.ref, repo.root)  # refuse a bad ref before writing it
+                set_course_setting(repo.root, "ref", args.ref)
+            if args.edition is not None:
+                set_course_setting(repo.root, "edition", args.edition)
+            repo = Repo(repo.root)
+            changed = sync(repo)
+        except ValueError as err:
+            parser.error(str(err))
+        print(f"course.ref {repo.ref_setting!r} = {repo.ref}, edition {repo.edition}")
         print("updated: " + (", ".join(changed) if changed else "nothing"))
+        if ref_is_known(repo.root, repo.ref) is False:
+            print(f"note: git does not know {repo.ref!r} here; the labs' install command and Colab links work "
+                  f"once it is on GitHub (a tag: git tag {repo.ref} && git push origin {repo.ref})")
     elif args.command == "execute":
         execute(repo, [p.resolve() for p in args.labs], timeout=args.timeout)
     elif args.command == "student":
