@@ -5,9 +5,13 @@
 The site is served from 127.0.0.1 with no other network in use; every script must come
 from the site itself. For each page listed in PAGES it checks that the math is typeset
 by MathJax (no raw TeX left), that the plotly figures are drawn, that the widgets are
-present, that no script or file was requested from another host, and that the browser
-console shows no errors. It installs Debian's chromium and chromium-driver when they are
-missing and it runs as root; elsewhere, without them, it skips (and fails under CI).
+present, that the plotly sliders work without Python (moving one changes the figure's
+data and what is drawn), that no script or file was requested from another host, and
+that the browser console shows no errors. Then, in a window as wide as a phone (390 px),
+it checks that no page is wider than the window (long equations and figures must fit or
+scroll inside their own box). It installs Debian's chromium and chromium-driver when
+they are missing and it runs as root; elsewhere, without them, it skips (and fails under
+CI).
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ import threading
 import time
 from pathlib import Path
 
-# page -> what must be on it
+# page -> what must be on it ("slider": a plotly figure with a slider that works)
 PAGES = {
-    "intro.html": {"math", "plotly", "widget"},
+    "intro.html": {"math", "plotly", "slider"},
     "chapters/01-transformer/index.html": {"math"},
     "chapters/02-evolution/timeline.html": {"plotly"},
     "chapters/02-evolution/scaling-laws.html": {"math"},
-    "labs/00-check-your-setup.html": {"math", "plotly", "widget"},
+    "labs/00-check-your-setup.html": {"math", "plotly", "slider"},
+    "labs/01-7-attention-in-a-real-model.html": {"math", "plotly", "slider"},
+    "labs/04-1-next-token-distribution.html": {"math", "plotly", "slider"},
 }
-# Extra pages are checked for console errors and foreign requests only.
+# Extra pages are checked for console errors, foreign requests and width on a phone only.
 EXTRA_GLOBS = ["chapters/*/*.html", "labs/*.html"]
+# The phone pass: window width in CSS pixels, and how far the page may exceed it.
+PHONE_WIDTH, PHONE_HEIGHT, OVERFLOW_TOLERANCE = 390, 844, 2
 
 
 def ensure_chromium() -> tuple[str, str] | None:
@@ -116,14 +124,69 @@ def requests_to_other_hosts(driver, base: str) -> list[str]:
     return urls
 
 
+def page_ready(s: dict) -> bool:
+    return (
+        (s["mathNodes"] == 0 or s["mathjax"] > 0)
+        and s["plotlyDrawn"] >= s["plotlyDivs"]
+        and (s["widgetState"] == 0 or s["widgets"] > 0)
+    )
+
+
+# What a slider figure shows now: its traces' data and the drawn plot (SVG paths, images).
+SNAPSHOT = """
+const gd = arguments[0];
+const data = gd.data.map((t) => [t.x, t.y, t.z, t.marker && t.marker.color]);
+const drawn = gd.querySelector('.cartesianlayer');
+return {
+  data: JSON.stringify(data),
+  drawn: drawn ? drawn.innerHTML : '',
+  active: gd.layout.sliders[0].active,
+  steps: gd.layout.sliders[0].steps.length,
+};
+"""
+
+
+def move_sliders(driver) -> tuple[int, list[str]]:
+    """Click the far end of every plotly slider on the page, as a reader would; return the
+    number of sliders and the problems (a figure whose data or drawing did not change)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    figures = driver.execute_script(
+        "return [...document.querySelectorAll('.plotly-graph-div')]"
+        ".filter((gd) => gd.layout && (gd.layout.sliders || []).length);"
+    )
+    problems = []
+    for n, gd in enumerate(figures, 1):
+        before = driver.execute_script(SNAPSHOT, gd)
+        rail = gd.find_element(By.CSS_SELECTOR, ".slider-container .slider-rail-touch-rect")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", rail)
+        width = rail.size["width"]
+        go_right = before["active"] < before["steps"] / 2
+        offset = (width / 2 - 4) if go_right else (4 - width / 2)  # from the rail's centre
+        ActionChains(driver).move_to_element_with_offset(rail, int(offset), 0).click().perform()
+        end = time.time() + 5
+        after = driver.execute_script(SNAPSHOT, gd)
+        while after["data"] == before["data"] and time.time() < end:
+            time.sleep(0.2)
+            after = driver.execute_script(SNAPSHOT, gd)
+        time.sleep(0.3)  # let the redraw finish
+        after = driver.execute_script(SNAPSHOT, gd)
+        moved = f"slider {n}: step {before['active']} -> {after['active']} of {before['steps']}"
+        if after["active"] == before["active"]:
+            problems.append(f"{moved}: clicking the slider did not move it")
+        elif after["data"] == before["data"]:
+            problems.append(f"{moved}: the figure's data did not change")
+        elif after["drawn"] == before["drawn"]:
+            problems.append(f"{moved}: the data changed but the drawing did not")
+        else:
+            print(f"       {moved}: data and drawing changed")
+    return len(figures), problems
+
+
 def check_page(driver, base: str, page: str, needs: set[str]) -> list[str]:
     driver.get(f"{base}/{page}")
-    state = wait_for(
-        driver,
-        lambda s: (s["mathNodes"] == 0 or s["mathjax"] > 0)
-        and s["plotlyDrawn"] >= s["plotlyDivs"]
-        and (s["widgetState"] == 0 or s["widgets"] > 0),
-    )
+    state = wait_for(driver, page_ready)
     problems = []
     if "math" in needs and state["mathjax"] == 0:
         problems.append("no typeset math (MathJax did not run)")
@@ -139,12 +202,61 @@ def check_page(driver, base: str, page: str, needs: set[str]) -> list[str]:
         problems.append("no widget rendered")
     if state["widgetState"] and state["widgets"] == 0:
         problems.append("widget state embedded but no widget rendered")
+    if "slider" in needs:
+        sliders, slider_problems = move_sliders(driver)
+        state["sliders"] = sliders
+        problems += slider_problems
+        if sliders == 0:
+            problems.append("no plotly figure with a slider on the page")
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     problems += [f"console error: {m[:300]}" for m in errors]
     problems += [f"request to another host: {u}" for u in requests_to_other_hosts(driver, base)]
     summary = ", ".join(f"{k}={v}" for k, v in state.items())
     print(f"  {'ok  ' if not problems else 'FAIL'} {page}: {summary}")
     return problems
+
+
+# How wide the page is against the window, and the outermost elements sticking out of it
+# that no scrolling box of their own keeps in (an equation or a code line that scrolls
+# inside its box is fine).
+WIDTH = """
+const limit = window.innerWidth + arguments[0];
+const clips = (e) => ['auto', 'scroll', 'hidden', 'clip'].includes(getComputedStyle(e).overflowX);
+const inScrollBox = (e) => {
+  for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+    if (clips(a)) return a.getBoundingClientRect().right <= limit;
+  }
+  return false;
+};
+const name = (e) => e.tagName.toLowerCase() + [...e.classList].map((c) => '.' + c).join('');
+const wide = [...document.querySelectorAll('body *')]
+  .filter((e) => e.getBoundingClientRect().right > limit && !inScrollBox(e))
+  .filter((e) => getComputedStyle(e).position !== 'fixed')  // drawers: not in the page width
+  .filter((e) => !(e.parentElement && e.parentElement.getBoundingClientRect().right > limit))
+  .slice(0, 3)
+  .map((e) => `${name(e)} in ${name(e.parentElement)} (${Math.round(e.getBoundingClientRect().right)} px)`);
+return {
+  scrollWidth: document.documentElement.scrollWidth,
+  innerWidth: window.innerWidth,
+  wide: wide,
+};
+"""
+
+
+def check_phone_width(driver, base: str, page: str) -> list[str]:
+    """The page at phone width: nothing may make it wider than the window."""
+    driver.get(f"{base}/{page}")
+    wait_for(driver, page_ready)
+    time.sleep(0.3)  # plotly resizes responsive figures after drawing
+    w = driver.execute_script(WIDTH, OVERFLOW_TOLERANCE)
+    for log in ("browser", "performance"):  # checked in the first pass; just empty them
+        driver.get_log(log)
+    if w["scrollWidth"] <= w["innerWidth"] + OVERFLOW_TOLERANCE:
+        return []
+    return [
+        f"at {w['innerWidth']} px the page is {w['scrollWidth']} px wide; sticking out: "
+        + "; ".join(w["wide"] or ["(none found)"])
+    ]
 
 
 def main(site: str) -> int:
@@ -175,6 +287,18 @@ def main(site: str) -> int:
             problems = check_page(driver, base, page, needs)
             if problems:
                 failures[page] = problems
+        driver.set_window_size(PHONE_WIDTH, PHONE_HEIGHT)
+        inner = driver.execute_script("return window.innerWidth;")
+        print(f"  phone width: window {inner} px, {len(pages) - len(missing)} pages")
+        if abs(inner - PHONE_WIDTH) > 20:
+            failures["(phone width)"] = [f"the window is {inner} px wide, not {PHONE_WIDTH}"]
+        for page in pages:
+            if page in missing:
+                continue
+            problems = check_phone_width(driver, base, page)
+            print(f"  {'ok  ' if not problems else 'FAIL'} {page} at {inner} px")
+            if problems:
+                failures.setdefault(page, []).extend(problems)
     finally:
         driver.quit()
         server.shutdown()

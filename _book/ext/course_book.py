@@ -9,6 +9,10 @@ What it does, and why:
 * plotly.js is copied from the installed plotly package into the site and loaded
   only on pages that hold a figure, before require.js (so it does not register as
   an anonymous AMD module).
+* The widget manager is loaded only on pages that show a widget. A lab whose widget
+  cells are tagged ``remove-output`` (ipywidgets need a running kernel, so on the
+  site they would move and change nothing) still carries its widget state in the
+  notebook's metadata; that state is dropped from pages that show no widget.
 * The role ``{src}`attention.py``` links to a module of the package on the
   repository named in ``_config.yml`` (the one place the URL is written).
 * The edition (``course.edition`` in ``_config.yml``): in the ``student`` edition every
@@ -125,6 +129,18 @@ def _add_page_scripts(app, pagename, templatename, context, doctree):
         )
 
 
+def _drop_unused_widget_state(app, pagename, templatename, context, doctree):
+    """A page whose widget outputs were removed needs no widget state. myst-nb adds the
+    state of the notebook's metadata to its page in a later handler of this event, from
+    what it collected while reading; take it out of that collection first."""
+    if "application/vnd.jupyter.widget-view+json" in (context.get("body") or ""):
+        return
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    if pagename in getattr(app.env, "nb_metadata", {}):
+        NbMetadataCollector.get_js_files(app.env, pagename).pop("ipywidgets_state", None)
+
+
 def _drop_duplicate_scripts(app, pagename, templatename, context, doctree):
     """sphinx-thebe's inline configuration reaches every page twice under Jupyter Book
     1.0.4, and the browser reports the redeclared constant; keep one copy of each script.
@@ -164,5 +180,6 @@ def setup(app):
     app.connect("build-finished", _student_downloads)
     app.connect("html-page-context", _add_page_scripts)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=100)
+    app.connect("html-page-context", _drop_unused_widget_state, priority=100)
     app.connect("build-finished", _copy_plotly)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -5,6 +5,13 @@ side effects: call ``fig.show()`` in a notebook (or leave the figure as a cell's
 expression). Renderers are never set here, so the same figures work in Colab, Jupyter
 and the built book.
 
+Any chapter:
+
+- :func:`slider_figure`: a figure drawn for each value on a grid, behind a plotly
+  slider. Every state is computed in Python and stored in the figure as a frame, so
+  the slider works wherever plotly.js runs: Jupyter, Colab and the static website,
+  where no Python runs (an ipywidgets slider there moves, but nothing updates).
+
 Chapter 2 (:mod:`llmfoundations.evolution`, :mod:`llmfoundations.scaling`):
 
 - :func:`timeline_figure`: model families over time, one row per family.
@@ -12,23 +19,25 @@ Chapter 2 (:mod:`llmfoundations.evolution`, :mod:`llmfoundations.scaling`):
   with Chinchilla's 20-tokens-per-parameter line, iso-compute lines and, optionally,
   the compute-optimal frontier of a fitted scaling law.
 
-What this module leaves out: static image export (needs ``kaleido``) and styling
-themes; figures use plotly's defaults plus a few layout settings.
+What this module leaves out: static image export (needs ``kaleido``), styling themes
+(figures use plotly's defaults plus a few layout settings), and fixed pixel widths:
+figures take the width of the page, so they fit a phone.
 """
 
 from __future__ import annotations
 
 import html
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
+from llmfoundations._validate import check_int
 from llmfoundations.evolution import UNKNOWN, ModelRecord, as_rows, is_known
 from llmfoundations.scaling import compute_optimal
 
-__all__ = ["timeline_figure", "params_vs_tokens_figure"]
+__all__ = ["slider_figure", "timeline_figure", "params_vs_tokens_figure"]
 
 _WEIGHTS_GROUPS = (
     (True, "open weights", "#2a9d8f"),
@@ -42,6 +51,76 @@ _SYMBOLS = {
     "decoder-moe": ("diamond", "decoder (mixture of experts)"),
     UNKNOWN: ("circle-open", "architecture unpublished"),
 }
+
+
+def slider_figure(
+    draw: Callable[[float], go.Figure],
+    values: Sequence[float],
+    *,
+    start: float | None = None,
+    name: str = "value",
+    label: Callable[[float], str] = "{:g}".format,
+    pad_top: int = 50,
+) -> go.Figure:
+    """The figure ``draw(value)`` for every value, behind a slider that needs no Python.
+
+    ``draw`` is called once per value; each result becomes a plotly frame (its traces
+    and its title) and the slider switches frames in the browser. The figure opens at
+    ``start`` (default: the first value) and takes the rest of its layout (axes, height)
+    from ``draw(start)``, so fix axis ranges in ``draw`` when states should compare.
+    ``label`` names each step (shown after ``name``); ``pad_top`` is the gap in pixels
+    between the plot and the slider (more for slanted tick labels).
+
+    >>> scores = np.array([2.0, 1.0, 0.1])
+    >>> def draw(t):
+    ...     p = np.exp(scores / t)
+    ...     return go.Figure(go.Bar(y=p / p.sum()), layout={"title": f"temperature {t:g}"})
+    >>> fig = slider_figure(draw, [0.5, 1.0, 2.0], start=1.0, name="temperature")
+    >>> [frame.name for frame in fig.frames]
+    ['0.5', '1', '2']
+    """
+    if not callable(draw):
+        raise TypeError(f"draw must be a function of the slider value, got {type(draw).__name__}")
+    check_int("pad_top", pad_top, minimum=0)
+    values = list(values)
+    if not values:
+        raise ValueError("values must not be empty")
+    labels = [label(v) for v in values]
+    repeated = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if repeated:
+        raise ValueError(f"values must have distinct labels, got {repeated} more than once")
+    if start is None:
+        start = values[0]
+    if start not in values:
+        raise ValueError(f"start must be one of values, got {start!r}")
+    figures = [_drawn(draw, v) for v in values]
+    first = figures[0]
+    for v, fig in zip(values, figures, strict=True):
+        kinds, expected = [t.type for t in fig.data], [t.type for t in first.data]
+        if kinds != expected:
+            raise ValueError(
+                f"draw must give the same traces for every value: {expected} at {values[0]!r}, "
+                f"{kinds} at {v!r}"
+            )
+    active = values.index(start)
+    fig = go.Figure(figures[active])
+    fig.frames = [
+        go.Frame(name=lab, data=f.data, layout={"title": f.layout.title})
+        for lab, f in zip(labels, figures, strict=True)
+    ]
+    no_delay = {"duration": 0}
+    at_once = {"mode": "immediate", "frame": {**no_delay, "redraw": True}, "transition": no_delay}
+    steps = [{"label": lab, "method": "animate", "args": [[lab], at_once]} for lab in labels]
+    slider = {"active": active, "steps": steps, "pad": {"t": pad_top}}
+    fig.update_layout(sliders=[{**slider, "currentvalue": {"prefix": f"{name}: "}}])
+    return fig
+
+
+def _drawn(draw: Callable[[float], go.Figure], value: float) -> go.Figure:
+    fig = draw(value)
+    if not isinstance(fig, go.Figure):
+        raise TypeError(f"draw({value!r}) must return a plotly Figure, got {type(fig).__name__}")
+    return fig
 
 
 def _records(records: Iterable[ModelRecord]) -> list[ModelRecord]:

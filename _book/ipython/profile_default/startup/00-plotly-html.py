@@ -10,8 +10,15 @@ class _CourseHTML(MimetypeRenderer):
     def to_mimebundle(self, fig_dict):
         import plotly.io as pio
 
+        # auto_play=False: a figure with frames (a slider) opens at its own state, as in
+        # Jupyter and Colab, instead of playing through every frame on page load.
         html = pio.to_html(
-            fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False, validate=False
+            fig_dict,
+            include_plotlyjs=False,
+            include_mathjax=False,
+            full_html=False,
+            validate=False,
+            auto_play=False,
         )
         return {"text/html": html}
 
