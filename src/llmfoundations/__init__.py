@@ -6,6 +6,7 @@ Dimension legend (used in every shape comment of the package)::
 
     B    batch size
     T    sequence length (Tq / Tk when queries and keys differ, e.g. with a KV cache)
+    S    source length: the encoder output that cross-attention reads (models.EncoderDecoder)
     H    number of query heads
     Hkv  number of key/value heads (grouped-query: H % Hkv == 0; multi-query: Hkv == 1)
     D    head dimension (d_model // H)
@@ -13,6 +14,7 @@ Dimension legend (used in every shape comment of the package)::
     F    feed-forward width, d_ff
     E    number of experts (mixture of experts)
     K    top-k experts per token
+    Nk   number of expert slots kept after the capacity limit (moe; N * K without one)
     V    vocabulary size
     O    answer options a judge chooses from ("1".."5", or "A"/"B"; evaluation.judge)
     r    rank of a LoRA update (finetuning.lora)

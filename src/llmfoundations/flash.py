@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmfoundations._validate import check_positive, check_same_device, check_tensor
+from llmfoundations._validate import check_bool, check_positive, check_same_device, check_tensor
 
 __all__ = [
     "online_softmax",
@@ -67,11 +67,6 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 # ----------------------------------------------------------------------------
 # Argument checks shared by the reference and the kernels
 # ----------------------------------------------------------------------------
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _check_block(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -209,7 +204,7 @@ def flash_forward_reference(
     (True, (2, 5))
     """
     _check_qkv(q, k, v, grouped=False)
-    _check_flag("is_causal", is_causal)
+    check_bool("is_causal", is_causal)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
     scale = _resolve_scale(scale, q.shape[-1])
@@ -292,7 +287,7 @@ def flash_backward_reference(
         )
     if lse.shape != q.shape[:-1]:
         raise ValueError(f"lse must have shape {tuple(q.shape[:-1])}, got {tuple(lse.shape)}")
-    _check_flag("is_causal", is_causal)
+    check_bool("is_causal", is_causal)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
     scale = _resolve_scale(scale, q.shape[-1])
@@ -381,7 +376,7 @@ def flash_attention_reference(
     (torch.Size([1, 2, 7, 4]), torch.Size([1, 2, 7]))
     """
     _check_qkv(q, k, v, grouped=False)
-    _check_flag("is_causal", is_causal)
+    check_bool("is_causal", is_causal)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
     scale = _resolve_scale(scale, q.shape[-1])
@@ -407,7 +402,7 @@ def _interpreting() -> bool:
 def _check_kernel_inputs(q, k, v, is_causal, scale) -> float:
     """Check what the kernels accept (device last); return the resolved scale."""
     _check_qkv(q, k, v, grouped=True)
-    _check_flag("is_causal", is_causal)
+    check_bool("is_causal", is_causal)
     scale = _resolve_scale(scale, q.shape[-1])
     if q.dtype not in KERNEL_DTYPES:
         want = ", ".join(str(d).replace("torch.", "") for d in KERNEL_DTYPES)
@@ -536,7 +531,7 @@ def attention_traffic(
         _check_block(name, value)
     tk = seq_len if kv_len is None else kv_len
     _check_block("kv_len", tk)
-    _check_flag("is_causal", is_causal)
+    check_bool("is_causal", is_causal)
     tq, d, e = seq_len, head_dim, bytes_per_element
 
     compulsory = (2 * tq * d + 2 * tk * d) * e  # read q, k, v; write out

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from llmfoundations._validate import check_choice, check_positive, check_tensor
+from llmfoundations._validate import check_choice, check_int, check_positive, check_tensor
 
 __all__ = [
     "ACTIVATIONS",
@@ -64,15 +64,6 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("swiglu", "gelu", "relu")
-
-
-def _check_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Raise unless ``value`` is an int (not a bool) that is at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_router_logits(router_logits: object) -> torch.Tensor:
@@ -96,8 +87,8 @@ class Expert(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu", bias: bool = False):
         super().__init__()
-        _check_int("d_model", d_model)
-        _check_int("d_ff", d_ff)
+        check_int("d_model", d_model, minimum=1)
+        check_int("d_ff", d_ff, minimum=1)
         check_choice("activation", activation, ACTIVATIONS)
         self.activation = activation
         if activation == "swiglu":
@@ -147,7 +138,7 @@ def top_k_routing(router_logits: torch.Tensor, top_k: int) -> Routing:
     """
     _check_router_logits(router_logits)
     n_experts = router_logits.shape[-1]
-    _check_int("top_k", top_k)
+    check_int("top_k", top_k, minimum=1)
     if top_k > n_experts:
         raise ValueError(f"top_k ({top_k}) must be <= the number of experts ({n_experts})")
     probs = router_logits.float().softmax(dim=-1)  # (N, E)
@@ -218,9 +209,9 @@ def expert_capacity(n_tokens: int, n_experts: int, top_k: int, capacity_factor: 
     >>> expert_capacity(n_tokens=10, n_experts=4, top_k=2, capacity_factor=1.0)
     5
     """
-    _check_int("n_tokens", n_tokens)
-    _check_int("n_experts", n_experts)
-    _check_int("top_k", top_k)
+    check_int("n_tokens", n_tokens, minimum=1)
+    check_int("n_experts", n_experts, minimum=1)
+    check_int("top_k", top_k, minimum=1)
     check_positive("capacity_factor", capacity_factor)
     return math.ceil(capacity_factor * n_tokens * top_k / n_experts)
 
@@ -241,7 +232,7 @@ def dispatch_order(
         capacity: slots one expert may take, or ``None`` for no limit.
 
     Returns:
-        ``(order, routed, kept)``: ``order`` (S,) long holds the kept slot numbers,
+        ``(order, routed, kept)``: ``order`` (Nk,) long holds the kept slot numbers,
         grouped by expert (expert 0's slots first); ``routed`` (E,) long counts the
         slots the router sent to each expert; ``kept`` (E,) long the slots each
         expert keeps, so expert ``e`` owns ``order[kept[:e].sum() : kept[:e+1].sum()]``.
@@ -251,9 +242,9 @@ def dispatch_order(
     ([3, 5, 0, 1, 4], [2, 3, 1], [2, 2, 1])
     """
     check_tensor("experts", experts, ndim=2, dtype=torch.long, nonempty=True)
-    _check_int("n_experts", n_experts)
+    check_int("n_experts", n_experts, minimum=1)
     if capacity is not None:
-        _check_int("capacity", capacity)
+        check_int("capacity", capacity, minimum=1)
     low, high = int(experts.min()), int(experts.max())
     if low < 0 or high >= n_experts:
         raise ValueError(f"experts must lie in [0, {n_experts}), got values in [{low}, {high}]")
@@ -271,7 +262,7 @@ def _dispatch_order(
         return order, routed, routed.clone()
     starts = torch.cumsum(routed, dim=0) - routed  # (E,) where each expert's group begins
     queue_pos = torch.arange(order.numel(), device=order.device) - starts[slot_expert[order]]
-    order = order[queue_pos < capacity]  # (S,) the first `capacity` of every group
+    order = order[queue_pos < capacity]  # (Nk,) the first `capacity` of every group
     return order, routed, routed.clamp(max=capacity)
 
 
@@ -336,10 +327,10 @@ class MoELayer(nn.Module):
         router_jitter: float = 0.0,
     ):
         super().__init__()
-        _check_int("d_model", d_model)
-        _check_int("d_ff", d_ff)
-        _check_int("n_experts", n_experts)
-        _check_int("top_k", top_k)
+        check_int("d_model", d_model, minimum=1)
+        check_int("d_ff", d_ff, minimum=1)
+        check_int("n_experts", n_experts, minimum=1)
+        check_int("top_k", top_k, minimum=1)
         if top_k > n_experts:
             raise ValueError(f"top_k ({top_k}) must be <= n_experts ({n_experts})")
         if capacity_factor is not None:
@@ -414,17 +405,17 @@ class MoELayer(nn.Module):
         capacity = self.capacity(n_tokens)
         order, routed, kept = _dispatch_order(routing.experts, self.n_experts, capacity)
         routed_list, kept_list = torch.stack([routed, kept]).tolist()  # one device sync
-        token = order % n_tokens  # (S,) the token behind each kept slot
-        weight = rearrange(routing.weights, "n k -> (k n)")[order]  # (S,)
+        token = order % n_tokens  # (Nk,) the token behind each kept slot
+        weight = rearrange(routing.weights, "n k -> (k n)")[order]  # (Nk,)
 
-        x_sorted = flat.index_select(0, token)  # (S, C), grouped by expert
+        x_sorted = flat.index_select(0, token)  # (Nk, C), grouped by expert
         chunks = x_sorted.split(kept_list)  # E pieces, one per expert
         outputs = [
             expert(chunk)  # each expert runs once, on its own contiguous slice
             for expert, chunk in zip(self.experts, chunks, strict=True)
             if chunk.shape[0] > 0
         ]
-        y_sorted = torch.cat(outputs)  # (S, C); its dtype may differ from x's under autocast
+        y_sorted = torch.cat(outputs)  # (Nk, C); its dtype may differ from x's under autocast
         y_sorted = y_sorted * weight.to(y_sorted.dtype)[:, None]
         y = y_sorted.new_zeros(flat.shape).index_add_(0, token, y_sorted)  # (N, C)
 
