@@ -488,3 +488,64 @@ def test_smollm2_cached_steps_equal_full_forward_and_chat(smollm2):
     )
     assert "Paris" in reply and "<|im_end|>" not in reply
     assert "".join(pieces) == reply
+
+
+# ----------------------------------------------------------------------------- checks once, not per token
+
+
+class _HostCopies:
+    """Counts the ways a tensor's value reaches Python (each is a device sync on a GPU)."""
+
+    METHODS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+
+    def __init__(self, monkeypatch) -> None:
+        self.count = 0
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                self.count += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("sampling", [None, SamplingConfig(temperature=0.8, top_p=0.9, repetition_penalty=1.2)])
+@pytest.mark.parametrize("stop", [(), (7,)])
+def test_each_decode_step_copies_to_the_host_once(monkeypatch, sampling, stop):
+    # The loop checks the prompts once; each step makes one host copy (finite logits? all
+    # rows stopped?) instead of one per check of the model and of every processor.
+    model = _model("llama")
+    prompts = torch.tensor(_prompts(1, [6, 6]))  # not padded
+    generate(model, prompts, 3, sampling=sampling, stop_token_ids=stop)  # warm-up
+    copies = _HostCopies(monkeypatch)
+    generate(model, prompts, 1, sampling=sampling, stop_token_ids=stop,
+             generator=torch.Generator().manual_seed(0))
+    one_step = copies.count
+    copies.count = 0
+    n = 20
+    out = generate(model, prompts, n, sampling=sampling, stop_token_ids=stop,
+                   generator=torch.Generator().manual_seed(0), return_dict=True)
+    steps = out.new_tokens.shape[1]
+    assert steps >= 2
+    assert copies.count - one_step == steps - 1, (copies.count, one_step, steps)
+
+
+def test_forward_unchecked_equals_forward():
+    model = _model("llama")
+    ids = torch.tensor(_prompts(2, [5, 5]))
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    labels = ids.clone()
+    for kwargs in ({}, {"attention_mask": mask}, {"labels": labels}):
+        a, b = model(ids, **kwargs), model.forward_unchecked(ids, **kwargs)
+        assert torch.equal(a.logits, b.logits)
+        assert (a.loss is None and b.loss is None) or torch.equal(a.loss, b.loss)
+
+
+def test_generate_refuses_nan_logits_with_a_clear_error():
+    for sampling in (None, SamplingConfig(temperature=1.0)):
+        model = _model("llama")
+        with torch.no_grad():
+            model.lm_head.weight[3, 0] = float("nan")  # tied: embedding row 3 too
+        with pytest.raises(ValueError, match="logits at step 0 hold NaN"):
+            generate(model, torch.tensor([[1, 2, 4]]), 4, sampling=sampling)

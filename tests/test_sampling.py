@@ -752,3 +752,19 @@ def test_hypothesis_unpacks_as_sequence_and_score():
     h = Hypothesis(torch.tensor([1, 2]), -0.5)
     seq, score = h
     assert seq.tolist() == [1, 2] and score == -0.5
+
+
+def test_choose_checks_the_logits_once_and_equals_its_unchecked_core(monkeypatch):
+    from llmfoundations import sampling as sampling_module
+
+    calls = []
+    original = sampling_module._check_logits
+    monkeypatch.setattr(sampling_module, "_check_logits", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cfg = SamplingConfig(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    logits = torch.randn(3, 17, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 17, (3, 4), generator=torch.Generator().manual_seed(1))
+    checked = cfg.choose(logits, ids, torch.Generator().manual_seed(2))
+    assert len(calls) == 1  # not once more per processor
+    unchecked = cfg.choose_unchecked(logits, ids, torch.Generator().manual_seed(2))
+    assert torch.equal(checked, unchecked)
+    assert torch.equal(cfg.process(logits, ids), cfg._process(logits, ids))

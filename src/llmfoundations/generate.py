@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from llmfoundations._validate import check_int, check_tensor
 from llmfoundations.kv_cache import KVCache
-from llmfoundations.sampling import SamplingConfig
+from llmfoundations.sampling import SamplingConfig, _check_generator
 
 __all__ = ["GenerationOutput", "generate", "TextStreamer", "complete", "chat"]
 
@@ -258,6 +258,7 @@ def generate(
     stop_ids = _check_stop_ids(stop_token_ids, vocab)
     if sampling is not None and not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}")
+    _check_generator(generator)
     if streamer is not None and not callable(streamer):
         raise TypeError(f"streamer must be callable or None, got {type(streamer).__name__}")
     for name, flag in (
@@ -334,32 +335,50 @@ def _generation_loop(
     pad = torch.full((b,), pad_token_id, dtype=torch.long, device=ids.device)  # (B,)
     step_logits = []
     feed = ids  # what the next forward pass reads: the whole prompt first (prefill)
+    # The prompts were checked by generate and every token fed back is one the loop chose,
+    # so the steps skip the model's argument checks (forward_unchecked, where the model
+    # has one) and the sampling processors' (choose_unchecked). What stays is one
+    # device-to-host copy per step: are the logits finite, and has every row stopped.
+    forward = getattr(model, "forward_unchecked", model)
+    # The mask is only needed when a prompt is padded; without it the model uses positions
+    # cache length + arange(T) and the plain causal kernel. (Once a row stops, its later
+    # positions are masked in the output mask, but what the model computes for that row no
+    # longer matters, so the forward passes need no mask for them.)
+    padded = not bool(mask.all())
 
-    for _ in range(max_new_tokens):
-        # The mask is only needed when some position is padding; without it the model uses
-        # positions cache length + arange(T) and the plain causal kernel.
-        forward_mask = None if bool(mask.all()) else mask  # (B, T_so_far)
+    for step in range(max_new_tokens):
+        forward_mask = mask if padded else None  # (B, T_so_far)
         if use_cache:
             # Prefill: the prompt, T tokens. Decode: the newest token only; the keys and
             # values of everything before it are in the cache.
-            logits = model(feed, attention_mask=forward_mask, kv_cache=cache).logits
+            logits = forward(feed, attention_mask=forward_mask, kv_cache=cache).logits
         else:
             # Reference: recompute every position of the whole sequence, every step.
-            logits = model(ids, attention_mask=forward_mask).logits  # (B, T_so_far, V)
+            logits = forward(ids, attention_mask=forward_mask).logits  # (B, T_so_far, V)
         next_logits = logits[:, -1].float()  # (B, V) scores of the next token
         if output_logits:
             step_logits.append(next_logits)
 
-        token = sampling.choose(next_logits, ids, generator)  # (B,)
+        # A row's max is NaN or +inf if it holds one, -inf if no token is left. Such rows are
+        # zeroed so that sampling cannot fail before the error below names the cause.
+        row_ok = torch.isfinite(next_logits.amax(dim=-1))  # (B,)
+        safe = torch.where(row_ok[:, None], next_logits, 0.0)  # (B, V)
+        token = sampling.choose_unchecked(safe, ids, generator)  # (B,)
         token = torch.where(done, pad, token)  # stopped rows only get padding
         ids = torch.cat([ids, token[:, None]], dim=1)  # (B, T_so_far + 1)
         mask = torch.cat([mask, (~done).long()[:, None]], dim=1)  # the stop token stays real
-        if streamer is not None:
-            streamer(token)
         if len(stop_ids):
             done = done | torch.isin(token, stop_ids)
-            if bool(done.all()):
-                break
+        ok, all_done = torch.stack([row_ok.all(), done.all()]).tolist()  # the step's one sync
+        if not ok:
+            raise ValueError(
+                f"the model's logits at step {step} hold NaN or +inf, or a row of only -inf: "
+                "no token can be chosen (check the model's weights and inputs)"
+            )
+        if streamer is not None:
+            streamer(token)
+        if all_done:
+            break
         feed = token[:, None]  # (B, 1)
 
     kept = None

@@ -87,6 +87,11 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float = 1e-5) -> Tensor:
     place).
     """
     check_tensor("x", x, min_ndim=1, floating=True)
+    return _rms_norm(x, weight, eps)
+
+
+def _rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    # The core of rms_norm, unchecked (RMSNorm.forward has checked x already).
     xf = _at_least_float32(x)
     inv_rms = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)  # (..., 1)
     y = (xf * inv_rms).to(x.dtype)
@@ -128,7 +133,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_features("x", x, self.d)
-        return rms_norm(x, self.weight, self.eps)
+        return _rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}"

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmfoundations._validate import (
+    check_bool,
     check_choice,
     check_divisible,
     check_int,
@@ -339,7 +340,7 @@ def _check_ids(name: str, ids: object, vocab_size: int) -> Tensor:
     check_tensor(name, ids, ndim=2, nonempty=True)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (token ids), got dtype {ids.dtype}")
-    low, high = int(ids.min()), int(ids.max())
+    low, high = torch.stack([ids.min(), ids.max()]).tolist()  # one device-to-host copy
     if low < 0 or high >= vocab_size:
         raise ValueError(
             f"{name} must lie in [0, vocab_size={vocab_size}), got values from {low} to {high}"
@@ -594,18 +595,15 @@ class DecoderLM(_TransformerModel):
                 f"{'both' if input_ids is not None else 'neither'}"
             )
         if input_ids is not None:
-            ids = _check_ids("input_ids", input_ids, config.vocab_size)
-            tokens = self.embed(ids)  # (B, T, C)
+            b, t = _check_ids("input_ids", input_ids, config.vocab_size).shape
         else:
-            tokens = check_tensor(
-                "inputs_embeds", inputs_embeds, ndim=3, floating=True, nonempty=True
-            )
-            if tokens.shape[-1] != config.d_model:
+            check_tensor("inputs_embeds", inputs_embeds, ndim=3, floating=True, nonempty=True)
+            if inputs_embeds.shape[-1] != config.d_model:
                 raise ValueError(
                     f"inputs_embeds must be (B, T, C) with C = d_model = {config.d_model}, "
-                    f"got {tuple(tokens.shape)}"
+                    f"got {tuple(inputs_embeds.shape)}"
                 )
-        b, t = tokens.shape[:2]
+            b, t = inputs_embeds.shape[:2]
         past = 0
         if kv_cache is not None:
             if not isinstance(kv_cache, KVCache):
@@ -617,15 +615,52 @@ class DecoderLM(_TransformerModel):
                 )
             past = kv_cache.length
         if attention_mask is not None:
-            attention_mask = _check_padding_mask("attention_mask", attention_mask, (b, past + t))
+            _check_padding_mask("attention_mask", attention_mask, (b, past + t))
+        if positions is None:
+            self._check_length(past + t - 1)  # derived positions never exceed this: no sync
+        else:
+            positions = self._check_positions(positions, b, t)
+        if labels is not None:
+            _check_labels(labels, (b, t), config.vocab_size)
+        check_bool("output_attentions", output_attentions)
+        return self.forward_unchecked(
+            input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            positions=positions,
+            kv_cache=kv_cache,
+            labels=labels,
+            output_attentions=output_attentions,
+        )
+
+    def forward_unchecked(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        labels: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> LMOutput:
+        """:meth:`forward` without its argument checks (same arguments, same result).
+
+        For loops whose arguments are valid by construction: ``generate`` checks the
+        prompts once and then feeds back the tokens it chose, so checking the ids on every
+        step would only cost a device-to-host copy (a stall on a GPU). Hooks registered on
+        the model itself do not run (those on its blocks and layers do). Anything else
+        should call the model: a wrong argument here gives torch's error or a wrong result.
+        """
+        config = self.config
+        tokens = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        b, t = tokens.shape[:2]
+        past = kv_cache.length if kv_cache is not None else 0
         if positions is None:
             if attention_mask is not None:
                 positions = self._positions_from_mask(attention_mask, t)  # (B, T)
             else:
                 positions = torch.arange(past, past + t, device=tokens.device)  # (T,)
-            self._check_length(past + t - 1)  # derived positions never exceed this: no sync
-        else:
-            positions = self._check_positions(positions, b, t)
 
         x = self._embed(tokens, positions)  # (B, T, C)
         rope = None
@@ -649,7 +684,6 @@ class DecoderLM(_TransformerModel):
 
         loss = None
         if labels is not None:
-            labels = _check_labels(labels, (b, t), config.vocab_size)
             loss = _cross_entropy(logits[:, :-1], labels[:, 1:])
         return LMOutput(
             logits=logits,

@@ -28,6 +28,12 @@ Probabilities are computed in at least float32 (a float16 or bfloat16 softmax su
 over a 50k vocabulary loses too much); float32 and float64 logits give bit-for-bit the
 same keep-sets as ``transformers``.
 
+Checks: every public function validates its arguments (and that the logits hold no NaN or
++inf) and then calls an unchecked core (``_top_p_filter`` for ``top_p_filter``, ...).
+:meth:`SamplingConfig.choose` validates once and runs the cores, and a generation loop
+calls :meth:`SamplingConfig.choose_unchecked`, so a token costs one check, not one per
+processor.
+
 Left out: typical, epsilon, eta and top-h sampling, mirostat, contrastive search,
 frequency/presence penalties, no-repeat-n-gram blocking, logit bias, a configurable
 ``filter_value`` (removed tokens are always ``-inf``), ``transformers``'
@@ -129,7 +135,11 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     tensor([[-inf, 3., -inf]])
     """
     check_positive("temperature", temperature, allow_zero=True)
-    _check_logits(logits)
+    return _apply_temperature(_check_logits(logits), temperature)
+
+
+def _apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # The core of apply_temperature, unchecked (see "Checks" in the module docstring).
     if temperature == 0:
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1), first index on ties
         only_best = torch.full_like(logits, NEG_INF)
@@ -149,7 +159,11 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     tensor([[3., 2., 2., -inf]])
     """
     check_int("k", k, minimum=1)
-    _check_logits(logits)
+    return _top_k_filter(_check_logits(logits), k)
+
+
+def _top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    # The core of top_k_filter, unchecked.
     k = min(k, logits.shape[-1])
     kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
     return logits.masked_fill(logits < kth_largest, NEG_INF)
@@ -177,7 +191,11 @@ def top_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) ->
     """
     check_probability("p", p)
     check_int("min_tokens_to_keep", min_tokens_to_keep, minimum=1)
-    _check_logits(logits)
+    return _top_p_filter(_check_logits(logits), p, min_tokens_to_keep)
+
+
+def _top_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int) -> torch.Tensor:
+    # The core of top_p_filter, unchecked.
     sorted_logits, order = torch.sort(logits, dim=-1)  # (B, V), least likely first
     tail_mass = _softmax(sorted_logits).cumsum(dim=-1)  # (B, V): this token and all below it
     drop_sorted = tail_mass <= 1 - p
@@ -200,7 +218,11 @@ def min_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) ->
     """
     check_probability("p", p, low_open=False)
     check_int("min_tokens_to_keep", min_tokens_to_keep, minimum=1)
-    _check_logits(logits)
+    return _min_p_filter(_check_logits(logits), p, min_tokens_to_keep)
+
+
+def _min_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int) -> torch.Tensor:
+    # The core of min_p_filter, unchecked.
     probs = _softmax(logits)  # (B, V)
     threshold = p * probs.amax(dim=-1, keepdim=True)  # (B, 1)
     drop = probs < threshold
@@ -230,6 +252,12 @@ def repetition_penalty(
     """
     check_positive("penalty", penalty)
     _check_logits(logits)
+    _check_penalty_ids(input_ids, logits)
+    return _repetition_penalty(logits, input_ids, penalty)
+
+
+def _check_penalty_ids(input_ids: object, logits: torch.Tensor) -> None:
+    """``input_ids`` (B, T) long, one row per row of ``logits``, every id in ``[0, V)``."""
     check_tensor("input_ids", input_ids, ndim=2, dtype=torch.long)
     check_same_device(logits=logits, input_ids=input_ids)
     batch, vocab = logits.shape
@@ -238,11 +266,16 @@ def repetition_penalty(
             f"input_ids must have one row per row of logits ({batch}), "
             f"got shape {tuple(input_ids.shape)}"
         )
+    if input_ids.numel() > 0:
+        low, high = torch.stack([input_ids.min(), input_ids.max()]).tolist()  # one sync
+        if low < 0 or high >= vocab:
+            raise ValueError(f"input_ids must lie in [0, {vocab}), got values from {low} to {high}")
+
+
+def _repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    # The core of repetition_penalty, unchecked.
     if input_ids.numel() == 0:
         return logits.clone()
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab:
-        raise ValueError(f"input_ids must lie in [0, {vocab}), got values from {low} to {high}")
     seen = logits.gather(-1, input_ids)  # (B, T): logit of each token already in the text
     penalised = torch.where(seen < 0, seen * penalty, seen / penalty)  # (B, T)
     return logits.scatter(-1, input_ids, penalised)  # repeated ids write the same value
@@ -313,21 +346,30 @@ class SamplingConfig:
         Order: repetition penalty, temperature, top-k, top-p, min-p (only the first when
         ``do_sample`` is False). ``input_ids`` (B, T) is needed only for the penalty.
         """
+        self._check_inputs(logits, input_ids)
+        return self._process(logits, input_ids)
+
+    def _check_inputs(self, logits: object, input_ids: object) -> None:
         _check_logits(logits)
         if self.repetition_penalty is not None:
             if input_ids is None:
                 raise ValueError("input_ids is required when repetition_penalty is set, got None")
-            logits = repetition_penalty(logits, input_ids, self.repetition_penalty)
+            _check_penalty_ids(input_ids, logits)
+
+    def _process(self, logits: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
+        # process() without its checks: the processors' cores, in order.
+        if self.repetition_penalty is not None:
+            logits = _repetition_penalty(logits, input_ids, self.repetition_penalty)
         if not self.do_sample:
             return logits
         if self.temperature != 1:
-            logits = apply_temperature(logits, self.temperature)
+            logits = _apply_temperature(logits, self.temperature)
         if self.top_k is not None:
-            logits = top_k_filter(logits, self.top_k)
+            logits = _top_k_filter(logits, self.top_k)
         if self.top_p is not None:
-            logits = top_p_filter(logits, self.top_p)
+            logits = _top_p_filter(logits, self.top_p, 1)
         if self.min_p is not None:
-            logits = min_p_filter(logits, self.min_p)
+            logits = _min_p_filter(logits, self.min_p, 1)
         return logits
 
     def choose(
@@ -343,9 +385,23 @@ class SamplingConfig:
         ``generator``.
         """
         _check_generator(generator)
-        processed = self.process(logits, input_ids)  # (B, V)
+        self._check_inputs(logits, input_ids)
+        return self.choose_unchecked(logits, input_ids, generator)
+
+    def choose_unchecked(
+        self,
+        logits: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`choose` without its argument checks, for loops whose inputs are valid by
+        construction (``generate`` checks the model's logits once per step, all rows
+        together, and its ids are in range by construction). Invalid input here gives
+        torch's errors or a wrong token, never a clear message: call :meth:`choose`.
+        """
+        processed = self._process(logits, input_ids)  # (B, V)
         if self.is_greedy:
-            return greedy(processed)
+            return processed.argmax(dim=-1)  # (B,) first index on ties
         probs = _softmax(processed)  # (B, V), zero where filtered
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
