@@ -602,3 +602,28 @@ def test_encoder_mlm_applies_embedding_dropout_after_the_layernorm_as_bert():
     torch.manual_seed(3)  # the embedding dropout is the first random draw of the forward pass
     expected = F.dropout(model.embed_norm(summed), p=0.5, training=True)
     torch.testing.assert_close(seen["x"], expected, **TOL)
+
+
+def test_configs_are_frozen_and_replace_validates_again():
+    import dataclasses
+
+    from llmfoundations.sampling import SamplingConfig
+    from llmfoundations.train import TrainConfig
+
+    for config, field, bad in (
+        (ModelConfig.llama(50), "n_heads", 3),
+        (SamplingConfig(top_p=0.9), "top_p", 5.0),
+        (TrainConfig(steps=10, warmup_steps=2), "lr", -1.0),
+    ):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(config, field, bad)
+        with pytest.raises(ValueError, match=field):
+            dataclasses.replace(config, **{field: bad})
+
+
+def test_an_expert_is_the_layers_feed_forward_network():
+    from llmfoundations.layers import FeedForward, SwiGLU
+    from llmfoundations.moe import Expert
+
+    assert type(Expert(8, 16)) is SwiGLU
+    assert type(Expert(8, 16, activation="relu")) is FeedForward

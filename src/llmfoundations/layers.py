@@ -19,6 +19,7 @@ DeepNorm / sandwich norms, parallel attention + FFN blocks (GPT-J, PaLM), QK-nor
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,14 @@ __all__ = [
     "FFNS",
 ]
 
-NORMS = ("layernorm", "rmsnorm", "none")
-FFNS = ("swiglu", "gelu", "gelu_tanh", "relu", "moe")
-_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+# The options as types (for readers and type checkers) and as tuples (for the runtime checks).
+Norm = Literal["layernorm", "rmsnorm", "none"]
+FFN = Literal["swiglu", "gelu", "gelu_tanh", "relu", "moe"]
+Activation = Literal["gelu", "gelu_tanh", "relu"]
+NormPosition = Literal["pre", "post"]
+NORMS: tuple[Norm, ...] = get_args(Norm)
+FFNS: tuple[FFN, ...] = get_args(FFN)
+_ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
 
 
 def _check_features(name: str, x: object, d: int) -> Tensor:
@@ -139,7 +145,7 @@ class RMSNorm(nn.Module):
         return f"{self.d}, eps={self.eps}"
 
 
-def make_norm(kind: str, d: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
+def make_norm(kind: Norm, d: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
     """``"layernorm"`` -> ``LayerNorm``, ``"rmsnorm"`` -> ``RMSNorm``, ``"none"`` -> identity."""
     check_choice("norm", kind, NORMS)
     if kind == "layernorm":
@@ -152,7 +158,7 @@ def make_norm(kind: str, d: int, eps: float = 1e-5, bias: bool = True) -> nn.Mod
 # ----------------------------------------------------------------------------- feed-forward
 
 
-def default_d_ff(d_model: int, ffn: str) -> int:
+def default_d_ff(d_model: int, ffn: FFN) -> int:
     """Conventional hidden width: ``4 * d_model``, or about ``8/3 * d_model`` for gated FFNs.
 
     A gated FFN (SwiGLU, and the SwiGLU experts of MoE) has three matrices instead of two;
@@ -174,7 +180,7 @@ class FeedForward(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True
+        self, d_model: int, d_ff: int, activation: Activation = "gelu", bias: bool = True
     ) -> None:
         super().__init__()
         check_int("d_model", d_model, minimum=1)
@@ -215,7 +221,7 @@ class SwiGLU(nn.Module):
 
 
 def _make_ffn(
-    ffn: str,
+    ffn: FFN,
     d_model: int,
     d_ff: int,
     bias: bool,
@@ -280,9 +286,9 @@ class TransformerBlock(nn.Module):
         n_kv_heads: int | None = None,
         d_ff: int | None = None,
         *,
-        norm: str = "rmsnorm",
-        ffn: str = "swiglu",
-        norm_position: str = "pre",
+        norm: Norm = "rmsnorm",
+        ffn: FFN = "swiglu",
+        norm_position: NormPosition = "pre",
         residual: bool = True,
         cross_attention: bool = False,
         causal: bool = True,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,16 @@ from llmfoundations._validate import (
     check_tensor,
 )
 from llmfoundations.kv_cache import KVCache
-from llmfoundations.layers import FFNS, NORMS, TransformerBlock, default_d_ff, make_norm
+from llmfoundations.layers import (
+    FFN,
+    FFNS,
+    NORMS,
+    Norm,
+    NormPosition,
+    TransformerBlock,
+    default_d_ff,
+    make_norm,
+)
 from llmfoundations.positional import (
     LearnedPositionalEmbedding,
     _rope_cos_sin,
@@ -57,15 +67,17 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100  # label value that the losses skip (padding, prompt tokens, unmasked tokens)
-POSITIONALS = ("learned", "sinusoidal", "rope", "none")
+Positional = Literal["learned", "sinusoidal", "rope", "none"]
+POSITIONALS: tuple[Positional, ...] = get_args(Positional)
 
 
 # ----------------------------------------------------------------------------- config
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
-    """Hyper-parameters of every model in this module.
+    """Hyper-parameters of every model in this module (frozen: change one with
+    ``dataclasses.replace(config, n_layers=4)``, which validates the result again).
 
     Fields left as ``None`` are resolved by properties, so ``dataclasses.replace`` stays
     consistent: ``n_kv_heads=None`` means ``n_heads`` (see ``kv_heads``); ``d_ff=None`` means
@@ -82,15 +94,15 @@ class ModelConfig:
     n_kv_heads: int | None = None
     d_ff: int | None = None
     max_seq_len: int = 256
-    norm: str = "layernorm"  # "layernorm" | "rmsnorm" | "none"
+    norm: Norm = "layernorm"
     norm_eps: float = 1e-5
-    ffn: str = "gelu"  # "gelu" | "gelu_tanh" | "relu" | "swiglu" | "moe"
-    positional: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
+    ffn: FFN = "gelu"
+    positional: Positional = "learned"
     rope_theta: float = 10000.0
     rope_interleaved: bool = False
     tie_embeddings: bool = True
     bias: bool = True
-    norm_position: str = "pre"  # "pre" | "post"
+    norm_position: NormPosition = "pre"
     residual: bool = True
     dropout: float = 0.0
     n_experts: int = 8

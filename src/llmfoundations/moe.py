@@ -9,7 +9,7 @@ compute per token only with ``top_k``.
 
 What the module holds:
 
-- :class:`Expert` - one feed-forward expert (SwiGLU, GELU or ReLU).
+- :func:`Expert` - one feed-forward expert: `layers.SwiGLU`, or `layers.FeedForward` (GELU, ReLU).
 - :func:`top_k_routing` - softmax over the router logits, top-k, renormalise
   (Mixtral's rule); returns a :class:`Routing`.
 - :func:`load_balancing_loss` - the Switch Transformer auxiliary loss.
@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from llmfoundations._validate import check_choice, check_int, check_positive, check_tensor
+from llmfoundations.layers import FeedForward, SwiGLU
 
 __all__ = [
     "ACTIVATIONS",
@@ -63,7 +64,8 @@ __all__ = [
     "moe_reference",
 ]
 
-ACTIVATIONS = ("swiglu", "gelu", "relu")
+ExpertActivation = Literal["swiglu", "gelu", "relu"]
+ACTIVATIONS: tuple[ExpertActivation, ...] = get_args(ExpertActivation)
 
 
 def _check_router_logits(router_logits: object) -> torch.Tensor:
@@ -74,36 +76,24 @@ def _check_router_logits(router_logits: object) -> torch.Tensor:
 # --------------------------------------------------------------------------- experts
 
 
-class Expert(nn.Module):
-    """One feed-forward expert: ``d_model -> d_ff -> d_model``.
+def Expert(  # noqa: N802 - a factory named like the module it builds, as nn layers are
+    d_model: int, d_ff: int, activation: ExpertActivation = "swiglu", bias: bool = False
+) -> nn.Module:
+    """One feed-forward expert, ``d_model -> d_ff -> d_model``: an ordinary feed-forward
+    network of ``layers``, one per expert.
 
-    ``activation="swiglu"`` (Mixtral, Llama): ``down_proj(silu(gate_proj(x)) * up_proj(x))``,
-    three matrices. ``"gelu"`` (exact, erf-based) or ``"relu"``: ``down_proj(act(up_proj(x)))``,
-    two matrices (the original Transformer and GPT-2 style).
+    ``activation="swiglu"`` (Mixtral, Llama): ``layers.SwiGLU``,
+    ``down_proj(silu(gate_proj(x)) * up_proj(x))``, three matrices (Mixtral's w1, w3, w2).
+    ``"gelu"`` (exact, erf-based) or ``"relu"``: ``layers.FeedForward``,
+    ``down_proj(act(up_proj(x)))``, two matrices (the original Transformer and GPT-2 style).
 
     >>> Expert(8, 16)(torch.zeros(3, 8)).shape
     torch.Size([3, 8])
     """
-
-    def __init__(self, d_model: int, d_ff: int, activation: str = "swiglu", bias: bool = False):
-        super().__init__()
-        check_int("d_model", d_model, minimum=1)
-        check_int("d_ff", d_ff, minimum=1)
-        check_choice("activation", activation, ACTIVATIONS)
-        self.activation = activation
-        if activation == "swiglu":
-            self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)  # Mixtral's w1
-        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)  # Mixtral's w3
-        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)  # Mixtral's w2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
-        if self.activation == "swiglu":
-            h = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (..., F)
-        elif self.activation == "gelu":
-            h = F.gelu(self.up_proj(x))
-        else:
-            h = F.relu(self.up_proj(x))
-        return self.down_proj(h)
+    check_choice("activation", activation, ACTIVATIONS)
+    if activation == "swiglu":
+        return SwiGLU(d_model, d_ff, bias=bias)
+    return FeedForward(d_model, d_ff, activation=activation, bias=bias)
 
 
 # --------------------------------------------------------------------------- routing
@@ -322,7 +312,7 @@ class MoELayer(nn.Module):
         n_experts: int,
         top_k: int,
         capacity_factor: float | None = None,
-        activation: str = "swiglu",
+        activation: ExpertActivation = "swiglu",
         bias: bool = False,
         router_jitter: float = 0.0,
     ):

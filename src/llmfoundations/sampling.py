@@ -293,9 +293,10 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return _check_logits(logits).argmax(dim=-1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
-    """How a generation loop turns each step's logits into the next token.
+    """How a generation loop turns each step's logits into the next token (frozen: make a
+    variant with ``dataclasses.replace(config, top_p=0.8)``, which validates it again).
 
     Attributes:
         temperature: ``> 0`` divides the logits; ``0`` means greedy.

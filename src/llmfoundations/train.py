@@ -276,9 +276,9 @@ def load_checkpoint(
 # ----------------------------------------------------------------------- the loop
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of ``train_lm``.
+    """Hyper-parameters of ``train_lm`` (frozen: ``dataclasses.replace(config, steps=200)``).
 
     ``batch_size``, ``seq_len`` and ``seed`` also shape the random windows when
     ``train_lm`` is given a token stream. ``grad_clip=None`` measures the gradient norm
