@@ -46,3 +46,19 @@ def test_infinite_settings_are_refused_where_the_review_found_them():
     for make, name in cases:
         with pytest.raises(ValueError, match=f"{name} must be finite"):
             make()
+
+
+def test_attention_and_flash_share_one_qkv_check():
+    # One rule set for q, k, v (issue 20: two _check_qkv with different rules): the same bad
+    # input gives the same message from the readable attention and from flash's reference.
+    from llmfoundations.attention import scaled_dot_product_attention
+    from llmfoundations.flash import flash_attention_reference
+
+    q = torch.randn(1, 2, 4, 8)
+    for k, v in ((torch.randn(1, 2, 4, 6), torch.randn(1, 2, 4, 8)), (q, torch.randn(1, 2, 3, 8))):
+        messages = []
+        for fn in (scaled_dot_product_attention, flash_attention_reference):
+            with pytest.raises(ValueError) as err:
+                fn(q, k, v)
+            messages.append(str(err.value))
+        assert messages[0] == messages[1]

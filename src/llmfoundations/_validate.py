@@ -20,6 +20,9 @@ __all__ = [
     "check_probability",
     "check_divisible",
     "check_int",
+    "check_bool",
+    "check_str",
+    "check_qkv",
 ]
 
 
@@ -128,3 +131,28 @@ def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_qkv(q: object, k: object, v: object) -> None:
+    """The rules every attention shares: ``q`` (..., Tq, D), ``k`` (..., Tk, D) and ``v``
+    (..., Tk, Dv) are non-empty floating tensors of one dtype on one device, ``q`` and
+    ``k`` have the same head dimension D, and ``k`` and ``v`` the same number of keys Tk.
+
+    How the leading dimensions must relate (broadcast, equal, grouped heads) is the
+    caller's rule.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, min_ndim=2, floating=True, nonempty=True)
+    check_same_device(q=q, k=k, v=v)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must share the last (head) dimension (q's head dimension D = {q.shape[-1]}, "
+            f"k's {k.shape[-1]}), got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and v must agree on the number of keys (dimension -2), got k {tuple(k.shape)} "
+            f"and v {tuple(v.shape)}"
+        )

@@ -54,6 +54,7 @@ from llmfoundations._validate import (
     check_int,
     check_positive,
     check_probability,
+    check_qkv,
     check_same_device,
     check_tensor,
 )
@@ -97,25 +98,6 @@ def causal_mask(
     return key_pos <= query_pos  # (Tq, Tk)
 
 
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    check_tensor("q", q, min_ndim=2, floating=True, nonempty=True)
-    check_tensor("k", k, min_ndim=2, floating=True, nonempty=True)
-    check_tensor("v", v, min_ndim=2, floating=True, nonempty=True)
-    check_same_device(q=q, k=k, v=v)
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q and k must share the last (head) dimension, got q {tuple(q.shape)} "
-            f"and k {tuple(k.shape)}"
-        )
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and v must have the same number of keys (dimension -2), got k {tuple(k.shape)} "
-            f"and v {tuple(v.shape)}"
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-
-
 def _scores_with_mask(
     q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None
 ) -> Tensor:
@@ -125,7 +107,7 @@ def _scores_with_mask(
     vectors overflows to ``inf`` (65504 is the largest float16), and the softmax of an
     ``inf`` row is NaN. torch's fused kernels accumulate in float32 too.
     """
-    _check_qkv(q, k, k)
+    check_qkv(q, k, k)
     if mask is not None and is_causal:
         raise ValueError("pass either mask or is_causal=True, not both (as torch requires)")
     if scale is None:
@@ -223,7 +205,7 @@ def scaled_dot_product_attention(
     tensor([[[1.0000, 0.0000],
              [0.3302, 0.6698]]])
     """
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
         raise TypeError(f"dropout_p must be a number, got {type(dropout_p).__name__}")
     if not 0.0 <= dropout_p < 1.0:

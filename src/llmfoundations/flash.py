@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmfoundations._validate import check_bool, check_positive, check_same_device, check_tensor
+from llmfoundations._validate import check_bool, check_positive, check_qkv, check_tensor
 
 __all__ = [
     "online_softmax",
@@ -83,28 +83,17 @@ def _resolve_scale(scale: float | None, head_dim: int) -> float:
     return float(scale)
 
 
-def _check_qkv(q: object, k: object, v: object, *, grouped: bool) -> None:
-    """Shapes (..., Tq, D), (..., Tk, D), (..., Tk, Dv); same dtype and device.
+def _check_flash_qkv(q: object, k: object, v: object, *, grouped: bool) -> None:
+    """``_validate.check_qkv``, and k, v agree on every dimension but the last.
 
     With ``grouped`` the tensors are (B, H, T, D) and k, v may have fewer heads
     (Hkv dividing H: grouped-query attention).
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, min_ndim=2, floating=True, nonempty=True)
-    check_same_device(q=q, k=k, v=v)
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(
-            f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}"
-        )
+    check_qkv(q, k, v)  # the rules of every attention; then the tiled kernels' own
     if k.shape[:-1] != v.shape[:-1]:
         raise ValueError(
             f"k and v must agree on every dimension but the last, got k {tuple(k.shape)} "
             f"and v {tuple(v.shape)}"
-        )
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(
-            f"q and k must have the same head dimension D, got q {tuple(q.shape)} "
-            f"and k {tuple(k.shape)}"
         )
     if not grouped:
         if k.ndim != q.ndim or k.shape[:-2] != q.shape[:-2]:
@@ -203,7 +192,7 @@ def flash_forward_reference(
     >>> torch.allclose(out, ref, atol=1e-6), tuple(lse.shape)
     (True, (2, 5))
     """
-    _check_qkv(q, k, v, grouped=False)
+    _check_flash_qkv(q, k, v, grouped=False)
     check_bool("is_causal", is_causal)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
@@ -275,7 +264,7 @@ def flash_backward_reference(
 
     Shapes as in :func:`flash_forward_reference`; ``grad_out`` is out's shape.
     """
-    _check_qkv(q, k, v, grouped=False)
+    _check_flash_qkv(q, k, v, grouped=False)
     check_tensor("out", out, floating=True)
     check_tensor("grad_out", grad_out, floating=True)
     check_tensor("lse", lse, floating=True)
@@ -375,7 +364,7 @@ def flash_attention_reference(
     >>> out.shape, out.grad_fn.saved_tensors[-1].shape   # the log-sum-exp: (B, H, Tq)
     (torch.Size([1, 2, 7, 4]), torch.Size([1, 2, 7]))
     """
-    _check_qkv(q, k, v, grouped=False)
+    _check_flash_qkv(q, k, v, grouped=False)
     check_bool("is_causal", is_causal)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
@@ -401,7 +390,7 @@ def _interpreting() -> bool:
 
 def _check_kernel_inputs(q, k, v, is_causal, scale) -> float:
     """Check what the kernels accept (device last); return the resolved scale."""
-    _check_qkv(q, k, v, grouped=True)
+    _check_flash_qkv(q, k, v, grouped=True)
     check_bool("is_causal", is_causal)
     scale = _resolve_scale(scale, q.shape[-1])
     if q.dtype not in KERNEL_DTYPES:
