@@ -345,12 +345,13 @@ def test_full_boolean_masks():
 
 
 class ListCache:
-    """The smallest object that satisfies the cache protocol (concatenation, `seq_len()`)."""
+    """The smallest object that satisfies the cache protocol (concatenation, `length`)."""
 
     def __init__(self):
         self.k = self.v = None
 
-    def seq_len(self) -> int:
+    @property
+    def length(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 
     def update(self, k, v):
@@ -447,20 +448,15 @@ def test_mha_errors():
         mha(torch.randn(2, 3, 16), kv_cache=object())
 
 
-def test_precomputed_rope_angles_give_the_same_attention_and_are_checked():
-    from llmfoundations.positional import rope_cos_sin
-
+def test_rope_positions_are_given_one_way():
+    # Issue 20: RoPE positions reach attention through `positions` only (the precomputed
+    # `rope_cos_sin=` second way is gone); the default is cache length + arange(T).
     torch.manual_seed(0)
     mha = MultiHeadAttention(32, 4, n_kv_heads=2, rope_theta=10000.0).eval()
     x = torch.randn(2, 6, 32)
-    positions = torch.arange(3, 9)
-    expected = mha(x, positions=positions)
-    cos_sin = rope_cos_sin(positions, 8)
-    torch.testing.assert_close(mha(x, rope_cos_sin=cos_sin), expected, rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"rope_cos_sin cos must end with \(T, D/2\)"):
-        mha(x, rope_cos_sin=rope_cos_sin(positions[:5], 8))
-    with pytest.raises(TypeError, match="rope_cos_sin must be a \\(cos, sin\\) pair"):
-        mha(x, rope_cos_sin=cos_sin[0])
+    torch.testing.assert_close(mha(x), mha(x, positions=torch.arange(6)), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="rope_cos_sin"):
+        mha(x, rope_cos_sin=None)
 
 
 # ----------------------------------------------------------------------------- large scores

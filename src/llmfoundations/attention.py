@@ -58,7 +58,12 @@ from llmfoundations._validate import (
     check_same_device,
     check_tensor,
 )
-from llmfoundations.positional import apply_rope, rotate_pairs
+from llmfoundations.positional import (
+    _align_positions,
+    _check_position_tensor,
+    _rope_cos_sin,
+    rotate_pairs,
+)
 
 __all__ = [
     "scaled_dot_product_attention",
@@ -224,38 +229,26 @@ class KVCacheLike(Protocol):
     """What ``MultiHeadAttention`` needs from a per-layer KV cache.
 
     - ``length``: how many positions are stored before this call (an ``int`` attribute or
-      property; objects offering a ``seq_len()`` method instead are accepted too);
+      property);
     - ``update(k, v)``: append the new keys and values, each ``(B, Hkv, T_new, D)`` with RoPE
       already applied, and return everything stored so far, each ``(B, Hkv, T_total, D)``.
 
     ``kv_cache.KVCache().layers[i]`` is one; see ``kv_cache.py``.
     """
 
+    length: int
+
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 def _cache_length(cache: object) -> int:
-    if hasattr(cache, "length"):
-        return int(cache.length)
-    if callable(getattr(cache, "seq_len", None)):
-        return int(cache.seq_len())
-    raise TypeError(
-        f"kv_cache must have a `length` attribute or a `seq_len()` method, "
-        f"got {type(cache).__name__}"
-    )
-
-
-def _check_cos_sin(rope_cos_sin: object, t: int, head_dim: int) -> tuple[Tensor, Tensor]:
-    """Check precomputed RoPE angles: a pair of float tensors ``(..., T, D/2)``."""
-    if not (isinstance(rope_cos_sin, tuple) and len(rope_cos_sin) == 2):
-        raise TypeError(f"rope_cos_sin must be a (cos, sin) pair of tensors, got {type(rope_cos_sin).__name__}")
-    for name, value in zip(("cos", "sin"), rope_cos_sin, strict=True):
-        check_tensor(f"rope_cos_sin {name}", value, min_ndim=2, floating=True)
-        if tuple(value.shape[-2:]) != (t, head_dim // 2):
-            raise ValueError(
-                f"rope_cos_sin {name} must end with (T, D/2) = {(t, head_dim // 2)}, got {tuple(value.shape)}"
-            )
-    return rope_cos_sin
+    length = getattr(cache, "length", None)
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise TypeError(
+            f"kv_cache must have an int `length` (positions stored so far), got "
+            f"{type(cache).__name__} with length {length!r}"
+        )
+    return length
 
 
 class MultiHeadAttention(nn.Module):
@@ -410,7 +403,6 @@ class MultiHeadAttention(nn.Module):
         *,
         attn_mask: Tensor | None = None,
         positions: Tensor | None = None,
-        rope_cos_sin: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCacheLike | None = None,
         need_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -427,9 +419,6 @@ class MultiHeadAttention(nn.Module):
                 cached positions too.
             positions: absolute positions for RoPE, ``(T,)`` or ``(B, T)``. Default
                 ``offset + arange(T)``, ``offset`` being the cache length before this call.
-            rope_cos_sin: the RoPE angles' ``(cos, sin)`` for these positions, each
-                ``(T, D/2)`` or ``(B, 1, T, D/2)`` (``positional.rope_cos_sin``), computed once
-                by the model for all its layers; they replace ``positions``.
             kv_cache: a per-layer cache (see ``KVCacheLike``). New keys and values (after RoPE)
                 are appended and attention runs over all stored positions, with a causal mask
                 aligned bottom-right. Self-attention only.
@@ -468,15 +457,16 @@ class MultiHeadAttention(nn.Module):
         v = rearrange(self.v_proj(source), kv_heads, g=self.n_kv_heads)  # (B, Hkv, S, D)
 
         past = _cache_length(kv_cache) if kv_cache is not None else 0
-        if self.rope_theta is not None and not cross and rope_cos_sin is not None:
-            cos, sin = _check_cos_sin(rope_cos_sin, t, self.head_dim)
-            q = rotate_pairs(q, cos, sin, self.rope_interleaved)
-            k = rotate_pairs(k, cos, sin, self.rope_interleaved)
-        elif self.rope_theta is not None and not cross:
+        if self.rope_theta is not None and not cross:
+            # positional.apply_rope for q and k, with the angles computed once. The positions'
+            # values are not inspected (that would stall a GPU in every layer): a model checks
+            # them once at its entry, and a negative position simply rotates backwards.
             if positions is None:
                 positions = torch.arange(past, past + t, device=x.device)  # (T,)
-            q = apply_rope(q, positions, self.rope_theta, self.rope_interleaved)
-            k = apply_rope(k, positions, self.rope_theta, self.rope_interleaved)
+            aligned = _align_positions(_check_position_tensor(positions), q)  # (T,) or (B, 1, T)
+            cos, sin = _rope_cos_sin(aligned.to(x.device), self.head_dim, self.rope_theta)  # (..., T, D/2)
+            q = rotate_pairs(q, cos, sin, self.rope_interleaved)
+            k = rotate_pairs(k, cos, sin, self.rope_interleaved)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, Hkv, past + T, D)
 

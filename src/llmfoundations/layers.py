@@ -354,13 +354,12 @@ class TransformerBlock(nn.Module):
         attn_mask: Tensor | None = None,
         context_mask: Tensor | None = None,
         positions: Tensor | None = None,
-        rope_cos_sin: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCacheLike | None = None,
         need_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` (B, T, C) -> (B, T, C).
 
-        ``attn_mask``, ``positions``, ``rope_cos_sin`` and ``kv_cache`` go to self-attention (see
+        ``attn_mask``, ``positions`` and ``kv_cache`` go to self-attention (see
         ``MultiHeadAttention.forward``); ``context`` (B, S, C) and its padding mask
         ``context_mask`` (B, S) go to cross-attention. ``need_weights`` also returns the
         self-attention weights (B, H, T, Tk).
@@ -378,7 +377,6 @@ class TransformerBlock(nn.Module):
                 h,
                 attn_mask=attn_mask,
                 positions=positions,
-                rope_cos_sin=rope_cos_sin,
                 kv_cache=kv_cache,
                 need_weights=need_weights,
             )

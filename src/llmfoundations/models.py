@@ -52,7 +52,6 @@ from llmfoundations.layers import (
 )
 from llmfoundations.positional import (
     LearnedPositionalEmbedding,
-    _rope_cos_sin,
     sinusoidal_encoding,
 )
 
@@ -675,16 +674,13 @@ class DecoderLM(_TransformerModel):
                 positions = torch.arange(past, past + t, device=tokens.device)  # (T,)
 
         x = self._embed(tokens, positions)  # (B, T, C)
-        rope = None
-        if config.positional == "rope":  # the same angles for every layer: compute them once
-            aligned = positions[:, None] if positions.ndim == 2 else positions  # (B, 1, T) or (T,)
-            rope = _rope_cos_sin(aligned, config.head_dim, config.rope_theta)  # (..., T, D/2) each
+        rope_positions = positions if config.positional == "rope" else None  # (T,) or (B, T)
         attentions = []
         for i, block in enumerate(self.blocks):
             out = block(
                 x,
                 attn_mask=attention_mask,
-                rope_cos_sin=rope,
+                positions=rope_positions,
                 kv_cache=kv_cache.layers[i] if kv_cache is not None else None,
                 need_weights=output_attentions,
             )

@@ -130,10 +130,16 @@ def rope_frequencies(
     return 1.0 / (theta**exponent)  # (D/2,)
 
 
-def _check_positions(positions: object) -> Tensor:
+def _check_position_tensor(positions: object) -> Tensor:
+    """Type and rank only (no look at the values, so no device sync)."""
     check_tensor("positions", positions, min_ndim=1)
     if positions.dtype == torch.bool or positions.is_complex():
         raise TypeError(f"positions must be an integer or real tensor, got dtype {positions.dtype}")
+    return positions
+
+
+def _check_positions(positions: object) -> Tensor:
+    _check_position_tensor(positions)
     if positions.numel() and bool((positions < 0).any()):
         raise ValueError(f"positions must be >= 0, got min {positions.min().item()}")
     return positions
