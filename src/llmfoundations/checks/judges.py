@@ -8,7 +8,8 @@ hint when the result matches a known mistake:
   taking the chance agreement as ``1 / K`` (uniform) instead of the product of the
   marginals, using the row marginals twice (``sum r_k^2``), dividing by ``1 - p_o``;
 - ``equal_width_ece``: the unweighted mean of the bins' gaps, the signed gap (no absolute
-  value), one bin for everything (``|accuracy - mean confidence|``), a confidence on an
+  value, or the absolute value of the signed sum, which is one bin for everything:
+  ``|accuracy - mean confidence|``), a confidence on an
   inner edge put in the bin *above* (``floor(c * M)``), bins over ``[0, 1)`` that drop or
   misplace a confidence of exactly 1;
 - ``swap_averaged``: averaging ``P(A)`` of both games (which measures the position bias,
@@ -177,12 +178,6 @@ def _ece_unweighted(confidence, correct, n_bins=10):
     return sum(abs(a - c) for _, a, c in parts) / len(parts)
 
 
-def _ece_signed(confidence, correct, n_bins=10):
-    parts = _binned(confidence, correct, n_bins, _upper_edge_bin)
-    n = len(confidence)
-    return abs(sum(k / n * (a - c) for k, a, c in parts))
-
-
 def _ece_signed_raw(confidence, correct, n_bins=10):
     parts = _binned(confidence, correct, n_bins, _upper_edge_bin)
     n = len(confidence)
@@ -233,14 +228,11 @@ def check_equal_width_ece(student: Callable[..., float]) -> None:
             (_float_reference(_ece_over_all_bins),
              "weight each bin's gap by n_m / n; dividing by the number of bins counts empty "
              "bins and ignores how full each one is"),
-            (_float_reference(_ece_signed),
-             "take the absolute gap |acc_m - conf_m| in each bin before summing: over- and "
-             "under-confident bins must not cancel"),
             (_float_reference(_ece_signed_raw),
              "take the absolute gap |acc_m - conf_m| in each bin before summing"),
             (_float_reference(_ece_one_bin),
-             "sort the verdicts into bins first: one gap over all verdicts lets over- and "
-             "under-confident verdicts cancel"),
+             "take the absolute gap in each bin, then sum: one gap over all verdicts (the same "
+             "as the absolute value of the signed sum) lets over- and under-confident bins cancel"),
             (_float_reference(_ece_floor_bins),
              "a confidence exactly on an inner edge (such as 0.5 with 10 bins) belongs to "
              "the bin below it: bin (m/M, (m+1)/M], so use ceil(c * M) - 1, not floor(c * M)"),
