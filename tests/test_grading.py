@@ -427,7 +427,7 @@ def test_a_crash_loses_only_its_own_exercise(graded):
 @pytest.mark.slow
 def test_an_endless_loop_hits_the_time_limit(graded):
     assert _statuses(graded, "eve", L12, LAB012.name) == ["passed", "passed", "timed out"]
-    assert "time limit of 60 s" in graded["by"][("eve", L12, LAB012.name, "3")]["message"]
+    assert "time limit of 120 s" in graded["by"][("eve", L12, LAB012.name, "3")]["message"]
     assert graded["by"][("eve", "", "homework.ipynb", "")]["status"] == "not a known lab"
     assert _statuses(graded, "eve", L00, "") == ["missing"]
 
