@@ -99,13 +99,12 @@ def run_case(d_model: int, d_ff: int, n_experts: int, top_k: int, n_tokens: int,
     dense = Expert(d_model, top_k * d_ff).to(device, dtype)
     x = torch.randn(n_tokens, d_model, device=device, dtype=dtype, requires_grad=True)
     x_naive = x[:naive_tokens].detach().requires_grad_(True)
-    moe(x.detach())
-    load = moe.tokens_per_expert.float()
+    load = moe(x.detach()).tokens_per_expert.float()
     balance = f"{int(load.min())}-{int(load.max())}"
 
     cases = [
         ("dense FFN (same active params)", lambda: dense(x), dense, n_tokens),
-        ("MoE, batched dispatch", lambda: moe(x), moe, n_tokens),
+        ("MoE, batched dispatch", lambda: moe(x).output, moe, n_tokens),
         ("MoE, per-token loop", lambda: moe_reference(moe, x_naive), moe, naive_tokens),
     ]
     steps = []

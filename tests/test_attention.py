@@ -288,15 +288,15 @@ def test_mha_matches_torch_multihead_attention(fused):
         x, x, x, key_padding_mask=pad == 0, attn_mask=~mask, average_attn_weights=False
     )
     ours.causal = True
-    out, weights = ours(x, attn_mask=pad, need_weights=True)
+    out, weights = ours.forward_with_weights(x, attn_mask=pad)
     torch.testing.assert_close(out, expected, **TOL)
     torch.testing.assert_close(weights, weights_ref, **TOL)
 
 
-def test_need_weights_shapes_and_rows():
+def test_forward_with_weights_shapes_and_rows():
     mha = _mha(16, 4, 2, rope_theta=10000.0)
     x = torch.randn(2, 5, 16)
-    out, w = mha(x, need_weights=True)
+    out, w = mha.forward_with_weights(x)
     assert out.shape == (2, 5, 16) and w.shape == (2, 4, 5, 5)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 5), **TOL)
     assert torch.equal(w.triu(1), torch.zeros_like(w))
@@ -306,7 +306,7 @@ def test_need_weights_shapes_and_rows():
 def test_cross_attention_shapes_and_padding():
     mha = _mha(16, 4, causal=True, rope_theta=10000.0)  # causal and RoPE ignored for cross
     x, context = torch.randn(2, 3, 16), torch.randn(2, 6, 16)
-    out, w = mha(x, context, need_weights=True)
+    out, w = mha.forward_with_weights(x, context)
     assert out.shape == (2, 3, 16) and w.shape == (2, 4, 3, 6)
     assert (w[:, :, 0] > 0).all()  # not causal: the first query sees every context position
     # padded context positions do not matter
@@ -340,7 +340,7 @@ def test_full_boolean_masks():
     ones = torch.ones(2, 5, 5, dtype=torch.bool)
     torch.testing.assert_close(mha(x, attn_mask=ones), mha(x), **TOL)  # combined with causal
     only_self = torch.eye(5, dtype=torch.bool)[None, None]  # (1, 1, T, T)
-    _, w = mha(x, attn_mask=only_self, need_weights=True)
+    _, w = mha.forward_with_weights(x, attn_mask=only_self)
     torch.testing.assert_close(w, torch.eye(5).expand(2, 4, 5, 5))
 
 
@@ -484,7 +484,7 @@ def test_mha_half_precision_large_activations_are_finite(fused):
         mha.q_proj.weight.mul_(100)
         mha.k_proj.weight.copy_(mha.q_proj.weight)  # q = k: scores q . q overflow float16
     x = torch.randn(1, 6, 64).half()
-    out, weights = mha(x, need_weights=True)
+    out, weights = mha.forward_with_weights(x)
     assert torch.isfinite(out).all() and torch.isfinite(weights).all()
 
 

@@ -8,7 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmfoundations.generate import GenerationOutput, TextStreamer, chat, complete, generate
+from llmfoundations.generate import (
+    GenerationOutput,
+    TextStreamer,
+    chat,
+    complete,
+    generate,
+    generate_output,
+)
 from llmfoundations.models import DecoderLM, ModelConfig
 from llmfoundations.sampling import SamplingConfig
 
@@ -55,7 +62,7 @@ def test_every_cached_step_equals_a_full_forward_pass_per_row(name):
     model = _model(name)
     prompts = _prompts(1, [7, 2, 4])
     n = 12
-    out = generate(model, prompts, n, return_dict=True, output_logits=True)
+    out = generate_output(model, prompts, n, output_logits=True)
     assert isinstance(out, GenerationOutput) and out.steps == n
     width = out.prompt_length
     assert width == 7 and out.logits.shape == (3, n, V)
@@ -76,8 +83,8 @@ def test_every_cached_step_equals_a_full_forward_pass_per_row(name):
 def test_uncached_reference_gives_the_same_steps(name):
     model = _model(name)
     prompts = _prompts(2, [3, 6])
-    cached = generate(model, prompts, 10, return_dict=True, output_logits=True)
-    full = generate(model, prompts, 10, use_cache=False, return_dict=True, output_logits=True)
+    cached = generate_output(model, prompts, 10, output_logits=True)
+    full = generate_output(model, prompts, 10, use_cache=False, output_logits=True)
     assert torch.equal(cached.sequences, full.sequences)
     torch.testing.assert_close(cached.logits, full.logits, **STEP_TOL)
 
@@ -92,8 +99,8 @@ def test_uncached_reference_gives_the_same_steps(name):
 def test_property_cached_equals_uncached(name, lengths, n, seed):
     model = _model(name)
     prompts = _prompts(seed, lengths)
-    cached = generate(model, prompts, n, return_dict=True, output_logits=True)
-    full = generate(model, prompts, n, use_cache=False, return_dict=True, output_logits=True)
+    cached = generate_output(model, prompts, n, output_logits=True)
+    full = generate_output(model, prompts, n, use_cache=False, output_logits=True)
     assert cached.sequences.shape == (len(lengths), max(lengths) + n)
     assert torch.equal(cached.sequences, full.sequences)
     torch.testing.assert_close(cached.logits, full.logits, **STEP_TOL)
@@ -122,7 +129,7 @@ def test_tensor_prompt_with_mask_equals_list_prompt():
 def test_greedy_is_argmax_step_by_step():
     model = _model("llama")
     prompt = _prompts(4, [5])[0]
-    out = generate(model, [prompt], 10, return_dict=True, output_logits=True)
+    out = generate_output(model, [prompt], 10, output_logits=True)
     assert torch.equal(out.new_tokens, out.logits.argmax(-1))
     # a hand-written loop without any cache gives the same tokens
     ids = list(prompt)
@@ -138,9 +145,9 @@ def test_stop_tokens_end_rows_and_pad_after_them():
     model = _model("gpt")
     prompts = _prompts(5, [4, 6, 2])
     n = 12
-    free = generate(model, prompts, n, return_dict=True)
+    free = generate_output(model, prompts, n)
     stop = int(free.new_tokens[0, 3])  # row 0 produces it at step 3 (or earlier)
-    out = generate(model, prompts, n, stop_token_ids=[stop], pad_token_id=5, return_dict=True)
+    out = generate_output(model, prompts, n, stop_token_ids=[stop], pad_token_id=5)
     for i in range(3):
         row = free.new_tokens[i].tolist()
         k = row.index(stop) + 1 if stop in row else n  # tokens kept, the stop token included
@@ -161,9 +168,9 @@ def test_stop_tokens_end_rows_and_pad_after_them():
 def test_generation_ends_early_when_every_row_has_stopped():
     model = _model("llama")
     prompts = _prompts(6, [3, 5])
-    free = generate(model, prompts, 8, return_dict=True)
+    free = generate_output(model, prompts, 8)
     stops = {int(free.new_tokens[0, 1]), int(free.new_tokens[1, 2])}
-    out = generate(model, prompts, 8, stop_token_ids=sorted(stops), return_dict=True)
+    out = generate_output(model, prompts, 8, stop_token_ids=sorted(stops))
     first = [min(row.index(s) for s in stops if s in row) + 1 for row in free.new_tokens.tolist()]
     assert out.steps == max(first) < 8
     assert out.stopped.all()
@@ -177,9 +184,9 @@ def test_streamer_sees_exactly_the_new_tokens():
     model = _model("llama")
     seen = []
     prompts = _prompts(7, [2, 4])
-    free = generate(model, prompts, 7, return_dict=True)
+    free = generate_output(model, prompts, 7)
     stop = int(free.new_tokens[0, 2])
-    out = generate(model, prompts, 7, stop_token_ids=[stop], streamer=seen.append, return_dict=True)
+    out = generate_output(model, prompts, 7, stop_token_ids=[stop], streamer=seen.append)
     assert len(seen) == out.steps
     assert all(t.shape == (2,) for t in seen)
     assert torch.equal(torch.stack(seen, dim=1), out.new_tokens)
@@ -208,7 +215,7 @@ def test_max_new_tokens_zero_returns_the_prompt():
     model = _model("llama")
     ids = torch.tensor([[3, 4, 5]])
     assert torch.equal(generate(model, ids, 0), ids)
-    out = generate(model, [[1, 2], [9]], 0, pad_token_id=4, return_dict=True, output_logits=True)
+    out = generate_output(model, [[1, 2], [9]], 0, pad_token_id=4, output_logits=True)
     assert out.sequences.tolist() == [[1, 2], [4, 9]]
     assert out.steps == 0 and out.logits.shape == (2, 0, V)
     assert out.num_new_tokens.tolist() == [0, 0] and not out.stopped.any()
@@ -222,7 +229,7 @@ def test_outputs_are_ordinary_tensors_and_the_mode_is_restored():
     b = generate(dropout_model, [[1, 2, 3]], 6)
     assert torch.equal(a, b)  # no dropout while generating
     assert dropout_model.training  # ... and the mode comes back
-    out = generate(model, [[1, 2, 3]], 3, return_dict=True, output_logits=True)
+    out = generate_output(model, [[1, 2, 3]], 3, output_logits=True)
     assert not out.sequences.is_inference() and not out.logits.is_inference()
     # the sequences can feed a training step
     loss = dropout_model(out.sequences, labels=out.sequences).loss
@@ -366,7 +373,7 @@ def test_chat_renders_the_template_and_stops_at_the_end_of_turn(tiny_text):
     for system in (..., None, "wörld"):
         options = {} if system is ... else {"system_prompt": system}
         ids = tok.encode(pretrained.apply_chat_template(messages, **options))
-        new = generate(model, [ids], 10, stop_token_ids=stop, return_dict=True)
+        new = generate_output(model, [ids], 10, stop_token_ids=stop)
         k = int(new.num_new_tokens[0]) - int(new.stopped[0])
         expected = tok.decode(new.new_tokens[0, :k].tolist())
         assert (
@@ -401,11 +408,11 @@ def test_greedy_matches_transformers_generate(hf_llama_copy):
     # one prompt
     prompt = torch.tensor([_prompts(9, [6])[0]])
     ref = _hf_generate(hf, prompt, torch.ones_like(prompt), n)
-    out = generate(model, prompt, n, return_dict=True, output_logits=True)
+    out = generate_output(model, prompt, n, output_logits=True)
     assert torch.equal(out.sequences, ref.sequences)
     torch.testing.assert_close(out.logits, torch.stack(ref.logits, 1), **STEP_TOL)
     # a left-padded batch
-    out = generate(model, _prompts(10, [8, 3, 5]), n, return_dict=True, output_logits=True)
+    out = generate_output(model, _prompts(10, [8, 3, 5]), n, output_logits=True)
     ref = _hf_generate(hf, out.sequences[:, :8], out.attention_mask[:, :8], n)
     assert torch.equal(out.sequences, ref.sequences)
     torch.testing.assert_close(out.logits, torch.stack(ref.logits, 1), **STEP_TOL)
@@ -415,9 +422,9 @@ def test_stop_tokens_match_transformers_eos_handling(hf_llama_copy):
     model = _model("llama")
     hf = hf_llama_copy(model, pad_token_id=0)
     prompts = _prompts(11, [4, 7])
-    free = generate(model, prompts, 20, return_dict=True)
+    free = generate_output(model, prompts, 20)
     stop = int(free.new_tokens[1, 5])
-    out = generate(model, prompts, 20, stop_token_ids=[stop], return_dict=True)
+    out = generate_output(model, prompts, 20, stop_token_ids=[stop])
     ref = _hf_generate(hf, out.sequences[:, :7], out.attention_mask[:, :7], 20, eos_token_id=stop)
     assert torch.equal(out.sequences, ref.sequences)
 
@@ -457,7 +464,7 @@ def test_smollm2_greedy_matches_transformers(smollm2, smollm2_hf):
     chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
     prompts = [tokenizer.encode(pretrained.apply_chat_template(c)) for c in chats]
     n = 30
-    out = generate(model, prompts, n, pad_token_id=pretrained.PAD_ID, return_dict=True)
+    out = generate_output(model, prompts, n, pad_token_id=pretrained.PAD_ID)
     width = out.prompt_length
     with torch.no_grad():
         ref = smollm2_hf.generate(
@@ -477,7 +484,7 @@ def test_smollm2_greedy_matches_transformers(smollm2, smollm2_hf):
 def test_smollm2_cached_steps_equal_full_forward_and_chat(smollm2):
     model, tokenizer, pretrained = smollm2
     prompt = tokenizer.encode("The three primary colours are")
-    out = generate(model, [prompt], 6, return_dict=True, output_logits=True)
+    out = generate_output(model, [prompt], 6, output_logits=True)
     for s in range(out.steps):
         expected = _last_logits(model, out.sequences[0, : len(prompt) + s].tolist())
         torch.testing.assert_close(out.logits[0, s], expected, **STEP_TOL)
@@ -524,8 +531,8 @@ def test_each_decode_step_copies_to_the_host_once(monkeypatch, sampling, stop):
     one_step = copies.count
     copies.count = 0
     n = 20
-    out = generate(model, prompts, n, sampling=sampling, stop_token_ids=stop,
-                   generator=torch.Generator().manual_seed(0), return_dict=True)
+    out = generate_output(model, prompts, n, sampling=sampling, stop_token_ids=stop,
+                   generator=torch.Generator().manual_seed(0))
     steps = out.new_tokens.shape[1]
     assert steps >= 2
     assert copies.count - one_step == steps - 1, (copies.count, one_step, steps)
@@ -549,3 +556,14 @@ def test_generate_refuses_nan_logits_with_a_clear_error():
             model.lm_head.weight[3, 0] = float("nan")  # tied: embedding row 3 too
         with pytest.raises(ValueError, match="logits at step 0 hold NaN"):
             generate(model, torch.tensor([[1, 2, 4]]), 4, sampling=sampling)
+
+
+def test_generate_returns_the_sequences_of_generate_output():
+    model = _model("llama")
+    prompts = [[1, 2, 3], [4]]
+    ids = generate(model, prompts, 4)
+    out = generate_output(model, prompts, 4)
+    assert isinstance(ids, torch.Tensor) and isinstance(out, GenerationOutput)
+    assert torch.equal(ids, out.sequences) and out.logits is None
+    with pytest.raises(TypeError, match="return_dict"):
+        generate(model, prompts, 4, return_dict=True)  # type: ignore[call-arg]

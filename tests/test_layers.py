@@ -186,7 +186,7 @@ def test_pre_norm_wiring(residual):
     x = torch.randn(2, 5, 16)
     h = block.attn(block.norm1(x)) + (x if residual else 0)
     expected = block.ffn(block.norm2(h)) + (h if residual else 0)
-    torch.testing.assert_close(block(x), expected, **TOL)
+    torch.testing.assert_close(block(x).hidden, expected, **TOL)
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -195,14 +195,14 @@ def test_post_norm_wiring(residual):
     x = torch.randn(2, 5, 16)
     h = block.norm1(block.attn(x) + (x if residual else 0))
     expected = block.norm2(block.ffn(h) + (h if residual else 0))
-    torch.testing.assert_close(block(x), expected, **TOL)
+    torch.testing.assert_close(block(x).hidden, expected, **TOL)
 
 
 def test_no_norm_block_is_plain_residual_sum():
     block = _block(norm="none")
     x = torch.randn(2, 5, 16)
     h = x + block.attn(x)
-    torch.testing.assert_close(block(x), h + block.ffn(h), **TOL)
+    torch.testing.assert_close(block(x).hidden, h + block.ffn(h), **TOL)
 
 
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
@@ -218,7 +218,7 @@ def test_cross_attention_block_wiring(norm_position):
         h = block.norm1(x + block.attn(x))
         h = block.norm_cross(h + block.cross_attn(h, ctx, attn_mask=ctx_mask))
         expected = block.norm2(h + block.ffn(h))
-    torch.testing.assert_close(block(x, ctx, context_mask=ctx_mask), expected, **TOL)
+    torch.testing.assert_close(block(x, ctx, context_mask=ctx_mask).hidden, expected, **TOL)
 
 
 def test_block_passes_mask_positions_cache_and_weights():
@@ -226,34 +226,40 @@ def test_block_passes_mask_positions_cache_and_weights():
     x = torch.randn(2, 6, 16)
     pad = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     positions = (pad.cumsum(-1) - 1).clamp_min(0)
-    full, weights = block(x, attn_mask=pad, positions=positions, need_weights=True)
+    out = block(x, attn_mask=pad, positions=positions, need_weights=True)
+    full, weights = out.hidden, out.attn_weights
+    assert block(x, attn_mask=pad, positions=positions).attn_weights is None
     assert weights.shape == (2, 4, 6, 6)
     assert torch.equal(weights[0, :, 1:, 0], torch.zeros(4, 5))  # nobody attends to padding
     cache = LayerKVCache(2, 2, 4, max_len=8)
-    first = block(x[:, :4], attn_mask=pad[:, :4], positions=positions[:, :4], kv_cache=cache)
-    rest = block(x[:, 4:], attn_mask=pad, positions=positions[:, 4:], kv_cache=cache)
+    first = block(x[:, :4], attn_mask=pad[:, :4], positions=positions[:, :4], kv_cache=cache).hidden
+    rest = block(x[:, 4:], attn_mask=pad, positions=positions[:, 4:], kv_cache=cache).hidden
     torch.testing.assert_close(torch.cat([first, rest], 1)[pad.bool()], full[pad.bool()], **TOL)
 
 
 def test_block_dropout_only_in_training():
     block = _block(dropout=0.3)
     x = torch.randn(2, 5, 16)
-    torch.testing.assert_close(block(x), block(x))
+    torch.testing.assert_close(block(x).hidden, block(x).hidden)
     block.train()
     torch.manual_seed(0)
-    a = block(x)
+    a = block(x).hidden
     torch.manual_seed(1)
-    assert not torch.allclose(a, block(x))
+    assert not torch.allclose(a, block(x).hidden)
 
 
 def test_block_with_moe_feed_forward():
     moe = pytest.importorskip("llmfoundations.moe")
     block = TransformerBlock(16, 4, ffn="moe", d_ff=32, n_experts=4, top_k=2)
     assert isinstance(block.ffn, moe.MoELayer)
-    assert block.aux_loss is None or block.aux_loss.ndim == 0
-    out = block(torch.randn(2, 5, 16))
-    assert out.shape == (2, 5, 16)
-    assert block.aux_loss is not None and torch.isfinite(block.aux_loss)
+    x = torch.randn(2, 5, 16)
+    out = block(x)
+    assert out.hidden.shape == (2, 5, 16) and isinstance(out.moe, moe.MoEOutput)
+    assert out.moe.aux_loss.ndim == 0 and torch.isfinite(out.moe.aux_loss)
+    h = x + block.attn(block.norm1(x))
+    torch.testing.assert_close(out.hidden, h + block.ffn(block.norm2(h)).output, **TOL)
+    assert not any(isinstance(v, torch.Tensor) for v in vars(block.ffn).values())  # no state
+    assert _block().forward(x).moe is None  # a dense block
 
 
 def test_block_errors():
@@ -275,7 +281,7 @@ def test_block_errors():
 def test_swiglu_relu_gelu_blocks_are_trainable():
     for ffn in ("swiglu", "gelu", "relu", "gelu_tanh"):
         block = TransformerBlock(16, 4, ffn=ffn)
-        block(torch.randn(2, 3, 16)).sum().backward()
+        block(torch.randn(2, 3, 16)).hidden.sum().backward()
         assert all(p.grad is not None for p in block.parameters())
 
 

@@ -317,8 +317,12 @@ def test_moe_decoder_reports_aux_loss():
     ids = torch.randint(0, V, (2, 6))
     out = model(ids, labels=ids)
     assert out.aux_loss is not None and out.aux_loss.ndim == 0
-    expected = sum(block.ffn.aux_loss for block in model.blocks)
+    from llmfoundations.moe import load_balancing_loss
+
+    assert len(out.moe) == config.n_layers
+    expected = sum(load_balancing_loss(m.router_logits, 2) for m in out.moe)
     torch.testing.assert_close(out.aux_loss, expected)
+    assert model(ids).moe is not None and _model(PRESETS["llama"]())(ids).moe is None
     (out.loss + 0.01 * out.aux_loss).backward()
     assert model.parameter_counts()["ffn"] > 0
 
@@ -560,7 +564,7 @@ def test_mixtral_preset_is_a_sparse_llama():
     # 8 experts' weights exist, but each token runs only 2 of them
     block = model.blocks[0]
     assert len(block.ffn.experts) == 8
-    assert int(block.ffn.tokens_per_expert.sum()) == 2 * 2 * 7
+    assert int(out.moe[0].tokens_per_expert.sum()) == 2 * 2 * 7
 
 
 def test_rope_models_refuse_positions_past_max_seq_len():

@@ -92,7 +92,7 @@ def test_routing_runs_softmax_in_float32():
 def test_layer_matches_per_token_reference(activation, n_experts, top_k):
     layer = make_layer(n_experts=n_experts, top_k=top_k, activation=activation, bias=True)
     x = torch.randn(3, 7, 16)
-    y = layer(x)
+    y = layer(x).output
     assert y.shape == x.shape
     assert_close(y, moe_reference(layer, x), atol=ATOL, rtol=RTOL)
 
@@ -100,9 +100,10 @@ def test_layer_matches_per_token_reference(activation, n_experts, top_k):
 def test_layer_accepts_flat_tokens():
     layer = make_layer()
     x = torch.randn(2, 5, 16)
-    assert_close(layer(x.reshape(10, 16)), layer(x).reshape(10, 16), atol=0, rtol=0)
-    assert layer.router_logits.shape == (10, 4)
-    assert layer.last_routing.shape == (10, 2) and layer.last_routing.dtype == torch.long
+    out = layer(x)
+    assert_close(layer(x.reshape(10, 16)).output, out.output.reshape(10, 16), atol=0, rtol=0)
+    assert out.router_logits.shape == (10, 4)
+    assert out.routing.experts.shape == (10, 2) and out.routing.experts.dtype == torch.long
 
 
 def test_all_experts_with_a_zero_router_is_the_dense_average():
@@ -111,7 +112,7 @@ def test_all_experts_with_a_zero_router_is_the_dense_average():
         layer.gate.weight.zero_()  # equal logits -> every weight is 1/4
     x = torch.randn(2, 6, 16)
     dense = torch.stack([expert(x) for expert in layer.experts]).mean(dim=0)
-    assert_close(layer(x), dense, atol=ATOL, rtol=RTOL)
+    assert_close(layer(x).output, dense, atol=ATOL, rtol=RTOL)
 
 
 def mixtral_block(n_experts: int, top_k: int, d_model: int = 16, d_ff: int = 24):
@@ -162,7 +163,7 @@ def test_layer_matches_transformers_mixtral_block(n_experts, top_k):
     with torch.no_grad():
         theirs = block(x.clone())
         theirs = theirs[0] if isinstance(theirs, tuple) else theirs
-        ours = layer(x)
+        ours = layer(x).output
     assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
 
 
@@ -181,7 +182,7 @@ def test_gradients_match_the_reference_and_reach_the_router():
         params = layer.named_parameters()
         return {n: p.grad.clone() for n, p in params if p.grad is not None}, x.grad
 
-    ours, ours_x = grads(layer)
+    ours, ours_x = grads(lambda t: layer(t).output)
     ref, ref_x = grads(lambda t: moe_reference(layer, t))
     assert ours.keys() == ref.keys()
     for name in ours:
@@ -194,8 +195,9 @@ def test_gradients_match_the_reference_and_reach_the_router():
 def test_only_experts_that_received_tokens_get_gradients():
     layer = routed_layer(n_experts=4, top_k=1)
     x = torch.stack([token_for([e], 4) for e in (0, 2, 2, 0, 1)])  # expert 3 gets nothing
-    layer(x).sum().backward()
-    assert layer.tokens_per_expert.tolist() == [2, 1, 2, 0]
+    out = layer(x)
+    out.output.sum().backward()
+    assert out.tokens_per_expert.tolist() == [2, 1, 2, 0]
     for e in range(3):
         assert layer.experts[e].down_proj.weight.grad.abs().sum() > 0
     assert layer.experts[3].down_proj.weight.grad is None
@@ -203,9 +205,9 @@ def test_only_experts_that_received_tokens_get_gradients():
 
 def test_aux_losses_are_attached_to_the_router():
     layer = make_layer()
-    layer(torch.randn(3, 4, 16))
-    assert layer.router_logits.requires_grad
-    (layer.aux_loss + layer.z_loss).backward()
+    out = layer(torch.randn(3, 4, 16))
+    assert out.router_logits.requires_grad
+    (out.aux_loss + out.z_loss).backward()
     assert layer.gate.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in layer.experts.parameters())
 
@@ -290,12 +292,13 @@ def test_capacity_drops_are_counted_exactly_top1():
     layer = routed_layer(n_experts=4, top_k=1, capacity_factor=1.0)  # capacity = ceil(8/4) = 2
     firsts = [0, 1, 0, 0, 2, 1, 0, 0]  # expert 0: 5 tokens, expert 1: 2, expert 2: 1
     x = torch.stack([token_for([e], 4) for e in firsts])
-    y = layer(x)
+    out = layer(x)
+    y = out.output
     assert layer.capacity(8) == 2
-    assert layer.tokens_per_expert.tolist() == [5, 2, 1, 0]
-    assert layer.dropped == 3
+    assert out.tokens_per_expert.tolist() == [5, 2, 1, 0]
+    assert out.dropped == 3
     kept = [True, True, True, False, True, True, False, False]  # expert 0 keeps tokens 0, 2
-    assert layer.last_kept[:, 0].tolist() == kept
+    assert out.kept[:, 0].tolist() == kept
     for n, e in enumerate(firsts):
         # top-1: the renormalised weight is 1; a dropped token leaves as zeros
         expected = layer.experts[e](x[n]) if kept[n] else torch.zeros(4)
@@ -307,12 +310,13 @@ def test_capacity_serves_first_choices_before_second_choices():
     layer = routed_layer(n_experts=3, top_k=2, capacity_factor=1.0)  # capacity = ceil(8/3) = 3
     choices = [[0, 1], [1, 0], [0, 2], [0, 1]]
     x = torch.stack([token_for(c, 3) for c in choices])
-    y = layer(x)
+    out = layer(x)
+    y = out.output
     # expert 0 is asked for 4 slots: first choices of tokens 0, 2, 3 win over token 1's
     # second choice, although token 1 comes earlier
-    assert layer.tokens_per_expert.tolist() == [4, 3, 1]
-    assert layer.dropped == 1
-    assert layer.last_kept.tolist() == [[True, True], [True, False], [True, True], [True, True]]
+    assert out.tokens_per_expert.tolist() == [4, 3, 1]
+    assert out.dropped == 1
+    assert out.kept.tolist() == [[True, True], [True, False], [True, True], [True, True]]
     # token 1 keeps only expert 1, with its weight from before the drop (not renormalised)
     w = top_k_routing(layer.gate(x[1:2]), 2).weights[0]
     assert w[0] < 1
@@ -324,21 +328,22 @@ def test_capacity_serves_first_choices_before_second_choices():
 def test_layer_with_capacity_matches_reference(capacity_factor):
     layer = make_layer(n_experts=4, top_k=2, capacity_factor=capacity_factor)
     x = torch.randn(2, 12, 16)
-    y = layer(x)
+    out = layer(x)
+    y = out.output
     capacity = layer.capacity(24)
-    expected_drops = (layer.tokens_per_expert - capacity).clamp(min=0).sum().item()
-    assert layer.dropped == expected_drops == (~layer.last_kept).sum().item()
+    expected_drops = (out.tokens_per_expert - capacity).clamp(min=0).sum().item()
+    assert out.dropped == expected_drops == (~out.kept).sum().item()
     if capacity_factor < 1:
-        assert layer.dropped > 0
+        assert out.dropped > 0
     assert_close(y, moe_reference(layer, x), atol=ATOL, rtol=RTOL)
 
 
 def test_large_capacity_changes_nothing():
     x = torch.randn(2, 8, 16)
-    unlimited = make_layer()(x)
-    roomy = make_layer(capacity_factor=100.0)
-    assert_close(roomy(x), unlimited, atol=0, rtol=0)
-    assert roomy.dropped == 0 and bool(roomy.last_kept.all())
+    unlimited = make_layer()(x).output
+    roomy = make_layer(capacity_factor=100.0)(x)
+    assert_close(roomy.output, unlimited, atol=0, rtol=0)
+    assert roomy.dropped == 0 and bool(roomy.kept.all())
 
 
 def test_dispatch_order_groups_slots_by_expert():
@@ -362,10 +367,10 @@ def test_permuting_tokens_permutes_outputs(n_tokens, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_tokens, 16, generator=g)
     perm = torch.randperm(n_tokens, generator=g)
-    y = _PROPERTY_LAYER(x)
-    routing = _PROPERTY_LAYER.last_routing
-    assert_close(_PROPERTY_LAYER(x[perm]), y[perm], atol=ATOL, rtol=RTOL)
-    assert torch.equal(_PROPERTY_LAYER.last_routing, routing[perm])
+    out = _PROPERTY_LAYER(x)
+    permuted = _PROPERTY_LAYER(x[perm])
+    assert_close(permuted.output, out.output[perm], atol=ATOL, rtol=RTOL)
+    assert torch.equal(permuted.routing.experts, out.routing.experts[perm])
 
 
 @settings(max_examples=40, deadline=None)
@@ -401,24 +406,24 @@ def test_router_jitter_only_in_training_mode():
     torch.manual_seed(0)
     jittery = MoELayer(16, 32, 4, 2, router_jitter=0.5)
     x = torch.randn(3, 5, 16)
-    assert_close(jittery.eval()(x), moe_reference(jittery, x), atol=ATOL, rtol=RTOL)
+    assert_close(jittery.eval()(x).output, moe_reference(jittery, x), atol=ATOL, rtol=RTOL)
     clean_logits = jittery.gate(x.reshape(-1, 16))
-    jittery.train()(x)
-    assert not torch.allclose(jittery.router_logits, clean_logits)
+    noisy = jittery.train()(x)
+    assert not torch.allclose(noisy.router_logits, clean_logits)
 
 
 def test_layer_runs_under_autocast():
     layer = make_layer()  # float32 weights
     x = torch.randn(2, 3, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
+        y = layer(x).output
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
-    assert_close(y.float(), layer(x), atol=1e-2, rtol=1e-2)  # outputs ~0.3; bf16 keeps ~3 digits
+    assert_close(y.float(), layer(x).output, atol=1e-2, rtol=1e-2)  # outputs ~0.3; bf16 keeps ~3 digits
 
 
 def test_bfloat16_layer_keeps_dtype():
     layer = make_layer().to(torch.bfloat16)
-    y = layer(torch.randn(2, 3, 16, dtype=torch.bfloat16))
+    y = layer(torch.randn(2, 3, 16, dtype=torch.bfloat16)).output
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
 
 
@@ -496,13 +501,12 @@ def test_bad_function_arguments():
 def test_capacity_drops_only_in_training():
     layer = make_layer(n_experts=4, top_k=2, capacity_factor=0.25)
     x = torch.randn(2, 12, 16)
-    layer(x)
-    assert layer.dropped > 0 and layer.capacity(24) is not None
+    assert layer(x).dropped > 0 and layer.capacity(24) is not None
     layer.eval()
-    y = layer(x)
-    assert layer.capacity(24) is None and layer.dropped == 0 and bool(layer.last_kept.all())
+    out = layer(x)
+    assert layer.capacity(24) is None and out.dropped == 0 and bool(out.kept.all())
     unlimited = make_layer(n_experts=4, top_k=2)  # same seed, same weights, no capacity
-    assert_close(y, unlimited(x), atol=0, rtol=0)
+    assert_close(out.output, unlimited(x).output, atol=0, rtol=0)
 
 
 def _mixtral_with_capacity():

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
+from torch import Tensor
 
 __all__ = [
     "check_tensor",
@@ -35,14 +36,14 @@ def check_tensor(
     dtype: torch.dtype | Iterable[torch.dtype] | None = None,
     floating: bool = False,
     nonempty: bool = False,
-) -> torch.Tensor:
+) -> Tensor:
     """Check that ``x`` is a tensor with the expected rank and dtype; return it.
 
     >>> check_tensor("q", torch.zeros(2, 3), ndim=2)
     tensor([[0., 0., 0.],
             [0., 0., 0.]])
     """
-    if not isinstance(x, torch.Tensor):
+    if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
@@ -67,7 +68,7 @@ def check_tensor(
     return x
 
 
-def check_same_device(**tensors: torch.Tensor | None) -> None:
+def check_same_device(**tensors: Tensor | None) -> None:
     """Raise if the given tensors (``None`` ignored) live on different devices."""
     seen = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(seen.values())) > 1:

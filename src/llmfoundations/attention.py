@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------- functions
+# ---------------------------------------------------------------------------- functions
 
 
 def causal_mask(
@@ -221,7 +221,7 @@ def scaled_dot_product_attention(
     return weights @ v  # (..., Tq, Dv)
 
 
-# ----------------------------------------------------------------------------- the module
+# --------------------------------------------------------------------------- the module
 
 
 @runtime_checkable
@@ -267,7 +267,7 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on the attention weights while training.
         fused: ``True`` calls ``torch.nn.functional.scaled_dot_product_attention`` (same maths,
             faster); ``False`` runs this module's readable ``scaled_dot_product_attention``.
-            ``need_weights=True`` always uses the readable path.
+            ``forward_with_weights`` always uses the readable path.
 
     Submodules: ``q_proj`` (C -> H*D), ``k_proj`` (C -> Hkv*D), ``v_proj`` (C -> Hkv*D),
     ``o_proj`` (H*D -> C), all plain ``nn.Linear``. Query head ``h`` uses key/value head
@@ -327,10 +327,16 @@ class MultiHeadAttention(nn.Module):
             f"causal={self.causal}, rope={rope}, fused={self.fused}"
         )
 
-    # -- masks -------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------- masks
 
     def _build_mask(
-        self, attn_mask: Tensor | None, b: int, t_q: int, t_k: int, causal: bool, device
+        self,
+        attn_mask: Tensor | None,
+        b: int,
+        t_q: int,
+        t_k: int,
+        causal: bool,
+        device: torch.device,
     ) -> Tensor | None:
         """Combine the causal mask and ``attn_mask`` into one bool mask ``(B|1, H|1, Tq, Tk)``."""
         mask = None
@@ -367,7 +373,7 @@ class MultiHeadAttention(nn.Module):
                 ) from None
         return extra if mask is None else mask & extra
 
-    # -- attention itself --------------------------------------------------------------
+    # ----------------------------------------------------------------- attention itself
 
     def _attend(
         self,
@@ -404,8 +410,7 @@ class MultiHeadAttention(nn.Module):
         attn_mask: Tensor | None = None,
         positions: Tensor | None = None,
         kv_cache: KVCacheLike | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor:
         """Attend from ``x`` to itself (self-attention) or to ``context`` (cross-attention).
 
         Args:
@@ -422,10 +427,41 @@ class MultiHeadAttention(nn.Module):
             kv_cache: a per-layer cache (see ``KVCacheLike``). New keys and values (after RoPE)
                 are appended and attention runs over all stored positions, with a causal mask
                 aligned bottom-right. Self-attention only.
-            need_weights: also return the attention weights ``(B, H, Tq, Tk)`` (before dropout).
 
-        Returns ``(B, T, C)``, or ``(output, weights)`` when ``need_weights``.
+        Returns ``(B, T, C)``. :meth:`forward_with_weights` also returns the weights.
         """
+        out, _ = self._forward(x, context, attn_mask, positions, kv_cache, need_weights=False)
+        return out
+
+    def forward_with_weights(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        kv_cache: KVCacheLike | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward`, plus the attention weights ``(B, H, Tq, Tk)`` (before dropout).
+
+        Always takes the readable path (the weights are materialised), so it is slower
+        and uses more memory than ``forward``. Calling it directly bypasses the module's
+        forward hooks.
+        """
+        out, weights = self._forward(x, context, attn_mask, positions, kv_cache, need_weights=True)
+        assert weights is not None
+        return out, weights
+
+    def _forward(
+        self,
+        x: Tensor,
+        context: Tensor | None,
+        attn_mask: Tensor | None,
+        positions: Tensor | None,
+        kv_cache: KVCacheLike | None,
+        need_weights: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Shared body of :meth:`forward` and :meth:`forward_with_weights` (checks included)."""
         check_tensor("x", x, ndim=3, floating=True, nonempty=True)
         b, t, c = x.shape
         if c != self.d_model:
@@ -479,4 +515,4 @@ class MultiHeadAttention(nn.Module):
             mask = self._build_mask(attn_mask, b, t, t_k, causal, x.device)  # (B|1, H|1, T, Tk)
             out, weights = self._attend(q, k, v, mask, need_weights)  # (B, H, T, D)
         out = self.o_proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, C)
-        return (out, weights) if need_weights else out
+        return out, weights

@@ -122,7 +122,7 @@ def edition_path(rel_path: str, edition: str) -> str:
 class Repo:
     """The repository as the tooling sees it: its URL, branch, pinned ref, edition and labs."""
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None) -> None:
         self.root = find_root(root)
         config = yaml.safe_load((self.root / "_config.yml").read_text(encoding="utf-8"))
         repo = config.get("repository") or {}
@@ -160,7 +160,7 @@ class Repo:
         return f"llmfoundations[model] @ git+{self.url}@{ref or self.ref}"
 
 
-# --------------------------------------------------------------------------- cells
+# -------------------------------------------------------------------------------- cells
 
 
 def _source(cell: dict) -> str:
@@ -400,7 +400,7 @@ def ref_is_known(root: Path, ref: str) -> bool | None:
     return done.returncode == 0
 
 
-# --------------------------------------------------------------------------- exercises
+# ---------------------------------------------------------------------------- exercises
 
 
 def exercise_cell_indices(nb: dict) -> list[int]:
@@ -456,7 +456,7 @@ def write_student_versions(repo: Repo, out: Path) -> list[Path]:
     return written
 
 
-# --------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------------- checks
 
 
 def check_labs(repo: Repo) -> list[str]:
@@ -636,7 +636,7 @@ def check_links(repo: Repo) -> list[str]:
     return problems
 
 
-# --------------------------------------------------------------------------- execute
+# ------------------------------------------------------------------------------ execute
 
 
 #: Threads the labs' stored outputs are computed with; ``.ci/test`` uses the same.
@@ -678,7 +678,7 @@ def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
         print(f"executed {path}")
 
 
-# --------------------------------------------------------------------------- spread
+# ------------------------------------------------------------------------------- spread
 
 
 def cpu_name() -> str:
@@ -719,7 +719,12 @@ def _run_once(path: Path, seed: int, threads: int, timeout: int) -> dict:
 
 
 def spread(
-    repo: Repo, paths: list[Path], seeds=(0, 1, 2), threads=(1, 2), jobs: int = 2, timeout: int = 900
+    repo: Repo,
+    paths: list[Path],
+    seeds: Sequence[int] = (0, 1, 2),
+    threads: Sequence[int] = (1, 2),
+    jobs: int = 2,
+    timeout: int = 900,
 ) -> list[Path]:
     """Run each lab once per (seed, thread count), record its claims in ``labs/claims/``, print a table.
 
@@ -788,7 +793,7 @@ def spread_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- grade
+# -------------------------------------------------------------------------------- grade
 
 
 def resolve_labs(labs: Sequence[grading.Lab], names: Sequence[str]) -> list[str]:
@@ -830,7 +835,7 @@ def grade(
     return subs
 
 
-# --------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> int:

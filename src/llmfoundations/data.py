@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import torch
+from torch import Tensor
 
 from llmfoundations._validate import check_choice, check_int, check_tensor
 
@@ -61,7 +62,7 @@ def _check_seed(seed: object) -> int:
     return seed
 
 
-# --------------------------------------------------------------------------- stories
+# ------------------------------------------------------------------------------ stories
 
 _NAMES = (
     "Lily", "Tom", "Mia", "Ben", "Sara", "Max", "Anna", "Leo", "Zoe", "Sam", "Ella", "Jack",
@@ -267,7 +268,7 @@ def classification(n: int, seed: int = 0) -> list[tuple[str, int]]:
     return [(story, int(happy)) for story, happy in (next(it) for _ in range(n))]
 
 
-# ----------------------------------------------------------------------- translation
+# -------------------------------------------------------------------------- translation
 
 #: English word -> Tovan word. Nouns take the plural suffix "-ek" in Tovan.
 TOVAN_WORDS: dict[str, str] = {
@@ -436,7 +437,7 @@ def translate(sentence: str) -> str:
     return _render({"subj": subj, "verb": verb, "obj": obj, "pp": place})[1]
 
 
-# ------------------------------------------------------------------------ arithmetic
+# --------------------------------------------------------------------------- arithmetic
 
 _OPS = ("+", "-")
 
@@ -551,7 +552,7 @@ def arithmetic_text(item: dict, with_steps: bool = True) -> str:
     return f"{item['question']}: {item['steps']}. {plain}"
 
 
-# -------------------------------------------------------------------------- plumbing
+# ----------------------------------------------------------------------------- plumbing
 
 
 class CharTokenizer:
@@ -586,8 +587,8 @@ class CharTokenizer:
                 f"text contains {err.args[0]!r}, which is not in the vocabulary"
             ) from None
 
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
+    def decode(self, ids: Sequence[int] | Tensor) -> str:
+        if isinstance(ids, Tensor):
             check_tensor("ids", ids, ndim=1)
             ids = ids.tolist()
         out = []
@@ -601,8 +602,8 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 
-def _as_token_tensor(token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    if isinstance(token_ids, torch.Tensor):
+def _as_token_tensor(token_ids: Sequence[int] | Tensor) -> Tensor:
+    if isinstance(token_ids, Tensor):
         check_tensor("token_ids", token_ids, ndim=1)
         if token_ids.is_floating_point() or token_ids.is_complex():
             raise TypeError(f"token_ids must hold integers, got dtype {token_ids.dtype}")
@@ -613,14 +614,14 @@ def _as_token_tensor(token_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
 
 
 def batches(
-    token_ids: Sequence[int] | torch.Tensor,
+    token_ids: Sequence[int] | Tensor,
     batch_size: int,
     seq_len: int,
     seed: int = 0,
     *,
     num_batches: int | None = None,
     device: torch.device | str | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Random training windows for next-token prediction: yields ``(x, y)``, both (B, T).
 
     Each row is a window of ``seq_len + 1`` consecutive tokens starting at a uniformly
@@ -644,7 +645,15 @@ def batches(
     return _random_windows(data, batch_size, seq_len, _check_seed(seed), num_batches, device)
 
 
-def _random_windows(data, batch_size, seq_len, seed, num_batches, device):
+def _random_windows(
+    data: Tensor,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    num_batches: int | None,
+    device: torch.device | str | None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Unchecked core of :func:`batches` (its arguments are checked there)."""
     generator = torch.Generator().manual_seed(seed)
     offsets = torch.arange(seq_len + 1)  # (T+1,)
     produced = 0
@@ -656,12 +665,12 @@ def _random_windows(data, batch_size, seq_len, seed, num_batches, device):
 
 
 def sequential_batches(
-    token_ids: Sequence[int] | torch.Tensor,
+    token_ids: Sequence[int] | Tensor,
     batch_size: int,
     seq_len: int,
     *,
     device: torch.device | str | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> list[tuple[Tensor, Tensor]]:
     """Non-overlapping consecutive windows covering ``token_ids`` once, for evaluation.
 
     Returns a finite list of ``(x, y)`` with x, y of shape (B, T) (the last batch may have
@@ -681,7 +690,7 @@ def sequential_batches(
 
 
 def train_val_split(
-    data: Sequence[Item] | str | torch.Tensor,
+    data: Sequence[Item] | str | Tensor,
     val_fraction: float = 0.1,
     *,
     shuffle: bool = False,
@@ -698,13 +707,13 @@ def train_val_split(
         raise TypeError(f"val_fraction must be a number, got {type(val_fraction).__name__}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if not isinstance(data, (str, torch.Tensor, Sequence)):
+    if not isinstance(data, (str, Tensor, Sequence)):
         raise TypeError(f"data must be a str, a sequence or a tensor, got {type(data).__name__}")
     n = len(data)
     if n < 2:
         raise ValueError(f"data must hold at least 2 items to split, got {n}")
     if shuffle:
-        if isinstance(data, (str, torch.Tensor)):
+        if isinstance(data, (str, Tensor)):
             raise ValueError("shuffle: only lists of examples can be shuffled, not a text/tensor")
         data = list(data)
         random.Random(_check_seed(seed)).shuffle(data)

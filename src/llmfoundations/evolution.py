@@ -314,7 +314,7 @@ def to_html(records: Iterable[ModelRecord], columns: Iterable[str] = TABLE_COLUM
     )
 
 
-# --- checks -------------------------------------------------------------------------
+# ------------------------------------------------------------------------------- checks
 
 
 def _check_records(records: Iterable[ModelRecord]) -> list[ModelRecord]:

@@ -12,6 +12,8 @@ pieces around it:
   Stop tokens end a row (later positions hold ``pad_token_id`` and are masked), a
   ``streamer`` sees every step's tokens, and any
   :class:`~llmfoundations.sampling.SamplingConfig` chooses the tokens (greedy by default).
+- :func:`generate_output`: the same loop, returning a :class:`GenerationOutput` (new
+  tokens, lengths, which rows stopped, and with ``output_logits=True`` every step's logits).
 - :func:`complete` and :func:`chat`: text in, text out, with a tokenizer; ``chat`` renders
   the messages with ``pretrained.apply_chat_template`` and stops at ``<|im_end|>`` (the
   end of the assistant's turn).
@@ -46,8 +48,9 @@ from torch import Tensor, nn
 from llmfoundations._validate import check_int, check_tensor
 from llmfoundations.kv_cache import KVCache
 from llmfoundations.sampling import SamplingConfig, _check_generator
+from llmfoundations.tokenizer import TokenizerLike
 
-__all__ = ["GenerationOutput", "generate", "TextStreamer", "complete", "chat"]
+__all__ = ["GenerationOutput", "generate", "generate_output", "TextStreamer", "complete", "chat"]
 
 GREEDY = SamplingConfig(do_sample=False)  # what ``sampling=None`` means
 
@@ -56,7 +59,7 @@ Streamer = Callable[[Tensor], None]
 
 @dataclass
 class GenerationOutput:
-    """What :func:`generate` returns with ``return_dict=True``.
+    """What :func:`generate_output` returns.
 
     - ``sequences`` (B, T_prompt + n): the (left-padded) prompts followed by the new tokens;
     - ``attention_mask`` (B, T_prompt + n): 1 on real tokens, 0 on prompt padding and on the
@@ -84,7 +87,7 @@ class GenerationOutput:
         return self.new_tokens.shape[1]
 
 
-# ----------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------------- checks
 
 
 def _check_model(model: object) -> int:
@@ -220,9 +223,7 @@ def generate(
     use_cache: bool = True,
     streamer: Streamer | None = None,
     generator: torch.Generator | None = None,
-    return_dict: bool = False,
-    output_logits: bool = False,
-) -> Tensor | GenerationOutput:
+) -> Tensor:
     """Continue each prompt by up to ``max_new_tokens`` tokens.
 
     Args:
@@ -241,16 +242,54 @@ def generate(
             ``KVCache``. ``False``: a full forward pass over the whole sequence every step.
         streamer: called once per step with that step's tokens ``(B,)`` (pad for stopped rows).
         generator: a seeded ``torch.Generator`` makes sampling reproducible.
-        return_dict: return a :class:`GenerationOutput` instead of the sequences alone.
-        output_logits: keep every step's raw logits in ``GenerationOutput.logits``.
 
     Returns the sequences ``(B, T + n)``: prompts (with their padding) then new tokens.
     They are ordinary tensors (not inference tensors), so they may feed a training step.
+    :func:`generate_output` returns more: lengths, stopped rows, logits.
 
     >>> from llmfoundations.models import DecoderLM, ModelConfig
     >>> model = DecoderLM(ModelConfig.llama(vocab_size=50))
     >>> generate(model, [[1, 2, 3], [4]], max_new_tokens=2).shape
     torch.Size([2, 5])
+    """
+    return generate_output(
+        model,
+        input_ids,
+        max_new_tokens,
+        sampling=sampling,
+        attention_mask=attention_mask,
+        stop_token_ids=stop_token_ids,
+        pad_token_id=pad_token_id,
+        use_cache=use_cache,
+        streamer=streamer,
+        generator=generator,
+    ).sequences
+
+
+def generate_output(
+    model: nn.Module,
+    input_ids: Tensor | Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    sampling: SamplingConfig | None = None,
+    attention_mask: Tensor | None = None,
+    stop_token_ids: int | Iterable[int] = (),
+    pad_token_id: int = 0,
+    use_cache: bool = True,
+    streamer: Streamer | None = None,
+    generator: torch.Generator | None = None,
+    output_logits: bool = False,
+) -> GenerationOutput:
+    """:func:`generate`, returning a :class:`GenerationOutput` instead of the sequences.
+
+    The arguments are :func:`generate`'s, plus ``output_logits``: keep every step's raw
+    logits (before any sampling processor) in ``GenerationOutput.logits`` (B, n, V).
+
+    >>> from llmfoundations.models import DecoderLM, ModelConfig
+    >>> model = DecoderLM(ModelConfig.llama(vocab_size=50))
+    >>> out = generate_output(model, [[1, 2, 3], [4]], max_new_tokens=2)
+    >>> out.new_tokens.shape, out.num_new_tokens.tolist()
+    (torch.Size([2, 2]), [2, 2])
     """
     vocab = _check_model(model)
     check_int("max_new_tokens", max_new_tokens, minimum=0)
@@ -261,11 +300,7 @@ def generate(
     _check_generator(generator)
     if streamer is not None and not callable(streamer):
         raise TypeError(f"streamer must be callable or None, got {type(streamer).__name__}")
-    for name, flag in (
-        ("use_cache", use_cache),
-        ("return_dict", return_dict),
-        ("output_logits", output_logits),
-    ):
+    for name, flag in (("use_cache", use_cache), ("output_logits", output_logits)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     ids, mask = _prepare_prompts(input_ids, attention_mask, pad_token_id, vocab)
@@ -292,10 +327,9 @@ def generate(
     finally:
         model.train(was_training)
     # Clones made outside inference mode are ordinary tensors, usable with autograd later.
-    out = GenerationOutput(
+    return GenerationOutput(
         **{k: v.clone() if isinstance(v, Tensor) else v for k, v in vars(out).items()}
     )
-    return out if return_dict else out.sequences
 
 
 def _check_length_fits(model: nn.Module, total: int) -> None:
@@ -396,7 +430,7 @@ def _generation_loop(
     )
 
 
-# ----------------------------------------------------------------------------- text in, text out
+# -------------------------------------------------------------------- text in, text out
 
 
 def _print_now(text: str) -> None:
@@ -423,7 +457,7 @@ class TextStreamer:
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: TokenizerLike,
         on_text: Callable[[str], None] | None = None,
         skip_ids: Iterable[int] = (),
     ) -> None:
@@ -463,7 +497,7 @@ class TextStreamer:
 
 def _generate_text(
     model: nn.Module,
-    tokenizer,
+    tokenizer: TokenizerLike,
     prompt: str,
     max_new_tokens: int,
     sampling: SamplingConfig | None,
@@ -482,7 +516,7 @@ def _generate_text(
     if stream is not False:
         streamer = TextStreamer(tokenizer, None if stream is True else stream, skip_ids=stop_ids)
     ids = tokenizer.encode(prompt)
-    out = generate(
+    out = generate_output(
         model,
         [ids],
         max_new_tokens,
@@ -490,7 +524,6 @@ def _generate_text(
         stop_token_ids=stop_ids,
         streamer=streamer,
         generator=generator,
-        return_dict=True,
     )
     n = int(out.num_new_tokens[0]) - int(out.stopped[0])  # leave the stop token out
     if streamer is not None:
@@ -500,7 +533,7 @@ def _generate_text(
 
 def complete(
     model: nn.Module,
-    tokenizer,
+    tokenizer: TokenizerLike,
     prompt: str,
     *,
     max_new_tokens: int = 64,
@@ -530,7 +563,7 @@ def complete(
 
 def chat(
     model: nn.Module,
-    tokenizer,
+    tokenizer: TokenizerLike,
     messages: Sequence[Mapping[str, str]],
     *,
     max_new_tokens: int = 128,

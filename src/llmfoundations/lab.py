@@ -1,14 +1,14 @@
 """What the first cell of every lab calls (pick a device, seed everything), and claims.
 
->>> SEED = lab_seed(0)             # 0, unless the environment variable LLMF_SEED says otherwise
->>> device = start_lab(seed=SEED)  # prints e.g. "Device: cpu"
+>>> SEED = lab_seed(0)  # 0, unless the environment variable LLMF_SEED says so  # doctest: +SKIP
+>>> device = start_lab(seed=SEED)  # prints e.g. "Device: cpu"  # doctest: +SKIP
 
 A lab *shows* the floats of training and of a model (they differ between CPUs, thread
 counts and GPUs) and *checks* the claims drawn from them with :func:`claim`, within a
 band measured over seeds and thread counts (``python -m llmfoundations.course spread``):
 
 >>> claim("pre-training beats training from scratch at 16 labels by 5 points or more",
-...       gain_in_points, at_least=5)
+...       gain_in_points, at_least=5)  # doctest: +SKIP
 ✔ holds: pre-training beats training from scratch at 16 labels by 5 points or more
 
 The printed line is the same on every machine, so nbval compares it; a claim that does

@@ -19,7 +19,8 @@ DeepNorm / sandwich norms, parallel attention + FFN blocks (GPT-J, PaLM), QK-nor
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ from torch import Tensor, nn
 
 from llmfoundations._validate import check_choice, check_int, check_positive, check_tensor
 from llmfoundations.attention import KVCacheLike, MultiHeadAttention
+
+if TYPE_CHECKING:  # moe imports this module (its experts are SwiGLU / FeedForward)
+    from llmfoundations.moe import MoEOutput
 
 __all__ = [
     "layer_norm",
@@ -38,6 +42,7 @@ __all__ = [
     "SwiGLU",
     "default_d_ff",
     "TransformerBlock",
+    "BlockOutput",
     "NORMS",
     "FFNS",
 ]
@@ -59,7 +64,7 @@ def _check_features(name: str, x: object, d: int) -> Tensor:
     return x
 
 
-# ----------------------------------------------------------------------------- norms
+# -------------------------------------------------------------------------------- norms
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -246,7 +251,23 @@ def _make_ffn(
     return FeedForward(d_model, d_ff, activation=ffn, bias=bias)
 
 
-# ----------------------------------------------------------------------------- the block
+# ---------------------------------------------------------------------------- the block
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """What :class:`TransformerBlock` returns.
+
+    - ``hidden`` (B, T, C): the block's output, the input of the next block;
+    - ``attn_weights`` (B, H, T, Tk): the self-attention weights, with ``need_weights=True``
+      (else ``None``);
+    - ``moe``: the :class:`llmfoundations.moe.MoEOutput` of a mixture-of-experts
+      feed-forward (its losses and routing; else ``None``).
+    """
+
+    hidden: Tensor
+    attn_weights: Tensor | None = None
+    moe: MoEOutput | None = None
 
 
 class TransformerBlock(nn.Module):
@@ -262,8 +283,8 @@ class TransformerBlock(nn.Module):
         d_ff: feed-forward width (default ``default_d_ff(d_model, ffn)``).
         norm: ``"rmsnorm"``, ``"layernorm"`` or ``"none"``.
         ffn: ``"swiglu"``, ``"gelu"``, ``"gelu_tanh"``, ``"relu"`` or ``"moe"`` (a
-            ``llmfoundations.moe.MoELayer`` of SwiGLU experts; its ``aux_loss`` is exposed
-            as this block's ``aux_loss``).
+            ``llmfoundations.moe.MoELayer`` of SwiGLU experts; its output, losses
+            included, comes back in ``BlockOutput.moe``).
         norm_position: ``"pre"`` or ``"post"``.
         residual: keep the residual connections.
         cross_attention: add a cross-attention sub-layer (decoder of an encoder-decoder).
@@ -330,21 +351,15 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_norm(norm, d_model, eps, bias)
         self.drop = nn.Dropout(dropout)
 
-    @property
-    def aux_loss(self) -> Tensor | None:
-        """Load-balancing loss of the MoE feed-forward in the last forward (else ``None``)."""
-        return getattr(self.ffn, "aux_loss", None)
-
-    def _sublayer(self, x: Tensor, norm: nn.Module, f) -> tuple[Tensor, Tensor | None]:
-        """Wrap ``f`` in the residual connection and the norm; ``f`` may return weights too."""
-        inner = norm(x) if self.norm_position == "pre" else x
-        out = f(inner)
-        out, weights = out if isinstance(out, tuple) else (out, None)
+    def _residual(self, x: Tensor, norm: nn.Module, out: Tensor) -> Tensor:
+        """Add a sub-layer's output ``out`` (computed from ``norm(x)`` for pre-norm) to ``x``."""
         out = self.drop(out)
         y = x + out if self.residual else out
-        if self.norm_position == "post":
-            y = norm(y)
-        return y, weights
+        return norm(y) if self.norm_position == "post" else y
+
+    def _inner(self, x: Tensor, norm: nn.Module) -> Tensor:
+        """What a sub-layer reads: ``norm(x)`` for pre-norm, ``x`` itself for post-norm."""
+        return norm(x) if self.norm_position == "pre" else x
 
     def forward(
         self,
@@ -356,13 +371,13 @@ class TransformerBlock(nn.Module):
         positions: Tensor | None = None,
         kv_cache: KVCacheLike | None = None,
         need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """``x`` (B, T, C) -> (B, T, C).
+    ) -> BlockOutput:
+        """``x`` (B, T, C) -> :class:`BlockOutput` (``.hidden`` is (B, T, C)).
 
         ``attn_mask``, ``positions`` and ``kv_cache`` go to self-attention (see
         ``MultiHeadAttention.forward``); ``context`` (B, S, C) and its padding mask
-        ``context_mask`` (B, S) go to cross-attention. ``need_weights`` also returns the
-        self-attention weights (B, H, T, Tk).
+        ``context_mask`` (B, S) go to cross-attention. ``need_weights`` fills
+        ``attn_weights`` with the self-attention weights (B, H, T, Tk).
         """
         check_tensor("x", x, ndim=3, floating=True)
         if (context is None) != (self.cross_attn is None):
@@ -371,20 +386,18 @@ class TransformerBlock(nn.Module):
                 f"(cross_attention={self.cross_attn is not None}, context given: "
                 f"{context is not None})"
             )
+        if not isinstance(need_weights, bool):
+            raise TypeError(f"need_weights must be a bool, got {type(need_weights).__name__}")
 
-        def self_attention(h: Tensor):
-            return self.attn(
-                h,
-                attn_mask=attn_mask,
-                positions=positions,
-                kv_cache=kv_cache,
-                need_weights=need_weights,
-            )
-
-        x, weights = self._sublayer(x, self.norm1, self_attention)
+        h = self._inner(x, self.norm1)
+        attend = self.attn.forward_with_weights if need_weights else self.attn
+        a = attend(h, attn_mask=attn_mask, positions=positions, kv_cache=kv_cache)
+        a, weights = a if need_weights else (a, None)
+        x = self._residual(x, self.norm1, a)
         if self.cross_attn is not None:
-            x, _ = self._sublayer(
-                x, self.norm_cross, lambda h: self.cross_attn(h, context, attn_mask=context_mask)
-            )
-        x, _ = self._sublayer(x, self.norm2, self.ffn)
-        return (x, weights) if need_weights else x
+            h = self._inner(x, self.norm_cross)
+            x = self._residual(x, self.norm_cross, self.cross_attn(h, context, attn_mask=context_mask))
+        f = self.ffn(self._inner(x, self.norm2))  # a tensor, or a MoEOutput
+        moe = None if isinstance(f, Tensor) else f
+        x = self._residual(x, self.norm2, f if moe is None else moe.output)
+        return BlockOutput(hidden=x, attn_weights=weights, moe=moe)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from llmfoundations.layers import (
     FFN,
     FFNS,
     NORMS,
+    BlockOutput,
     Norm,
     NormPosition,
     TransformerBlock,
@@ -54,6 +55,9 @@ from llmfoundations.positional import (
     LearnedPositionalEmbedding,
     sinusoidal_encoding,
 )
+
+if TYPE_CHECKING:
+    from llmfoundations.moe import MoEOutput
 
 __all__ = [
     "ModelConfig",
@@ -70,7 +74,7 @@ Positional = Literal["learned", "sinusoidal", "rope", "none"]
 POSITIONALS: tuple[Positional, ...] = get_args(Positional)
 
 
-# ----------------------------------------------------------------------------- config
+# ------------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ class ModelConfig:
         """Feed-forward width actually used (``d_ff`` or the default for ``ffn``)."""
         return default_d_ff(self.d_model, self.ffn) if self.d_ff is None else self.d_ff
 
-    # -- presets -----------------------------------------------------------------------
+    # -------------------------------------------------------------------------- presets
 
     @classmethod
     def gpt(
@@ -181,7 +185,7 @@ class ModelConfig:
         n_layers: int = 2,
         n_heads: int = 4,
         max_seq_len: int = 256,
-        **overrides,
+        **overrides: Any,
     ) -> ModelConfig:
         """A small GPT-2-style decoder: learned positions, pre-LayerNorm, GELU (tanh), biases,
         tied embeddings."""
@@ -206,7 +210,7 @@ class ModelConfig:
         n_heads: int = 4,
         n_kv_heads: int | None = 2,
         max_seq_len: int = 256,
-        **overrides,
+        **overrides: Any,
     ) -> ModelConfig:
         """A small Llama-style decoder: RoPE (split-half), pre-RMSNorm, SwiGLU, grouped-query
         attention, no biases, tied embeddings (as in small Llama-architecture models such as
@@ -238,7 +242,7 @@ class ModelConfig:
         n_heads: int = 4,
         n_kv_heads: int | None = 2,
         max_seq_len: int = 256,
-        **overrides,
+        **overrides: Any,
     ) -> ModelConfig:
         """A toy Mixtral: the Llama-style decoder with every feed-forward replaced by a
         mixture of 8 SwiGLU experts, 2 active per token (Jiang et al., 2024,
@@ -256,7 +260,7 @@ class ModelConfig:
         n_layers: int = 2,
         n_heads: int = 4,
         max_seq_len: int = 256,
-        **overrides,
+        **overrides: Any,
     ) -> ModelConfig:
         """A small BERT-style encoder: learned positions, two segment embeddings, post-LayerNorm
         (eps 1e-12), exact GELU, biases."""
@@ -281,7 +285,7 @@ class ModelConfig:
         n_layers: int = 2,
         n_heads: int = 4,
         max_seq_len: int = 256,
-        **overrides,
+        **overrides: Any,
     ) -> ModelConfig:
         """The 2017 Transformer's choices: sinusoidal positions, post-LayerNorm, ReLU, biases,
         embeddings scaled by ``sqrt(d_model)`` and shared with the output layer."""
@@ -299,7 +303,7 @@ class ModelConfig:
         )
 
 
-# ----------------------------------------------------------------------------- outputs
+# ------------------------------------------------------------------------------ outputs
 
 
 @dataclass
@@ -310,7 +314,9 @@ class LMOutput:
     - ``loss``: mean cross-entropy over labelled tokens (``None`` without labels);
     - ``aux_loss``: sum of the MoE load-balancing losses (``None`` without MoE layers);
     - ``hidden_states`` (B, T, C): the final hidden states (after the final norm);
-    - ``attentions``: per-layer self-attention weights (B, H, T, Tk) when requested.
+    - ``attentions``: per-layer self-attention weights (B, H, T, Tk) when requested;
+    - ``moe``: per-MoE-layer :class:`llmfoundations.moe.MoEOutput` (losses, router
+      logits, routing; ``None`` without MoE layers), in the order the layers ran.
     """
 
     logits: Tensor
@@ -318,13 +324,14 @@ class LMOutput:
     aux_loss: Tensor | None = None
     hidden_states: Tensor | None = None
     attentions: tuple[Tensor, ...] | None = None
+    moe: tuple[MoEOutput, ...] | None = None
 
 
 @dataclass
 class MLMOutput:
     """What ``EncoderMLM`` returns: ``logits`` (B, T, V), ``loss``, ``hidden_states``
     (B, T, C), ``pooled`` (B, C) = the first token's hidden state (the ``[CLS]`` position),
-    ``aux_loss`` and ``attentions`` as in ``LMOutput``."""
+    ``aux_loss``, ``attentions`` and ``moe`` as in ``LMOutput``."""
 
     logits: Tensor
     loss: Tensor | None = None
@@ -332,6 +339,7 @@ class MLMOutput:
     pooled: Tensor | None = None
     aux_loss: Tensor | None = None
     attentions: tuple[Tensor, ...] | None = None
+    moe: tuple[MoEOutput, ...] | None = None
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -344,7 +352,7 @@ def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return total / n_valid.clamp_min(1)
 
 
-# ----------------------------------------------------------------------------- shared parts
+# ------------------------------------------------------------------------- shared parts
 
 
 def _check_ids(name: str, ids: object, vocab_size: int) -> Tensor:
@@ -675,7 +683,7 @@ class DecoderLM(_TransformerModel):
 
         x = self._embed(tokens, positions)  # (B, T, C)
         rope_positions = positions if config.positional == "rope" else None  # (T,) or (B, T)
-        attentions = []
+        outs = []
         for i, block in enumerate(self.blocks):
             out = block(
                 x,
@@ -684,9 +692,8 @@ class DecoderLM(_TransformerModel):
                 kv_cache=kv_cache.layers[i] if kv_cache is not None else None,
                 need_weights=output_attentions,
             )
-            x = out[0] if output_attentions else out
-            if output_attentions:
-                attentions.append(out[1])
+            x = out.hidden
+            outs.append(out)
         x = self.norm(x)
         logits = self.lm_head(x)  # (B, T, V)
 
@@ -696,15 +703,19 @@ class DecoderLM(_TransformerModel):
         return LMOutput(
             logits=logits,
             loss=loss,
-            aux_loss=_sum_aux_losses(self.blocks),
             hidden_states=x,
-            attentions=tuple(attentions) if output_attentions else None,
+            **_collect(outs, output_attentions),
         )
 
 
-def _sum_aux_losses(blocks) -> Tensor | None:
-    losses = [block.aux_loss for block in blocks if block.aux_loss is not None]
-    return torch.stack(losses).sum() if losses else None
+def _collect(outs: list[BlockOutput], output_attentions: bool) -> dict:
+    """The per-layer parts of a model's output: attention weights, MoE outputs, aux loss."""
+    moe = tuple(out.moe for out in outs if out.moe is not None)
+    return {
+        "attentions": tuple(out.attn_weights for out in outs) if output_attentions else None,
+        "moe": moe or None,
+        "aux_loss": torch.stack([m.aux_loss for m in moe]).sum() if moe else None,
+    }
 
 
 # ----------------------------------------------------------------------------- encoder-only
@@ -786,7 +797,7 @@ class EncoderMLM(_TransformerModel):
         positions = torch.arange(t, device=ids.device)  # (T,)
         # BERT: LayerNorm of the summed embeddings, then dropout
         x = self.embed_drop(self.embed_norm(self._embed_sum(self.embed(ids), positions, segment_ids)))
-        attentions = []
+        outs = []
         for block in self.blocks:
             out = block(
                 x,
@@ -794,9 +805,8 @@ class EncoderMLM(_TransformerModel):
                 positions=positions if config.positional == "rope" else None,
                 need_weights=output_attentions,
             )
-            x = out[0] if output_attentions else out
-            if output_attentions:
-                attentions.append(out[1])
+            x = out.hidden
+            outs.append(out)
         x = self.norm(x)
         logits = self.mlm_head(x)  # (B, T, V)
         loss = None
@@ -807,8 +817,7 @@ class EncoderMLM(_TransformerModel):
             loss=loss,
             hidden_states=x,
             pooled=x[:, 0],
-            aux_loss=_sum_aux_losses(self.blocks),
-            attentions=tuple(attentions) if output_attentions else None,
+            **_collect(outs, output_attentions),
         )
 
 
@@ -847,6 +856,12 @@ class EncoderDecoder(_TransformerModel):
 
     def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Source ids (B, S) -> encoder output ("memory") (B, S, C)."""
+        return self._encode(src_ids, src_mask)[0]
+
+    def _encode(
+        self, src_ids: Tensor, src_mask: Tensor | None
+    ) -> tuple[Tensor, list[BlockOutput]]:
+        """:meth:`encode`, also returning each block's output (for the MoE losses)."""
         ids = _check_ids("src_ids", src_ids, self.config.vocab_size)
         b, s = ids.shape
         if src_mask is not None:
@@ -854,9 +869,11 @@ class EncoderDecoder(_TransformerModel):
         positions = torch.arange(s, device=ids.device)
         x = self._embed(self.embed(ids), positions)  # (B, S, C)
         rope = self.config.positional == "rope"
+        outs = []
         for block in self.encoder_blocks:
-            x = block(x, attn_mask=src_mask, positions=positions if rope else None)
-        return self.encoder_norm(x)
+            outs.append(block(x, attn_mask=src_mask, positions=positions if rope else None))
+            x = outs[-1].hidden
+        return self.encoder_norm(x), outs
 
     def decode(
         self,
@@ -866,6 +883,17 @@ class EncoderDecoder(_TransformerModel):
         tgt_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Target ids (B, T) and memory (B, S, C) -> (logits (B, T, V), hidden states (B, T, C))."""
+        logits, hidden, _ = self._decode(tgt_ids, memory, src_mask, tgt_mask)
+        return logits, hidden
+
+    def _decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None,
+        tgt_mask: Tensor | None,
+    ) -> tuple[Tensor, Tensor, list[BlockOutput]]:
+        """:meth:`decode`, also returning each block's output (for the MoE losses)."""
         ids = _check_ids("tgt_ids", tgt_ids, self.config.vocab_size)
         b, t = ids.shape
         check_tensor("memory", memory, ndim=3, floating=True)
@@ -881,16 +909,20 @@ class EncoderDecoder(_TransformerModel):
         positions = torch.arange(t, device=ids.device)
         x = self._embed(self.embed(ids), positions)  # (B, T, C)
         rope = self.config.positional == "rope"
+        outs = []
         for block in self.decoder_blocks:
-            x = block(
-                x,
-                memory,
-                attn_mask=tgt_mask,
-                context_mask=src_mask,
-                positions=positions if rope else None,
+            outs.append(
+                block(
+                    x,
+                    memory,
+                    attn_mask=tgt_mask,
+                    context_mask=src_mask,
+                    positions=positions if rope else None,
+                )
             )
+            x = outs[-1].hidden
         x = self.decoder_norm(x)
-        return self.lm_head(x), x
+        return self.lm_head(x), x, outs
 
     def forward(
         self,
@@ -907,15 +939,17 @@ class EncoderDecoder(_TransformerModel):
         shifted inside like ``DecoderLM``'s: pass ``labels = tgt_ids`` (with ``-100`` on
         padding) and ``logits[:, t]`` is scored against ``labels[:, t + 1]``.
         """
-        memory = self.encode(src_ids, src_mask)
-        logits, hidden = self.decode(tgt_ids, memory, src_mask, tgt_mask)
+        memory, encoder_outs = self._encode(src_ids, src_mask)
+        logits, hidden, decoder_outs = self._decode(tgt_ids, memory, src_mask, tgt_mask)
         loss = None
         if labels is not None:
             labels = _check_labels(labels, tuple(tgt_ids.shape), self.config.vocab_size)
             loss = _cross_entropy(logits[:, :-1], labels[:, 1:])
-        blocks = [*self.encoder_blocks, *self.decoder_blocks]
         return LMOutput(
-            logits=logits, loss=loss, aux_loss=_sum_aux_losses(blocks), hidden_states=hidden
+            logits=logits,
+            loss=loss,
+            hidden_states=hidden,
+            **_collect([*encoder_outs, *decoder_outs], output_attentions=False),
         )
 
     @torch.no_grad()

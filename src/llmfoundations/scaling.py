@@ -50,6 +50,7 @@ from itertools import product
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from llmfoundations._validate import check_positive, check_tensor
 
@@ -66,8 +67,8 @@ __all__ = [
     "tokens_per_parameter",
 ]
 
-ArrayLike = float | Sequence[float] | np.ndarray | torch.Tensor
-Result = float | np.ndarray | torch.Tensor  # same kind as the input (see _like)
+ArrayLike = float | Sequence[float] | np.ndarray | Tensor
+Result = float | np.ndarray | Tensor  # same kind as the input (see _like)
 
 CHINCHILLA_FIT: dict[str, float] = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 """The fit published by Hoffmann et al. (2022), Approach 3 (rounded as printed)."""
@@ -182,7 +183,7 @@ def fit_scaling_law(
 
     log_n, log_d, log_l = n.log(), d.log(), loss.log()  # (R,) each, R = number of runs
 
-    def objective(theta: torch.Tensor) -> torch.Tensor:
+    def objective(theta: Tensor) -> Tensor:
         """Summed Huber loss for each parameter vector; theta (S, 5) -> (S,).
 
         theta holds (log A, log B, log E, log alpha, log beta).
@@ -217,7 +218,7 @@ def fit_scaling_law(
             line_search_fn="strong_wolfe",
         )
 
-        def closure(theta=theta, optimiser=optimiser) -> torch.Tensor:
+        def closure(theta=theta, optimiser=optimiser) -> Tensor:
             optimiser.zero_grad()
             # Dividing by delta only rescales (same minimiser); it keeps gradients O(1)
             # so L-BFGS's tolerances mean the same thing for any delta.
@@ -289,7 +290,7 @@ def tokens_per_parameter(params: Mapping[str, float], C: ArrayLike) -> Result:
     return d_opt / n_opt
 
 
-# --- helpers ------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ helpers
 
 
 def _law_params(params: Mapping[str, float]) -> tuple[float, float, float, float, float]:
@@ -306,7 +307,7 @@ def _law_params(params: Mapping[str, float]) -> tuple[float, float, float, float
     return float(E), float(A), float(B), float(alpha), float(beta)
 
 
-def _positive_tensor(name: str, x: object, *, ndim: int | None = None) -> torch.Tensor:
+def _positive_tensor(name: str, x: object, *, ndim: int | None = None) -> Tensor:
     """``x`` as a float64 tensor, checked to be non-empty, finite and > 0."""
     if isinstance(x, bool) or isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be a number or an array of numbers, got {type(x).__name__}")
@@ -325,9 +326,9 @@ def _positive_tensor(name: str, x: object, *, ndim: int | None = None) -> torch.
     return t
 
 
-def _like(result: torch.Tensor, *inputs: object) -> Result:
+def _like(result: Tensor, *inputs: object) -> Result:
     """Return ``result`` as the kind of the inputs: float, tensor or NumPy array."""
-    if any(isinstance(x, torch.Tensor) for x in inputs):
+    if any(isinstance(x, Tensor) for x in inputs):
         return result
     if all(isinstance(x, (int, float)) for x in inputs):
         return float(result)
@@ -335,8 +336,8 @@ def _like(result: torch.Tensor, *inputs: object) -> Result:
 
 
 def _pick_starts(
-    grid: torch.Tensor, values: torch.Tensor, n_starts: int, seed: int
-) -> torch.Tensor:
+    grid: Tensor, values: Tensor, n_starts: int, seed: int
+) -> Tensor:
     """The ``ceil(n/2)`` best grid points plus a seeded random draw from the rest."""
     order = torch.argsort(values)  # finite values first, best first (NaN sorts last)
     n_best = min(math.ceil(n_starts / 2), len(order))

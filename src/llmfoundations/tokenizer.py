@@ -39,12 +39,24 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
+from typing import Protocol
 
 import regex
 
 from llmfoundations._validate import check_choice
 
-__all__ = ["BPETokenizer", "GPT2_PATTERN", "CL100K_PATTERN", "bytes_to_unicode"]
+__all__ = ["BPETokenizer", "TokenizerLike", "GPT2_PATTERN", "CL100K_PATTERN", "bytes_to_unicode"]
+
+class TokenizerLike(Protocol):
+    """What the text-in, text-out helpers need from a tokenizer (``BPETokenizer`` and
+    SmolLM2's tokenizer from ``llmfoundations.pretrained`` both fit)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
+
 
 #: GPT-2's pre-tokenization regex: English contractions, letter runs, digit runs and
 #: punctuation runs (each with at most one leading space), then whitespace. The same
@@ -88,7 +100,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-# ----------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------ helpers
 
 
 def _check_text(name: str, text: object) -> str:
@@ -145,7 +157,7 @@ def _descending_key(token: bytes) -> str:
 class _Corpus:
     """The training text as unique pre-tokenized words (byte ids) with frequencies."""
 
-    def __init__(self, text: str, pattern: regex.Pattern, specials: Iterable[str]):
+    def __init__(self, text: str, pattern: regex.Pattern, specials: Iterable[str]) -> None:
         counts: Counter[str] = Counter()
         splitter = _special_splitter(specials)
         parts = splitter.split(text)[::2] if splitter else [text]  # drop the specials
@@ -204,7 +216,7 @@ class BPETokenizer:
         #: counts of the merged pairs at training time (``train`` only, else ``None``)
         self.merge_counts: list[int] | None = None
 
-    # ------------------------------------------------------------------ properties
+    # ----------------------------------------------------------------------- properties
 
     @property
     def vocab_size(self) -> int:
@@ -236,7 +248,7 @@ class BPETokenizer:
             raise ValueError(f"token_id {token_id} is not in the vocabulary")
         return self.vocab[token_id]
 
-    # ---------------------------------------------------------------- encode/decode
+    # -------------------------------------------------------------------- encode/decode
 
     def _encode_chunk(self, chunk: str) -> list[int]:
         """Merge one pre-tokenized chunk: apply the lowest-ranked merge present, repeat."""
@@ -393,7 +405,7 @@ class BPETokenizer:
         """
         return [self.id_to_token(i) for i in self.encode(text, allowed_special)]
 
-    # ---------------------------------------------------------------------- training
+    # ------------------------------------------------------------------------- training
 
     @classmethod
     def train(
@@ -526,7 +538,7 @@ class BPETokenizer:
         tokenizer.merge_counts = merge_counts
         return tokenizer
 
-    # ------------------------------------------------------------------ save / load
+    # ---------------------------------------------------------------------- save / load
 
     def save(self, path: str | Path) -> None:
         """Write the tokenizer to a JSON file.
@@ -565,7 +577,7 @@ class BPETokenizer:
         )
 
 
-# ------------------------------------------------------------------------- validation
+# --------------------------------------------------------------------------- validation
 
 
 def _check_vocab(vocab: object) -> dict[int, bytes]:
@@ -640,7 +652,9 @@ def _special_ids(names: list[str], first_id: int) -> dict[str, int]:
     return {name: first_id + k for k, name in enumerate(names)}
 
 
-def _prepare_training(text, vocab_size, special_tokens, pattern):
+def _prepare_training(
+    text: str, vocab_size: int, special_tokens: Iterable[str], pattern: str | None
+) -> tuple[list[list[int]], list[int], dict[int, bytes], list[str], int]:
     """Shared checks and set-up of both trainers."""
     _check_text("text", text)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):

@@ -65,7 +65,7 @@ _CHECKPOINT_FORMAT = "llmfoundations.checkpoint"
 
 
 
-# ------------------------------------------------------------------------------ loss
+# --------------------------------------------------------------------------------- loss
 
 
 def lm_loss(
@@ -101,7 +101,7 @@ def lm_loss(
     )
 
 
-# -------------------------------------------------------------- optimizer/schedule
+# ------------------------------------------------------------------- optimizer/schedule
 
 
 def cosine_schedule(
@@ -204,7 +204,7 @@ def clip_gradients(parameters: nn.Module | Iterable[Tensor], max_norm: float | N
     return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
 
 
-# --------------------------------------------------------------------- checkpoints
+# -------------------------------------------------------------------------- checkpoints
 
 
 def _plain(config: object) -> Any:
@@ -273,7 +273,7 @@ def load_checkpoint(
     return {"step": payload["step"], "config": payload["config"], "extra": payload["extra"]}
 
 
-# ----------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the loop
 
 
 @dataclass(frozen=True)
@@ -458,7 +458,7 @@ def train_lm(
     return history
 
 
-# ---------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
 from .core import compare_with_reference, exercise_check, random_cases
 
@@ -22,7 +23,7 @@ NO_BUILT_IN_SOFTMAX = {
 }
 
 
-def _mistakes() -> list[tuple[Callable[[torch.Tensor], torch.Tensor], str]]:
+def _mistakes() -> list[tuple[Callable[[Tensor], Tensor], str]]:
     """Known wrong answers of ``softmax`` and what to tell the student about each."""
     return [
         (lambda x: x.exp() / x.exp().sum(-1, keepdim=True),
@@ -38,7 +39,7 @@ def _mistakes() -> list[tuple[Callable[[torch.Tensor], torch.Tensor], str]]:
 
 
 @exercise_check
-def check_softmax(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def check_softmax(student: Callable[[Tensor], Tensor]) -> None:
     """Lab 00: a softmax over the last dimension, stable for large inputs, without
     ``torch.softmax``."""
     cases = random_cases([(5,), (3, 7), (2, 4, 6)])

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from llmfoundations.positional import apply_rope, sinusoidal_encoding
 
@@ -98,7 +99,7 @@ def reference_train_bpe(ids: Sequence[int], n_merges: int, first_id: int = 256) 
     return merges
 
 
-# ---------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------ helpers
 
 
 def _as_dict(name: str, student: Callable[..., Any]) -> Callable[..., dict]:
@@ -131,7 +132,7 @@ def _as_list_keeping_input(name: str, student: Callable[..., Any]) -> Callable[.
 
 
 
-def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+def _randn(generator: torch.Generator, *shape: int) -> Tensor:
     return torch.randn(*shape, generator=generator)
 
 
@@ -206,13 +207,13 @@ def check_train_bpe(student: Callable[..., Mapping[Pair, int]]) -> None:
 # -------------------------------------------------------------------- checks (01-2)
 
 
-def _reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _reference_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v)
 
 
 def _reference_causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor
+) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
@@ -223,14 +224,14 @@ NO_FUSED_ATTENTION = {
 }
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
     return q @ k.transpose(-2, -1) * scale  # (..., Tq, Tk)
 
 
 def _mistakes_of_attention() -> list[Hint]:
     """Known wrong answers of ``attention`` and what to tell the student about each."""
 
-    def d(q: torch.Tensor) -> float:
+    def d(q: Tensor) -> float:
         return q.shape[-1]
 
     return [
@@ -250,7 +251,7 @@ def _mistakes_of_attention() -> list[Hint]:
     ]  # fmt: skip
 
 
-def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor):
+def _masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor):
     scores = _scores(q, k, q.shape[-1] ** -0.5).masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
@@ -258,10 +259,10 @@ def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed
 def _mistakes_of_causal_attention() -> list[Hint]:
     """Known wrong answers of ``causal_attention`` and what to tell the student about each."""
 
-    def ones(q: torch.Tensor) -> torch.Tensor:
+    def ones(q: Tensor) -> Tensor:
         return torch.ones(q.shape[-2], q.shape[-2], dtype=torch.bool)  # (T, T)
 
-    def after_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def after_softmax(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         weights = torch.softmax(_scores(q, k, q.shape[-1] ** -0.5), dim=-1)
         return (weights * ones(q).tril()) @ v
 
@@ -282,7 +283,7 @@ def _mistakes_of_causal_attention() -> list[Hint]:
 
 
 @exercise_check
-def check_attention(student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+def check_attention(student: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
     """Lab 01-2: ``attention(q, k, v)`` = softmax(q k^T / sqrt(D)) v, no mask."""
     check_callable("attention", student)
     g = torch.Generator().manual_seed(21)
@@ -303,7 +304,7 @@ def check_attention(student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor]
 
 @exercise_check
 def check_causal_attention(
-    student: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    student: Callable[[Tensor, Tensor, Tensor], Tensor],
 ) -> None:
     """Lab 01-2: ``causal_attention(q, k, v)``: position ``i`` attends to ``j <= i`` only."""
     check_callable("causal_attention", student)
@@ -319,12 +320,12 @@ def check_causal_attention(
     )
 
 
-def _reference_repeat_kv(k: torch.Tensor, n_rep: int) -> torch.Tensor:
+def _reference_repeat_kv(k: Tensor, n_rep: int) -> Tensor:
     return torch.repeat_interleave(k, n_rep, dim=1)  # head h reads KV head h // n_rep
 
 
 @exercise_check
-def check_repeat_kv(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+def check_repeat_kv(student: Callable[[Tensor, int], Tensor]) -> None:
     """Lab 01-2: ``repeat_kv(k, n_rep)``: ``(B, Hkv, T, D)`` -> ``(B, Hkv * n_rep, T, D)``.
 
     Query head ``h`` must see key/value head ``h // n_rep`` (the layout of
@@ -357,7 +358,7 @@ def check_repeat_kv(student: Callable[[torch.Tensor, int], torch.Tensor]) -> Non
 
 
 @exercise_check
-def check_sinusoidal(student: Callable[[int, int], torch.Tensor]) -> None:
+def check_sinusoidal(student: Callable[[int, int], Tensor]) -> None:
     """Lab 01-3: ``sinusoidal(n_positions, d_model)``, the 2017 table ``(T, C)``."""
     check_callable("sinusoidal", student)
     cases = [((1, 2), {}), ((4, 2), {}), ((6, 4), {}), ((50, 16), {}), ((20, 64), {})]
@@ -367,7 +368,7 @@ def check_sinusoidal(student: Callable[[int, int], torch.Tensor]) -> None:
     )
 
 
-def _sinusoidal_from(angle: torch.Tensor, layout: str) -> torch.Tensor:
+def _sinusoidal_from(angle: Tensor, layout: str) -> Tensor:
     """A table from angles (T, C/2): sin/cos interleaved, swapped, or concatenated."""
     sin, cos = angle.sin(), angle.cos()
     if layout == "swapped":
@@ -380,7 +381,7 @@ def _sinusoidal_from(angle: torch.Tensor, layout: str) -> torch.Tensor:
 def _mistakes_of_sinusoidal() -> list[Hint]:
     """Known wrong answers of ``sinusoidal`` (even ``d_model``) and what to say about each."""
 
-    def angle(n_positions: int, d_model: int, two_i: bool = True) -> torch.Tensor:
+    def angle(n_positions: int, d_model: int, two_i: bool = True) -> Tensor:
         pos = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (T, 1)
         i = torch.arange(d_model // 2, dtype=torch.float64)  # (C/2,)
         return pos / 10000.0 ** ((2 * i if two_i else i) / d_model)  # (T, C/2)
@@ -398,13 +399,13 @@ def _mistakes_of_sinusoidal() -> list[Hint]:
 
 
 def _reference_rope_interleaved(
-    x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0
-) -> torch.Tensor:
+    x: Tensor, positions: Tensor, theta: float = 10000.0
+) -> Tensor:
     return apply_rope(x, positions, theta, interleaved=True)
 
 
 @exercise_check
-def check_rope_interleaved(student: Callable[..., torch.Tensor]) -> None:
+def check_rope_interleaved(student: Callable[..., Tensor]) -> None:
     """Lab 01-3: ``rope_interleaved(x, positions, theta=10000.0)``, pairs ``(2i, 2i+1)``."""
     check_callable("rope_interleaved", student)
     g = torch.Generator().manual_seed(31)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from llmfoundations.models import EncoderMLM, ModelConfig
 from llmfoundations.sampling import sequence_logprob
@@ -53,14 +54,14 @@ __all__ = [
 # ------------------------------------------------------------------------- 02-1 GPT-1
 
 
-def _reference_last_token_states(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _reference_last_token_states(hidden: Tensor, lengths: Tensor) -> Tensor:
     rows = torch.arange(hidden.shape[0])
     return hidden[rows, lengths - 1]  # (B, C)
 
 
 @exercise_check
 def check_last_token_states(
-    student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    student: Callable[[Tensor, Tensor], Tensor],
 ) -> None:
     """Lab 02-1: ``hidden`` (B, T, C) and ``lengths`` (B,) of right-padded rows -> (B, C),
     the hidden state of each row's last real token."""
@@ -79,12 +80,12 @@ def check_last_token_states(
 
 
 def _reference_gpt1_loss(
-    class_logits: torch.Tensor,
-    labels: torch.Tensor,
-    lm_logits: torch.Tensor,
-    ids: torch.Tensor,
+    class_logits: Tensor,
+    labels: Tensor,
+    lm_logits: Tensor,
+    ids: Tensor,
     lam: float,
-) -> torch.Tensor:
+) -> Tensor:
     task = F.cross_entropy(class_logits, labels)
     v = lm_logits.shape[-1]
     lm = F.cross_entropy(lm_logits[:, :-1].reshape(-1, v), ids[:, 1:].reshape(-1))
@@ -92,7 +93,7 @@ def _reference_gpt1_loss(
 
 
 @exercise_check
-def check_gpt1_loss(student: Callable[..., torch.Tensor]) -> None:
+def check_gpt1_loss(student: Callable[..., Tensor]) -> None:
     """Lab 02-1: GPT-1's fine-tuning objective, task cross-entropy + ``lam`` x LM loss."""
     check_callable("gpt1_loss", student)
     g = torch.Generator().manual_seed(1)
@@ -109,7 +110,7 @@ def check_gpt1_loss(student: Callable[..., torch.Tensor]) -> None:
 # -------------------------------------------------------------------------- 02-2 BERT
 
 
-def _reference_segment_ids(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+def _reference_segment_ids(ids: Tensor, sep_id: int) -> Tensor:
     out = torch.zeros_like(ids)
     for row, tokens in enumerate(ids.tolist()):
         seps = [i for i, token in enumerate(tokens) if token == sep_id]
@@ -119,7 +120,7 @@ def _reference_segment_ids(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
 
 
 @exercise_check
-def check_segment_ids(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+def check_segment_ids(student: Callable[[Tensor, int], Tensor]) -> None:
     """Lab 02-2: BERT's sentence A / B ids for ``[CLS] A [SEP] B [SEP] [PAD]...`` rows."""
     check_callable("segment_ids", student)
     cls, sep, pad = 1, 2, 0
@@ -139,8 +140,8 @@ def check_segment_ids(student: Callable[[torch.Tensor, int], torch.Tensor]) -> N
 
 @torch.no_grad()
 def reference_pseudo_log_likelihood(
-    model: EncoderMLM, ids: torch.Tensor, mask_id: int
-) -> torch.Tensor:
+    model: EncoderMLM, ids: Tensor, mask_id: int
+) -> Tensor:
     """Sum over positions ``1 .. T-2`` of ``log p(ids[t] | ids with position t masked)``.
 
     ``ids`` is one row ``[CLS] w_1 ... w_n [SEP]`` of shape (T,); the first and last
@@ -156,7 +157,7 @@ def reference_pseudo_log_likelihood(
 
 
 @exercise_check
-def check_pseudo_log_likelihood(student: Callable[..., torch.Tensor]) -> None:
+def check_pseudo_log_likelihood(student: Callable[..., Tensor]) -> None:
     """Lab 02-2: a sentence's pseudo-log-likelihood under a masked LM (Salazar et al., 2020).
 
     Runs on a small random ``EncoderMLM`` (seeded); the student's function is called as
@@ -191,14 +192,14 @@ def check_pseudo_log_likelihood(student: Callable[..., torch.Tensor]) -> None:
 # ------------------------------------------------------------ 02-3 in-context learning
 
 
-def _reference_calibrate(probs: torch.Tensor, content_free: torch.Tensor) -> torch.Tensor:
+def _reference_calibrate(probs: Tensor, content_free: Tensor) -> Tensor:
     scaled = probs / content_free  # (B, C): divide out the prompt's own preference
     return scaled / scaled.sum(dim=-1, keepdim=True)
 
 
 @exercise_check
 def check_contextual_calibration(
-    student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    student: Callable[[Tensor, Tensor], Tensor],
 ) -> None:
     """Lab 02-3: contextual calibration (Zhao et al., 2021, https://arxiv.org/abs/2102.09690).
 
@@ -221,7 +222,7 @@ def check_contextual_calibration(
 
 
 @exercise_check
-def check_continuation_logprob(student: Callable[..., torch.Tensor]) -> None:
+def check_continuation_logprob(student: Callable[..., Tensor]) -> None:
     """Lab 02-3: ``continuation_logprob(logits, ids, prompt_len)``: logits (B, T, V) of a
     causal LM run on ids (B, T) -> (B,), the summed log-probability of ``ids[:, prompt_len:]``.
 
@@ -235,7 +236,7 @@ def check_continuation_logprob(student: Callable[..., torch.Tensor]) -> None:
         ids = torch.randint(0, v, (b, t), generator=g)
         cases.append(((logits, ids, prompt_len), {}))
 
-    def reference(logits: torch.Tensor, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    def reference(logits: Tensor, ids: Tensor, prompt_len: int) -> Tensor:
         # sequence_logprob runs its model on ids[:, :-1]: hand it the matching logits
         return sequence_logprob(lambda x: logits[:, : x.shape[1]], ids, prompt_len)
 
@@ -260,7 +261,7 @@ def check_chinchilla_loss(student: Callable[[Any, Any, Mapping[str, float]], Any
         ((torch.tensor([3e3, 2e5]), torch.tensor([6e4, 1e6]), _TOY_FIT), {}),
     ]
 
-    def as_tensor(fn: Callable[..., Any]) -> Callable[..., torch.Tensor]:
+    def as_tensor(fn: Callable[..., Any]) -> Callable[..., Tensor]:
         return lambda n, d, p: torch.as_tensor(fn(n, d, p), dtype=torch.float64)
 
     compare_with_reference(
@@ -285,8 +286,8 @@ def check_optimal_allocation(
         ((3e12, _TOY_FIT), {}),
     ]
 
-    def as_tensor(fn: Callable[..., Any]) -> Callable[..., torch.Tensor]:
-        def run(c: float, params: Mapping[str, float]) -> torch.Tensor:
+    def as_tensor(fn: Callable[..., Any]) -> Callable[..., Tensor]:
+        def run(c: float, params: Mapping[str, float]) -> Tensor:
             got = fn(c, params)
             if not isinstance(got, (tuple, list)) or len(got) != 2:
                 raise AssertionError(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 __all__ = ["compare_with_reference", "random_cases"]
@@ -38,7 +39,7 @@ NOT_ATTEMPTED = (
 
 
 def _describe(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {str(x.dtype).replace('torch.', '')}"
     return type(x).__name__
 
@@ -49,7 +50,7 @@ def check_callable(name: str, student: object) -> None:
         raise TypeError(f"{name}: expected a function, got {type(student).__name__}")
 
 
-# --------------------------------------------------------------------- not attempted
+# ------------------------------------------------------------------------ not attempted
 
 
 def exercise_check(check: Callable[..., None]) -> Callable[..., None]:
@@ -78,7 +79,7 @@ def exercise_check(check: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-# ------------------------------------------------------------------ forbidden calls
+# ---------------------------------------------------------------------- forbidden calls
 
 
 class ForbiddenCall(AssertionError):
@@ -123,13 +124,13 @@ def forbidding_torch_calls(advice: Mapping[str, str]) -> Iterator[None]:
         yield
 
 
-# --------------------------------------------------------------------------- hints
+# -------------------------------------------------------------------------------- hints
 
 
 def _same(got: Any, expected: Any, atol: float, rtol: float) -> bool:
     """Whether two results agree (tensors within tolerance, NaN equal to NaN; else ``==``)."""
-    if isinstance(expected, torch.Tensor):
-        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+    if isinstance(expected, Tensor):
+        if not isinstance(got, Tensor) or got.shape != expected.shape:
             return False
         return torch.allclose(got.double(), expected.double(), atol=atol, rtol=rtol, equal_nan=True)
     if isinstance(expected, tuple):
@@ -176,13 +177,13 @@ def diagnose(
     return None
 
 
-# ---------------------------------------------------------------------- comparison
+# --------------------------------------------------------------------------- comparison
 
 
 def _compare_one(where: str, got: Any, expected: Any, atol: float, rtol: float) -> None:
     """Raise ``AssertionError`` (prefixed by ``where``) unless ``got`` matches ``expected``."""
-    if isinstance(expected, torch.Tensor):
-        if not isinstance(got, torch.Tensor):
+    if isinstance(expected, Tensor):
+        if not isinstance(got, Tensor):
             raise AssertionError(f"{where}: expected a tensor, got {_describe(got)}")
         if got.shape != expected.shape:
             raise AssertionError(f"{where}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}")

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from llmfoundations.evaluation.agreement import cohen_kappa, expected_calibration_error
 
@@ -36,10 +37,10 @@ from .core import check_callable, compare_with_reference, exercise_check
 __all__ = ["check_kappa_from_table", "check_equal_width_ece", "check_swap_averaged"]
 
 
-def _as_float(name: str, student: Callable[..., Any]) -> Callable[..., torch.Tensor]:
+def _as_float(name: str, student: Callable[..., Any]) -> Callable[..., Tensor]:
     """Wrap a student's float-returning function so results compare within a tolerance."""
 
-    def wrapped(*args: Any, **kwargs: Any) -> torch.Tensor:
+    def wrapped(*args: Any, **kwargs: Any) -> Tensor:
         got = student(*args, **kwargs)
         if hasattr(got, "item") and not isinstance(got, bool):  # a NumPy or torch scalar
             got = got.item()
@@ -50,11 +51,11 @@ def _as_float(name: str, student: Callable[..., Any]) -> Callable[..., torch.Ten
     return wrapped
 
 
-def _float_reference(fn: Callable[..., float]) -> Callable[..., torch.Tensor]:
+def _float_reference(fn: Callable[..., float]) -> Callable[..., Tensor]:
     return lambda *args, **kwargs: torch.tensor(float(fn(*args, **kwargs)), dtype=torch.float64)
 
 
-# ------------------------------------------------------------------------- kappa
+# -------------------------------------------------------------------------------- kappa
 
 
 def reference_kappa_from_table(table: Sequence[Sequence[int]]) -> float:
@@ -139,7 +140,7 @@ def check_kappa_from_table(student: Callable[[list[list[int]]], float]) -> None:
     )
 
 
-# ------------------------------------------------------------------------- ECE
+# ---------------------------------------------------------------------------------- ECE
 
 
 def reference_equal_width_ece(
@@ -240,7 +241,7 @@ def check_equal_width_ece(student: Callable[..., float]) -> None:
     )
 
 
-# ------------------------------------------------------------------------- swap test
+# ---------------------------------------------------------------------------- swap test
 
 
 def reference_swap_averaged(p_a_12: float, p_a_21: float) -> tuple[float, bool]:
@@ -265,10 +266,10 @@ SWAP_CASES = [
 ]
 
 
-def _swap_result(student: Callable[[float, float], Any]) -> Callable[[float, float], torch.Tensor]:
+def _swap_result(student: Callable[[float, float], Any]) -> Callable[[float, float], Tensor]:
     """Wrap the student's function: its ``(p_first, consistent)`` as one tensor ``(2,)``."""
 
-    def wrapped(a: float, b: float) -> torch.Tensor:
+    def wrapped(a: float, b: float) -> Tensor:
         got = student(a, b)
         if not isinstance(got, tuple) or len(got) != 2:
             raise AssertionError(

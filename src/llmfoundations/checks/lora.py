@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from llmfoundations.finetuning.lora import LoRALinear, apply_lora, lora_scaling
 from llmfoundations.models import DecoderLM, ModelConfig
@@ -37,7 +37,7 @@ from .core import Case, check_callable, compare_with_reference, exercise_check
 __all__ = ["check_lora_delta_weight", "check_lora_forward", "check_lora_parameter_count"]
 
 
-def _randn(seed: int, *shape: int, scale: float = 1.0) -> torch.Tensor:
+def _randn(seed: int, *shape: int, scale: float = 1.0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g) * scale
 
@@ -52,12 +52,12 @@ def _layer(seed: int, c_in: int, c_out: int, r: int, alpha: float, rslora: bool)
     return layer
 
 
-# ------------------------------------------------------------------- delta weight
+# ------------------------------------------------------------------------- delta weight
 
 
 def _reference_delta_weight(
-    A: torch.Tensor, B: torch.Tensor, alpha: float, rslora: bool = False
-) -> torch.Tensor:
+    A: Tensor, B: Tensor, alpha: float, rslora: bool = False
+) -> Tensor:
     return (B @ A) * lora_scaling(A.shape[0], alpha, rslora)
 
 
@@ -80,7 +80,7 @@ def _delta_cases() -> list[Case]:
     return cases
 
 
-def _delta_hints() -> list[tuple[Callable[..., torch.Tensor], str]]:
+def _delta_hints() -> list[tuple[Callable[..., Tensor], str]]:
     def scale(r: int, alpha: float, rslora: bool) -> float:
         return alpha / math.sqrt(r) if rslora else alpha / r
 
@@ -101,7 +101,7 @@ def _delta_hints() -> list[tuple[Callable[..., torch.Tensor], str]]:
 
 
 @exercise_check
-def check_lora_delta_weight(student: Callable[..., torch.Tensor]) -> None:
+def check_lora_delta_weight(student: Callable[..., Tensor]) -> None:
     """Lab 03-2: ``lora_delta_weight(A, B, alpha, rslora=False)`` -> ``s * B @ A`` (Cout, Cin).
 
     ``A`` is (r, Cin), ``B`` (Cout, r); ``s = alpha / r``, or ``alpha / sqrt(r)`` with
@@ -123,12 +123,12 @@ def check_lora_delta_weight(student: Callable[..., torch.Tensor]) -> None:
     )
 
 
-# ------------------------------------------------------------------------ forward
+# ------------------------------------------------------------------------------ forward
 
 
 def _reference_forward(
-    x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float
-) -> torch.Tensor:
+    x: Tensor, W: Tensor, A: Tensor, B: Tensor, scaling: float
+) -> Tensor:
     return x @ W.T + scaling * ((x @ A.T) @ B.T)
 
 
@@ -151,7 +151,7 @@ def _forward_cases() -> list[Case]:
 
 
 @exercise_check
-def check_lora_forward(student: Callable[..., torch.Tensor]) -> None:
+def check_lora_forward(student: Callable[..., Tensor]) -> None:
     """Lab 03-2: ``lora_forward(x, W, A, B, scaling)`` -> ``x W^T + s (x A^T) B^T``.
 
     ``x`` is (..., Cin), ``W`` (Cout, Cin), ``A`` (r, Cin), ``B`` (Cout, r); the result is
@@ -182,7 +182,7 @@ def check_lora_forward(student: Callable[..., torch.Tensor]) -> None:
     )
 
 
-# --------------------------------------------------------------- parameter count
+# ---------------------------------------------------------------------- parameter count
 
 
 _LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

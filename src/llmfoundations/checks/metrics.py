@@ -87,7 +87,7 @@ def _first_hint(got: Any, args: tuple, hints: Sequence[tuple[Callable[..., Any],
     return ""
 
 
-# ------------------------------------------------------------------- clipped precision
+# -------------------------------------------------------------------- clipped precision
 
 
 def _reference_clipped_precision(
@@ -170,7 +170,7 @@ def check_bleu_clipped_precision(
     )
 
 
-# ------------------------------------------------------------------- brevity penalty
+# ---------------------------------------------------------------------- brevity penalty
 
 
 @exercise_check

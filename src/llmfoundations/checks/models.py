@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from torch import nn
+from torch import Tensor, nn
 
 from llmfoundations.attention import causal_mask
 from llmfoundations.layers import TransformerBlock
@@ -56,7 +56,7 @@ __all__ = [
 GPT2_SMALL_PARAMETERS = 124_439_808
 
 
-# ---------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------ helpers
 
 
 def _returning(name: str, kind: str, student: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,16 +65,16 @@ def _returning(name: str, kind: str, student: Callable[..., Any]) -> Callable[..
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         got = student(*args, **kwargs)
         if kind == "bool tensor" and not (
-            isinstance(got, torch.Tensor) and got.dtype == torch.bool
+            isinstance(got, Tensor) and got.dtype == torch.bool
         ):
-            seen = f"dtype {got.dtype}" if isinstance(got, torch.Tensor) else type(got).__name__
+            seen = f"dtype {got.dtype}" if isinstance(got, Tensor) else type(got).__name__
             raise AssertionError(
                 f"{name} must return a bool tensor (True = may attend), got {seen}"
             )
         if kind == "pair" and not (
             isinstance(got, (tuple, list))
             and len(got) == 2
-            and all(isinstance(t, torch.Tensor) for t in got)
+            and all(isinstance(t, Tensor) for t in got)
         ):
             raise AssertionError(f"{name} must return a pair of tensors (inputs, labels)")
         return tuple(got) if kind == "pair" else got
@@ -85,7 +85,7 @@ def _returning(name: str, kind: str, student: Callable[..., Any]) -> Callable[..
 # ------------------------------------------------------------------- 01-4: the loss
 
 
-def reference_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def reference_causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy of ``logits[:, t]`` (B, T, V) against ``labels[:, t + 1]`` (B, T),
     skipping targets equal to ``-100``."""
     shifted_logits = rearrange(logits[:, :-1], "b t v -> (b t) v")  # (B*(T-1), V)
@@ -93,20 +93,20 @@ def reference_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torc
     return F.cross_entropy(shifted_logits.float(), targets, ignore_index=IGNORE_INDEX)
 
 
-def _loss_no_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _loss_no_shift(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
 
-def _loss_shift_backwards(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _loss_shift_backwards(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits[:, 1:].flatten(0, 1).float(), labels[:, :-1].flatten())
 
 
-def _loss_flatten_then_shift(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _loss_flatten_then_shift(logits: Tensor, labels: Tensor) -> Tensor:
     flat_logits, flat_labels = logits.flatten(0, 1), labels.flatten()  # (B*T, V), (B*T,)
     return F.cross_entropy(flat_logits[:-1].float(), flat_labels[1:])
 
 
-def _loss_mean_over_all(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _loss_mean_over_all(logits: Tensor, labels: Tensor) -> Tensor:
     total = F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum"
     )
@@ -138,7 +138,7 @@ def _loss_cases() -> list[Case]:
 
 
 @exercise_check
-def check_causal_lm_loss(student: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+def check_causal_lm_loss(student: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Lab 01-4: next-token loss; ``logits[:, t]`` is scored against ``labels[:, t + 1]``."""
     check_callable("causal_lm_loss", student)
     hints = [
@@ -237,8 +237,8 @@ def check_count_parameters(student: Callable[..., int]) -> None:
 
 
 def reference_residual_block(
-    x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module, norm_position: str
-) -> torch.Tensor:
+    x: Tensor, f: Callable[[Tensor], Tensor], norm: nn.Module, norm_position: str
+) -> Tensor:
     """``x + f(norm(x))`` (pre-norm) or ``norm(x + f(x))`` (post-norm)."""
     if norm_position == "pre":
         return x + f(norm(x))
@@ -270,7 +270,7 @@ def _randomise_norms(module: nn.Module, generator: torch.Generator) -> None:
 
 
 @exercise_check
-def check_residual_block(student: Callable[..., torch.Tensor]) -> None:
+def check_residual_block(student: Callable[..., Tensor]) -> None:
     """Lab 01-4: one residual sub-layer, pre-norm or post-norm.
 
     Then two of the student's sub-layers (attention, then feed-forward) must reproduce the
@@ -282,14 +282,14 @@ def check_residual_block(student: Callable[..., torch.Tensor]) -> None:
         _check_residual_block(student)
 
 
-def _check_residual_block(student: Callable[..., torch.Tensor]) -> None:
+def _check_residual_block(student: Callable[..., Tensor]) -> None:
     g = torch.Generator().manual_seed(41)
     c = 16
     linear = nn.Linear(c, c)
     norm = nn.LayerNorm(c)
     _randomise_norms(norm, g)
 
-    def squash(h: torch.Tensor) -> torch.Tensor:
+    def squash(h: Tensor) -> Tensor:
         return torch.tanh(linear(h))
 
     cases = []
@@ -316,7 +316,7 @@ def _check_residual_block(student: Callable[..., torch.Tensor]) -> None:
             _randomise_norms(block, g)
             blocks[position] = block
 
-        def two_sublayers(x: torch.Tensor, position: str) -> torch.Tensor:
+        def two_sublayers(x: Tensor, position: str) -> Tensor:
             block = blocks[position]
             h = student(x, block.attn, block.norm1, position)  # attention sub-layer
             return student(h, block.ffn, block.norm2, position)  # feed-forward sub-layer
@@ -326,7 +326,7 @@ def _check_residual_block(student: Callable[..., torch.Tensor]) -> None:
         compare_with_reference(
             "residual_block (two of them make a TransformerBlock)",
             two_sublayers,
-            lambda x, position: blocks[position](x),
+            lambda x, position: blocks[position](x).hidden,
             block_cases,
             quiet=True,
         )
@@ -337,11 +337,11 @@ def _check_residual_block(student: Callable[..., torch.Tensor]) -> None:
 # ------------------------------------------------------------------------- 01-5 masks
 
 
-def _as_bool(pad_mask: torch.Tensor) -> torch.Tensor:
+def _as_bool(pad_mask: Tensor) -> Tensor:
     return pad_mask if pad_mask.dtype == torch.bool else pad_mask != 0
 
 
-def reference_causal_padding_mask(pad_mask: torch.Tensor) -> torch.Tensor:
+def reference_causal_padding_mask(pad_mask: Tensor) -> Tensor:
     """(B, T) padding mask (1 = real token) -> (B, T, T) bool: query i may attend key j
     when ``j <= i`` and key ``j`` is a real token."""
     t = pad_mask.shape[-1]
@@ -380,7 +380,7 @@ def _pad_mask_cases() -> list[Case]:
 
 
 @exercise_check
-def check_causal_padding_mask(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def check_causal_padding_mask(student: Callable[[Tensor], Tensor]) -> None:
     """Lab 01-5: a decoder's self-attention mask, causal and blind to padded keys."""
     check_callable("causal_padding_mask", student)
     hints = [
@@ -398,7 +398,7 @@ def check_causal_padding_mask(student: Callable[[torch.Tensor], torch.Tensor]) -
                            _pad_mask_cases(), hints=hints)  # fmt: skip
 
 
-def reference_cross_attention_mask(src_pad_mask: torch.Tensor, tgt_len: int) -> torch.Tensor:
+def reference_cross_attention_mask(src_pad_mask: Tensor, tgt_len: int) -> Tensor:
     """(B, S) source padding mask -> (B, tgt_len, S) bool: every target position may attend
     every real source token (no causal constraint)."""
     return repeat(_as_bool(src_pad_mask), "b s -> b t s", t=tgt_len)
@@ -420,7 +420,7 @@ def _cross_on_queries(src_pad_mask, tgt_len):
 
 
 @exercise_check
-def check_cross_attention_mask(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+def check_cross_attention_mask(student: Callable[[Tensor, int], Tensor]) -> None:
     """Lab 01-5: the mask of an encoder-decoder's cross-attention, (B, T_tgt, S)."""
     check_callable("cross_attention_mask", student)
     src = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
@@ -447,8 +447,8 @@ def check_cross_attention_mask(student: Callable[[torch.Tensor, int], torch.Tens
 
 
 def reference_mask_tokens(
-    ids: torch.Tensor, mask_id: int, vocab_size: int, p: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    ids: Tensor, mask_id: int, vocab_size: int, p: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """BERT's corruption with three full-shape draws from ``generator``, in this order:
 
     1. ``chosen = rand(ids.shape) < p``;
@@ -517,7 +517,7 @@ def _with_seed(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @exercise_check
-def check_mask_tokens(student: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
+def check_mask_tokens(student: Callable[..., tuple[Tensor, Tensor]]) -> None:
     """Lab 01-5: BERT's 15% / 80-10-10 masking, with the exercise's exact random draws."""
     check_callable("mask_tokens", student)
     returning_pair = _returning("mask_tokens", "pair", student)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from einops import rearrange
+from torch import Tensor
 
 from llmfoundations.moe import dispatch_order, load_balancing_loss, top_k_routing
 
@@ -37,12 +38,12 @@ __all__ = ["check_top_k_routing", "check_load_balancing_loss", "check_kept_slots
 
 
 
-# --------------------------------------------------------------------------- top_k_routing
+# ------------------------------------------------------------------------ top_k_routing
 
 
 def reference_top_k_routing(
-    router_logits: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    router_logits: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
     """``(weights, experts)``, both (N, K): Mixtral's rule, best expert first."""
     routing = top_k_routing(router_logits, k)
     return routing.weights, routing.experts
@@ -64,7 +65,7 @@ def _pair(name: str, student: Callable[..., Any]) -> Callable[..., tuple[Any, An
 
 @exercise_check
 def check_top_k_routing(
-    student: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+    student: Callable[[Tensor, int], tuple[Tensor, Tensor]],
 ) -> None:
     """Lab 01-6: ``top_k_routing(router_logits, k)`` -> ``(weights, experts)``.
 
@@ -102,21 +103,21 @@ def check_top_k_routing(
     )
 
 
-# --------------------------------------------------------------------- load_balancing_loss
+# ------------------------------------------------------------------ load_balancing_loss
 
 
-def _scalar(name: str, got: Any) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor) or got.numel() != 1:
+def _scalar(name: str, got: Any) -> Tensor:
+    if not isinstance(got, Tensor) or got.numel() != 1:
         raise AssertionError(
             f"{name} must return a scalar tensor (the loss, with its gradient), got "
             f"{type(got).__name__}"
-            + (f" of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else "")
+            + (f" of shape {tuple(got.shape)}" if isinstance(got, Tensor) else "")
         )
     return got.reshape(())
 
 
-def _loss_value(student: Callable[..., Any]) -> Callable[..., torch.Tensor]:
-    def run(logits: torch.Tensor, k: int) -> torch.Tensor:
+def _loss_value(student: Callable[..., Any]) -> Callable[..., Tensor]:
+    def run(logits: Tensor, k: int) -> Tensor:
         return _scalar("load_balancing_loss", student(logits.clone(), k)).detach()
 
     return run
@@ -124,10 +125,10 @@ def _loss_value(student: Callable[..., Any]) -> Callable[..., torch.Tensor]:
 
 def _loss_gradient(
     student: Callable[..., Any], *, is_student: bool
-) -> Callable[..., torch.Tensor]:
+) -> Callable[..., Tensor]:
     """The gradient of ``student(logits, k)`` with respect to the logits."""
 
-    def run(logits: torch.Tensor, k: int) -> torch.Tensor:
+    def run(logits: Tensor, k: int) -> Tensor:
         x = logits.clone().requires_grad_(True)
         loss = _scalar("load_balancing_loss", student(x, k))
         if not loss.requires_grad:
@@ -144,7 +145,7 @@ def _loss_gradient(
 
 
 @exercise_check
-def check_load_balancing_loss(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+def check_load_balancing_loss(student: Callable[[Tensor, int], Tensor]) -> None:
     """Lab 01-6: ``load_balancing_loss(router_logits, k)``, the course's Switch loss
     ``E * sum_i f_i * P_i`` with ``f_i`` the fraction of the ``N * k`` token-slots
     routed to expert ``i`` and ``P_i`` the mean softmax probability of expert ``i``.
@@ -183,10 +184,10 @@ def check_load_balancing_loss(student: Callable[[torch.Tensor, int], torch.Tenso
     )
 
 
-# ------------------------------------------------------------------------------ kept_slots
+# --------------------------------------------------------------------------- kept_slots
 
 
-def reference_kept_slots(experts: torch.Tensor, n_experts: int, capacity: int) -> torch.Tensor:
+def reference_kept_slots(experts: Tensor, n_experts: int, capacity: int) -> Tensor:
     """(N, K) bool: True where the slot fits in its expert's capacity.
 
     Priority inside an expert: every first choice before any second choice, earlier
@@ -200,7 +201,7 @@ def reference_kept_slots(experts: torch.Tensor, n_experts: int, capacity: int) -
 
 
 @exercise_check
-def check_kept_slots(student: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
+def check_kept_slots(student: Callable[[Tensor, int, int], Tensor]) -> None:
     """Lab 01-6: ``kept_slots(experts, n_experts, capacity)`` -> (N, K) bool.
 
     ``experts`` (N, K) long holds every token's chosen experts, best first. Each expert
@@ -221,12 +222,12 @@ def check_kept_slots(student: Callable[[torch.Tensor, int, int], torch.Tensor]) 
         (torch.tensor([[2, 1], [0, 2]]), 3, 10),  # room for everything
     ]
 
-    def run(experts: torch.Tensor, n_experts: int, capacity: int) -> torch.Tensor:
+    def run(experts: Tensor, n_experts: int, capacity: int) -> Tensor:
         before = experts.clone()
         got = student(experts, n_experts, capacity)
         if not torch.equal(experts, before):
             raise AssertionError("kept_slots changed its input tensor experts; leave it as it is")
-        if isinstance(got, torch.Tensor) and got.dtype != torch.bool:
+        if isinstance(got, Tensor) and got.dtype != torch.bool:
             raise AssertionError(f"kept_slots must return a bool tensor, got dtype {got.dtype}")
         return got
 

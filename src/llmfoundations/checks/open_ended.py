@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from llmfoundations.evaluation.harness import bootstrap_ci
 
@@ -33,7 +34,7 @@ from .core import check_callable, compare_with_reference, exercise_check
 __all__ = ["check_rubric_weighted_totals", "check_paired_bootstrap_ci"]
 
 
-# ------------------------------------------------------------------------ weighted totals
+# ---------------------------------------------------------------------- weighted totals
 
 
 def reference_weighted_totals(
@@ -48,10 +49,10 @@ def reference_weighted_totals(
     return [sum(weights[c] * s[c] for c in weights) / total_weight for s in scores]
 
 
-def _as_tensor(name: str, fn: Callable[..., Any]) -> Callable[..., torch.Tensor]:
+def _as_tensor(name: str, fn: Callable[..., Any]) -> Callable[..., Tensor]:
     """Call ``fn`` and turn its list of numbers into a float64 tensor (a clear error otherwise)."""
 
-    def wrapped(*args: Any) -> torch.Tensor:
+    def wrapped(*args: Any) -> Tensor:
         got = fn(*args)
         if isinstance(got, (str, bytes)) or not isinstance(got, (list, tuple, np.ndarray)):
             raise AssertionError(f"{name} must return a list of numbers, got {type(got).__name__}")
@@ -121,7 +122,7 @@ def check_rubric_weighted_totals(
     )
 
 
-# ------------------------------------------------------------------- paired bootstrap
+# --------------------------------------------------------------------- paired bootstrap
 
 
 def reference_paired_bootstrap_ci(
@@ -163,10 +164,10 @@ def _interval_difference(a, b, n_resamples=1000, seed=0):
     return ca.low - cb.high, ca.high - cb.low
 
 
-def _pair(name: str, fn: Callable[..., Any]) -> Callable[..., torch.Tensor]:
+def _pair(name: str, fn: Callable[..., Any]) -> Callable[..., Tensor]:
     """Call ``fn`` and turn its ``(low, high)`` into a float64 tensor (a clear error otherwise)."""
 
-    def wrapped(*args: Any, **kwargs: Any) -> torch.Tensor:
+    def wrapped(*args: Any, **kwargs: Any) -> Tensor:
         got = fn(*args, **kwargs)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             raise AssertionError(f"{name} must return a pair (low, high), got {got!r:.80}")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from llmfoundations.finetuning.adapters import BottleneckAdapter
 
@@ -31,7 +32,7 @@ __all__ = ["check_peft_trainable_parameters", "check_bottleneck_adapter"]
 METHODS = ("full", "lora", "qlora", "adapters", "prompt")
 
 
-# ------------------------------------------------------------- trainable parameters
+# ----------------------------------------------------------------- trainable parameters
 
 
 def _reference_trainable(method, vocab_size, d_model, n_layers, d_ff, kv_dim, r=8, bottleneck=64,
@@ -83,7 +84,7 @@ def check_peft_trainable_parameters(student: Callable[..., int]) -> None:
 
     def as_int(*args, **kwargs):
         got = student(*args, **kwargs)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
+        if isinstance(got, Tensor) and got.numel() == 1:
             got = got.item()
         if isinstance(got, float) and got.is_integer():
             got = int(got)
@@ -121,7 +122,7 @@ def check_peft_trainable_parameters(student: Callable[..., int]) -> None:
                            hints=hints)
 
 
-# ------------------------------------------------------------------- the adapter
+# -------------------------------------------------------------------------- the adapter
 
 
 def _reference_adapter(h, w_down, b_down, w_up, b_up):
@@ -173,7 +174,7 @@ def _module_agrees(case) -> bool:
 
 
 @exercise_check
-def check_bottleneck_adapter(student: Callable[..., torch.Tensor]) -> None:
+def check_bottleneck_adapter(student: Callable[..., Tensor]) -> None:
     """Lab 03-4: ``bottleneck_adapter(h, w_down, b_down, w_up, b_up)`` -> (..., C)."""
     check_callable("bottleneck_adapter", student)
     cases = [

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from llmfoundations.finetuning.nf4 import NF4_CODE, quantize_nf4
 from llmfoundations.finetuning.nf4 import _blockwise_quantize as _reference_blockwise
@@ -38,10 +39,10 @@ __all__ = ["check_blockwise_quantize", "check_pack_nibbles", "check_nf4_nbytes"]
 _INT4_CODE = torch.arange(-7, 8, dtype=torch.float32) / 7  # a uniform code, 15 values
 
 
-# ------------------------------------------------------------------ blockwise_quantize
+# ------------------------------------------------------------------- blockwise_quantize
 
 
-def _far_from_midpoints(x: torch.Tensor, code: torch.Tensor, block_size: int) -> bool:
+def _far_from_midpoints(x: Tensor, code: Tensor, block_size: int) -> bool:
     """Whether every scaled value of ``x`` lies 1e-4 or more from a midpoint of ``code``."""
     _, absmax = _reference_blockwise(x.reshape(-1).float(), code, block_size)
     n = x.numel()
@@ -51,7 +52,7 @@ def _far_from_midpoints(x: torch.Tensor, code: torch.Tensor, block_size: int) ->
     return bool(((scaled[:, None] - mids[None, :]).abs().min(dim=1).values >= 1e-4).all())
 
 
-def _weights(seed: int, shape: tuple[int, ...], code: torch.Tensor, block_size: int) -> torch.Tensor:
+def _weights(seed: int, shape: tuple[int, ...], code: Tensor, block_size: int) -> Tensor:
     """Seeded heavy-tailed weights (a few outliers) far from every rounding boundary."""
     g = torch.Generator().manual_seed(seed)
     for _ in range(100):
@@ -76,7 +77,7 @@ def _blockwise_cases() -> list[tuple[tuple, dict]]:
     ]
 
 
-def _ref_blockwise_quantize(w: torch.Tensor, code: torch.Tensor, block_size: int):
+def _ref_blockwise_quantize(w: Tensor, code: Tensor, block_size: int):
     return _reference_blockwise(w.reshape(-1).float(), code, block_size)
 
 
@@ -135,7 +136,7 @@ def _part(fn: Callable[..., Any], i: int, name: str) -> Callable[..., Any]:
 
 
 @exercise_check
-def check_blockwise_quantize(student: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
+def check_blockwise_quantize(student: Callable[..., tuple[Tensor, Tensor]]) -> None:
     """Lab 03-3: ``blockwise_quantize(w, code, block_size)`` -> ``(indices (N,), absmax (Nb,))``.
 
     ``w`` flattened row by row, blocks of ``block_size`` (the last may be shorter), each
@@ -158,10 +159,10 @@ def check_blockwise_quantize(student: Callable[..., tuple[torch.Tensor, torch.Te
     print(f"✔ blockwise_quantize: all {len(cases)} cases match the reference (indices and absmax)")
 
 
-# ------------------------------------------------------------------------ pack_nibbles
+# ------------------------------------------------------------------------- pack_nibbles
 
 
-def _ref_pack_nibbles(indices: torch.Tensor) -> torch.Tensor:
+def _ref_pack_nibbles(indices: Tensor) -> Tensor:
     return _reference_pack(indices)
 
 
@@ -184,9 +185,9 @@ def _wrong_int64(indices):
 
 
 def _returns_uint8(student: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapped(indices: torch.Tensor) -> Any:
+    def wrapped(indices: Tensor) -> Any:
         got = student(indices)
-        if isinstance(got, torch.Tensor) and got.dtype != torch.uint8:
+        if isinstance(got, Tensor) and got.dtype != torch.uint8:
             raise AssertionError(f"pack_nibbles must return a torch.uint8 tensor (one byte each), got {got.dtype}")
         return got
 
@@ -194,7 +195,7 @@ def _returns_uint8(student: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @exercise_check
-def check_pack_nibbles(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def check_pack_nibbles(student: Callable[[Tensor], Tensor]) -> None:
     """Lab 03-3: ``pack_nibbles(indices)`` -> uint8 ``(ceil(N / 2),)``, the first index in the
     high nibble, an odd length padded with index 7."""
     check_callable("pack_nibbles", student)
@@ -216,7 +217,7 @@ def check_pack_nibbles(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
     )
 
 
-# ------------------------------------------------------------------------- nf4_nbytes
+# --------------------------------------------------------------------------- nf4_nbytes
 
 
 def _ref_nf4_nbytes(n: int, block_size: int = 64, double_quant: bool = False) -> int:

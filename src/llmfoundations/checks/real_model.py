@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from llmfoundations.pretrained import apply_chat_template, qk_rows_to_split_half
 
@@ -59,7 +60,7 @@ _Q4_1_WEIGHTS = 32
 # ------------------------------------------------------------------------ 02-5 references
 
 
-def reference_dequantize_q4_1(block: bytes) -> torch.Tensor:
+def reference_dequantize_q4_1(block: bytes) -> Tensor:
     """The 32 float32 weights of one ``Q4_1`` block (20 bytes, llama.cpp's layout).
 
     Bytes 0-1: scale ``d`` (float16, little-endian); bytes 2-3: minimum ``m`` (float16);
@@ -129,7 +130,7 @@ def check_chatml(student: Callable[[list[dict[str, str]]], str]) -> None:
 
 
 @exercise_check
-def check_unpermute_qk(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+def check_unpermute_qk(student: Callable[[Tensor, int], Tensor]) -> None:
     """Lab 02-5: ``unpermute_qk(weight, n_heads)`` undoes llama.cpp's row order.
 
     ``weight`` is ``(n_heads * D, C)``; inside every head, GGUF row ``2i`` must go to row
@@ -145,7 +146,7 @@ def check_unpermute_qk(student: Callable[[torch.Tensor, int], torch.Tensor]) -> 
 
 
 @exercise_check
-def check_dequantize_q4_1(student: Callable[[bytes], torch.Tensor]) -> None:
+def check_dequantize_q4_1(student: Callable[[bytes], Tensor]) -> None:
     """Lab 02-5: ``dequantize_q4_1(block)`` -> the 32 weights of one 20-byte ``Q4_1`` block."""
     check_callable("dequantize_q4_1", student)
     rng = np.random.default_rng(41)
@@ -154,11 +155,11 @@ def check_dequantize_q4_1(student: Callable[[bytes], torch.Tensor]) -> None:
     blocks.append(_random_q4_1_block(rng, q=np.arange(_Q4_1_WEIGHTS) % 16))  # order shows
     cases = [((block,), {}) for block in blocks]
 
-    def as_float32(block: bytes) -> torch.Tensor:
+    def as_float32(block: bytes) -> Tensor:
         got = student(block)
         if isinstance(got, np.ndarray):
             got = torch.from_numpy(got)
-        if isinstance(got, torch.Tensor):
+        if isinstance(got, Tensor):
             got = got.float()
         return got
 
@@ -171,7 +172,7 @@ def check_dequantize_q4_1(student: Callable[[bytes], torch.Tensor]) -> None:
 
 
 def reference_top_attending_heads(
-    attn: torch.Tensor, query_idx: int, key_idx: int | Sequence[int], k: int = 10
+    attn: Tensor, query_idx: int, key_idx: int | Sequence[int], k: int = 10
 ) -> list[tuple[int, int, float]]:
     """The ``k`` heads whose query ``query_idx`` gives the most weight to ``key_idx``.
 
@@ -188,7 +189,7 @@ def reference_top_attending_heads(
     ]
 
 
-def reference_previous_token_scores(attn: torch.Tensor) -> torch.Tensor:
+def reference_previous_token_scores(attn: Tensor) -> Tensor:
     """``(L, H, T, T)`` -> ``(L, H)``: mean weight that positions ``1..T-1`` give to the
     position just before them (a "previous-token head" scores close to 1)."""
     below = torch.diagonal(attn, offset=-1, dim1=-2, dim2=-1)  # (L, H, T-1): [t, t-1]
@@ -197,7 +198,7 @@ def reference_previous_token_scores(attn: torch.Tensor) -> torch.Tensor:
 
 def _random_attention(
     g: torch.Generator, n_layers: int, n_heads: int, t: int, causal: bool = True
-) -> torch.Tensor:
+) -> Tensor:
     """Seeded attention weights (L, H, T, T): softmax of random scores, rows sum to 1."""
     scores = torch.randn(n_layers, n_heads, t, t, generator=g) * 2.0
     if causal:
@@ -257,7 +258,7 @@ def check_top_attending_heads(student: Callable[..., list[tuple[int, int, float]
 
 
 @exercise_check
-def check_previous_token_scores(student: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def check_previous_token_scores(student: Callable[[Tensor], Tensor]) -> None:
     """Lab 01-7: ``previous_token_scores(attn)`` -> ``(L, H)`` mean weight on the token before."""
     check_callable("previous_token_scores", student)
     g = torch.Generator().manual_seed(7)
@@ -294,12 +295,12 @@ def _reference_kv_cache_bytes(
 
 
 def reference_attend_with_cache(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-) -> torch.Tensor:
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k_new: Tensor,
+    v_new: Tensor,
+) -> Tensor:
     """Causal attention of ``Tn`` new queries over ``P`` cached and ``Tn`` new keys.
 
     ``q``, ``k_new``, ``v_new``: (B, H, Tn, D); ``k_cache``, ``v_cache``: (B, H, P, D).
@@ -331,7 +332,7 @@ def check_kv_cache_bytes(student: Callable[..., int]) -> None:
 
     def as_int(*args: int) -> int:
         got = student(*args)
-        if isinstance(got, torch.Tensor):
+        if isinstance(got, Tensor):
             got = got.item()
         if isinstance(got, float) and got.is_integer():
             got = int(got)
@@ -341,7 +342,7 @@ def check_kv_cache_bytes(student: Callable[..., int]) -> None:
 
 
 @exercise_check
-def check_attend_with_cache(student: Callable[..., torch.Tensor]) -> None:
+def check_attend_with_cache(student: Callable[..., Tensor]) -> None:
     """Lab 06-2: ``attend_with_cache(q, k_cache, v_cache, k_new, v_new)``: the new tokens'
     attention output, as if the whole sequence had been computed at once."""
     check_callable("attend_with_cache", student)

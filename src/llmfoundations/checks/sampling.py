@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from llmfoundations.sampling import distinct_n, top_k_filter, top_p_filter
 
@@ -45,11 +46,11 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------ helpers
 
 
 
-def _logits(seed: int, shape: tuple[int, int], scale: float = 2.0) -> torch.Tensor:
+def _logits(seed: int, shape: tuple[int, int], scale: float = 2.0) -> Tensor:
     """Seeded (B, V) logits ~ N(0, scale^2): ties have probability zero."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=g) * scale
@@ -70,7 +71,7 @@ def _returns(name: str, kind: type, student: Callable[..., Any]) -> Callable[...
 def _unchanged_input(name: str, student: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a logits -> logits ``student`` so changing its input in place is reported."""
 
-    def wrapped(logits: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def wrapped(logits: Tensor, *args: Any, **kwargs: Any) -> Any:
         before = logits.clone()
         got = student(logits, *args, **kwargs)
         if not torch.equal(logits, before):
@@ -85,12 +86,12 @@ def _unchanged_input(name: str, student: Callable[..., Any]) -> Callable[..., An
 # ------------------------------------------------------------------------ 04-1
 
 
-def _reference_temperature_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def _reference_temperature_softmax(logits: Tensor, temperature: float) -> Tensor:
     return torch.softmax(logits / temperature, dim=-1)
 
 
 @exercise_check
-def check_temperature_softmax(student: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+def check_temperature_softmax(student: Callable[[Tensor, float], Tensor]) -> None:
     """Lab 04-1: ``temperature_softmax(logits, temperature)`` -> probabilities ``(B, V)``.
 
     ``softmax(logits / temperature)`` along the vocabulary (last) axis.
@@ -115,7 +116,7 @@ def check_temperature_softmax(student: Callable[[torch.Tensor, float], torch.Ten
 
 
 @exercise_check
-def check_top_k(student: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+def check_top_k(student: Callable[[Tensor, int], Tensor]) -> None:
     """Lab 04-1: ``top_k(logits, k)`` keeps the ``k`` largest logits of each row, ``-inf`` elsewhere."""
     check_callable("top_k", student)
     cases = [
@@ -158,7 +159,7 @@ def top_p_cases() -> list[tuple[tuple, dict]]:
 
 
 @exercise_check
-def check_top_p(student: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+def check_top_p(student: Callable[[Tensor, float], Tensor]) -> None:
     """Lab 04-2: ``top_p(logits, p)``, nucleus filtering.
 
     Keep, in each row, the smallest set of most likely tokens whose probabilities add up

@@ -30,7 +30,7 @@ from .core import check_callable, compare_with_reference, exercise_check
 __all__ = ["check_sft_example_labels", "check_masked_sft_loss"]
 
 
-# --------------------------------------------------------------------- labels
+# ------------------------------------------------------------------------------- labels
 
 
 def reference_sft_labels(prompt_ids: list[int], response_ids: list[int]) -> tuple[Tensor, Tensor]:
@@ -111,7 +111,7 @@ def check_sft_example_labels(
     )
 
 
-# ----------------------------------------------------------------------- loss
+# --------------------------------------------------------------------------------- loss
 
 
 def _picked(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-import torch
+from torch import Tensor
 
 from llmfoundations._validate import check_choice, check_int
 
@@ -68,10 +68,10 @@ __all__ = [
 ]
 
 Weights = Literal["none", "linear", "quadratic"]
-ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
+ArrayLike = Sequence[float] | np.ndarray | Tensor
 
 
-# --------------------------------------------------------------------------- agreement on labels
+# ------------------------------------------------------------------ agreement on labels
 
 
 def accuracy(predicted: ArrayLike, truth: ArrayLike) -> float:
@@ -135,7 +135,7 @@ def cohen_kappa(
     return 1 - float(np.sum(w * observed)) / chance
 
 
-# --------------------------------------------------------------------------- agreement on rankings
+# ---------------------------------------------------------------- agreement on rankings
 
 
 def rankdata(x: ArrayLike) -> np.ndarray:
@@ -192,7 +192,7 @@ def kendall_tau(x: ArrayLike, y: ArrayLike) -> float:
     return float(np.clip(concordant_minus_discordant / math.sqrt(untied_x * untied_y), -1, 1))
 
 
-# --------------------------------------------------------------------------- calibration
+# -------------------------------------------------------------------------- calibration
 
 
 def top_label(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -303,7 +303,7 @@ def expected_calibration_error(
     )
 
 
-# --------------------------------------------------------------------------- temperature scaling
+# ------------------------------------------------------------------ temperature scaling
 
 
 @dataclass(frozen=True)
@@ -405,11 +405,11 @@ def _nll(z: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(lse - z[np.arange(len(y)), y]))
 
 
-# --------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------------- checks
 
 
 def _as_array(name: str, x: object) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, Tensor):
         return x.detach().cpu().numpy()
     if isinstance(x, str) or not isinstance(x, (Sequence, np.ndarray)):
         raise TypeError(f"{name} must be a list, a NumPy array or a tensor, got {type(x).__name__}")

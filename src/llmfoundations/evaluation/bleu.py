@@ -181,7 +181,7 @@ TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
 }
 
 
-# --------------------------------------------------------------------------- counting
+# ----------------------------------------------------------------------------- counting
 
 
 def ngram_counts(tokens: Sequence[str], max_order: int) -> Counter[tuple[str, ...]]:
@@ -235,7 +235,7 @@ def _brevity_penalty(hyp_len: int, ref_len: int) -> float:
     return math.exp(1 - ref_len / hyp_len) if hyp_len > 0 else 0.0
 
 
-# --------------------------------------------------------------------------- the score
+# ---------------------------------------------------------------------------- the score
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,11 @@ from types import EllipsisType, MappingProxyType
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from llmfoundations._validate import check_int
 from llmfoundations.sampling import SamplingConfig
+from llmfoundations.tokenizer import TokenizerLike
 
 __all__ = [
     "System",
@@ -194,11 +195,11 @@ class EvaluationReport:
         return sum(r.resumed for r in self.results)
 
 
-# --------------------------------------------------------------------------- bootstrap
+# ---------------------------------------------------------------------------- bootstrap
 
 
 def bootstrap_ci(
-    scores: Sequence[float] | np.ndarray | torch.Tensor,
+    scores: Sequence[float] | np.ndarray | Tensor,
     *,
     confidence: float = 0.95,
     n_resamples: int = 1000,
@@ -215,7 +216,7 @@ def bootstrap_ci(
     >>> print(bootstrap_ci([0, 1, 1, 1, 0, 1, 1, 0, 1, 1]))
     0.700 (95% CI 0.400 to 0.900, n = 10)
     """
-    if isinstance(scores, torch.Tensor):
+    if isinstance(scores, Tensor):
         scores = scores.detach().cpu().numpy()
     if isinstance(scores, str) or not isinstance(scores, (Sequence, np.ndarray)):
         raise TypeError(f"scores must be a list or array of numbers, got {type(scores).__name__}")
@@ -258,7 +259,7 @@ def _bootstrap_ci(
     )
 
 
-# --------------------------------------------------------------------------- running
+# ------------------------------------------------------------------------------ running
 
 
 def example_seed(seed: int, example_id: str) -> int:
@@ -380,7 +381,7 @@ def _append_result(path: Path, task: str, example: Example, result: ExampleResul
         f.flush()
 
 
-# --------------------------------------------------------------------------- systems and metrics
+# ------------------------------------------------------------------ systems and metrics
 
 
 def exact_match(output: str, example: Example) -> float:
@@ -396,7 +397,7 @@ def exact_match(output: str, example: Example) -> float:
 
 def model_system(
     model: nn.Module,
-    tokenizer,
+    tokenizer: TokenizerLike,
     *,
     chat: bool = True,
     max_new_tokens: int = 64,

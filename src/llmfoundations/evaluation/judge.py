@@ -52,6 +52,7 @@ from torch import Tensor
 from llmfoundations._validate import check_int, check_tensor
 from llmfoundations.models import DecoderLM
 from llmfoundations.pretrained import apply_chat_template
+from llmfoundations.tokenizer import TokenizerLike
 
 __all__ = [
     "SCORE_OPTIONS",
@@ -98,10 +99,10 @@ YES_NO_TEMPLATE = (
 )
 
 
-# --------------------------------------------------------------------------- the primitive
+# ------------------------------------------------------------------------ the primitive
 
 
-def option_ids(tokenizer, options: Sequence[str]) -> list[int]:
+def option_ids(tokenizer: TokenizerLike, options: Sequence[str]) -> list[int]:
     """The token id of each option; each must be exactly one token, and all different.
 
     >>> from llmfoundations.tokenizer import BPETokenizer
@@ -128,7 +129,7 @@ def option_ids(tokenizer, options: Sequence[str]) -> list[int]:
 
 def option_logprobs(
     model: DecoderLM,
-    tokenizer,
+    tokenizer: TokenizerLike,
     prompts: Sequence[str],
     options: Sequence[str],
     *,
@@ -202,7 +203,7 @@ def render_prompt(
     return apply_chat_template([{"role": "user", "content": content}], **options)
 
 
-# --------------------------------------------------------------------------- pointwise
+# ---------------------------------------------------------------------------- pointwise
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ class PointwiseJudgement:
 
 def judge_pointwise(
     model: DecoderLM,
-    tokenizer,
+    tokenizer: TokenizerLike,
     questions: Sequence[str],
     answers: Sequence[str],
     *,
@@ -268,7 +269,7 @@ def judge_pointwise(
     )
 
 
-# --------------------------------------------------------------------------- pairwise
+# ----------------------------------------------------------------------------- pairwise
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,7 @@ class PairwiseJudgement:
 
 def judge_pairwise(
     model: DecoderLM,
-    tokenizer,
+    tokenizer: TokenizerLike,
     questions: Sequence[str],
     answers_1: Sequence[str],
     answers_2: Sequence[str],
@@ -374,7 +375,7 @@ def position_consistency(judgement: PairwiseJudgement) -> float:
     return judgement.consistent.float().mean().item()
 
 
-# --------------------------------------------------------------------------- yes / no
+# ----------------------------------------------------------------------------- yes / no
 
 
 @dataclass(frozen=True)
@@ -400,7 +401,7 @@ class YesNoJudgement:
 
 def judge_yes_no(
     model: DecoderLM,
-    tokenizer,
+    tokenizer: TokenizerLike,
     questions: Sequence[str],
     answers: Sequence[str],
     criterion: str,
@@ -425,7 +426,7 @@ def judge_yes_no(
     )
 
 
-# --------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------------- checks
 
 
 def _check_model(model: object) -> None:

@@ -54,6 +54,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import regex
 
@@ -97,7 +98,7 @@ class RougeScore:
 
 
 @functools.cache
-def _porter():
+def _porter() -> Any:
     try:
         from nltk.stem.porter import PorterStemmer
     except ModuleNotFoundError:
@@ -161,7 +162,7 @@ def character_tokenize(text: str) -> list[str]:
     return [c for c in text.lower() if _WORD.fullmatch(c)]
 
 
-# --------------------------------------------------------------------------- LCS
+# ---------------------------------------------------------------------------------- LCS
 
 
 def _lcs_table(a: Sequence[str], b: Sequence[str]) -> list[list[int]]:
@@ -213,7 +214,7 @@ def _lcs_indices(a: Sequence[str], b: Sequence[str]) -> list[int]:
     return picked[::-1]
 
 
-# --------------------------------------------------------------------------- scores
+# ------------------------------------------------------------------------------- scores
 
 
 def _score(overlap: int, n_prediction: int, n_reference: int) -> RougeScore:

@@ -42,6 +42,7 @@ from typing import Literal, get_args
 from llmfoundations._validate import check_choice, check_int, check_positive
 from llmfoundations.evaluation.judge import judge_yes_no
 from llmfoundations.models import DecoderLM
+from llmfoundations.tokenizer import TokenizerLike
 
 __all__ = [
     "Check",
@@ -254,7 +255,7 @@ def max_words(limit: int) -> Check:
 
 def judge_check(
     model: DecoderLM,
-    tokenizer,
+    tokenizer: TokenizerLike,
     requirement: str,
     *,
     question_field: str = "question",
@@ -285,7 +286,7 @@ def judge_check(
     return check
 
 
-# --------------------------------------------------------------------------- checks of the inputs
+# ----------------------------------------------------------------- checks of the inputs
 
 
 def _check_batch(outputs: object, examples: object) -> tuple[list[str], list[Example]]:

@@ -95,7 +95,7 @@ class AdaptedLinear(nn.Module):
     are frozen. (Cin) -> (Cout), with the adapter working on Cout.
     """
 
-    def __init__(self, base: nn.Linear, bottleneck: int, activation: Activation = "gelu"):
+    def __init__(self, base: nn.Linear, bottleneck: int, activation: Activation = "gelu") -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")

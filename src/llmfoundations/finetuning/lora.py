@@ -201,7 +201,7 @@ class LoRALinear(nn.Module):
         weight.copy_(updated)
 
 
-# ----------------------------------------------------------------------------- models
+# ------------------------------------------------------------------------------- models
 
 
 def _check_targets(target_modules: object) -> tuple[str, ...]:

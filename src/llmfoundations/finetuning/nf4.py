@@ -164,7 +164,7 @@ def dynamic_code() -> Tensor:
 _DYNAMIC_CODE = dynamic_code()
 
 
-# ----------------------------------------------------------------------------- containers
+# --------------------------------------------------------------------------- containers
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ class NF4Weight:
         return 8 * self.nbytes / self.numel
 
 
-# ----------------------------------------------------------------------------- cores
+# -------------------------------------------------------------------------------- cores
 
 
 def _blockwise_quantize(x: Tensor, code: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
@@ -281,7 +281,7 @@ def _dequantize_core(packed: Tensor, absmax: Tensor, n: int, block_size: int) ->
     return _blockwise_dequantize(_unpack(packed, n), absmax, NF4_CODE.to(absmax.device), block_size)
 
 
-# ----------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- public API
 
 
 def _check_block_size(name: str, block_size: object) -> int:
@@ -350,7 +350,7 @@ def dequantize_nf4(q: NF4Weight) -> Tensor:
     return flat.reshape(q.shape).to(q.dtype)
 
 
-# ----------------------------------------------------------------------------- layers
+# ------------------------------------------------------------------------------- layers
 
 
 class NF4Linear(nn.Module):
@@ -366,7 +366,7 @@ class NF4Linear(nn.Module):
     Cast the inputs and the adapters instead.
     """
 
-    def __init__(self, linear: nn.Linear, block_size: int = 64, *, double_quant: bool = False):
+    def __init__(self, linear: nn.Linear, block_size: int = 64, *, double_quant: bool = False) -> None:
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
