@@ -24,6 +24,7 @@ __all__ = [
     "check_bool",
     "check_str",
     "check_qkv",
+    "check_logits_labels",
 ]
 
 
@@ -156,4 +157,29 @@ def check_qkv(q: object, k: object, v: object) -> None:
         raise ValueError(
             f"k and v must agree on the number of keys (dimension -2), got k {tuple(k.shape)} "
             f"and v {tuple(v.shape)}"
+        )
+
+
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_logits_labels(logits: object, labels: object, ignore_index: int = -100) -> None:
+    """``logits`` (B, T, V) floating and non-empty, ``labels`` (B, T) integer on the same
+    device, every label ``ignore_index`` or in ``[0, V)``. Checking the values costs one
+    device sync."""
+    check_tensor("logits", logits, ndim=3, floating=True, nonempty=True)
+    check_tensor("labels", labels, ndim=2, dtype=_LABEL_DTYPES)
+    assert isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)
+    if tuple(labels.shape) != tuple(logits.shape[:2]):
+        raise ValueError(
+            f"labels (B, T) must match logits (B, T, V) = {tuple(logits.shape)}, got "
+            f"{tuple(labels.shape)}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"labels are on {labels.device}, logits on {logits.device}")
+    vocab = logits.shape[-1]
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    if bool(bad.any()):
+        raise ValueError(
+            f"labels must be {ignore_index} or lie in [0, V={vocab}), got {labels[bad][0].item()}"
         )

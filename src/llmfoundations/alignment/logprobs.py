@@ -33,13 +33,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from llmfoundations._validate import check_choice, check_tensor
+from llmfoundations._validate import check_choice, check_logits_labels, check_tensor
 from llmfoundations.models import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "Reduce", "token_logprobs", "sequence_logprobs"]
 
 Reduce = Literal["sum", "mean"]
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 
 def _token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -49,25 +48,6 @@ def _token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     logp = logits[:, :-1].float().log_softmax(dim=-1)  # (B, T-1, V)
     picked = logp.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)  # (B, T-1)
     return torch.where(mask, picked, 0.0), mask
-
-
-def _check(logits: object, labels: object) -> None:
-    check_tensor("logits", logits, ndim=3, floating=True, nonempty=True)
-    check_tensor("labels", labels, ndim=2, dtype=_INT_DTYPES)
-    assert isinstance(logits, Tensor) and isinstance(labels, Tensor)
-    if tuple(labels.shape) != tuple(logits.shape[:2]):
-        raise ValueError(
-            f"labels (B, T) must match logits (B, T, V) = {tuple(logits.shape)}, got "
-            f"{tuple(labels.shape)}"
-        )
-    if labels.device != logits.device:
-        raise ValueError(f"labels are on {labels.device}, logits on {logits.device}")
-    vocab = logits.shape[-1]
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
-    if bool(bad.any()):
-        raise ValueError(
-            f"labels must be {IGNORE_INDEX} or lie in [0, V={vocab}), got {labels[bad][0].item()}"
-        )
 
 
 def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,7 +63,7 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     >>> logp, mask  # uniform over 4 tokens: ln(1/4) on the one scored position
     (tensor([[ 0.0000, -1.3863]]), tensor([[False,  True]]))
     """
-    _check(logits, labels)
+    check_logits_labels(logits, labels, IGNORE_INDEX)
     return _token_logprobs(logits, labels)
 
 
@@ -103,7 +83,7 @@ def sequence_logprobs(
     >>> sequence_logprobs(torch.zeros(2, 3, 4), labels, reduce="mean")
     tensor([-1.3863, -1.3863])
     """
-    _check(logits, labels)
+    check_logits_labels(logits, labels, IGNORE_INDEX)
     check_choice("reduce", reduce, ("sum", "mean"))
     logp, scored = _token_logprobs(logits, labels)
     if mask is not None:

@@ -47,7 +47,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from llmfoundations._validate import check_int, check_tensor
+from llmfoundations._validate import check_int, check_logits_labels, check_tensor
 from llmfoundations.models import IGNORE_INDEX
 from llmfoundations.pretrained import DEFAULT_SYSTEM_PROMPT, apply_chat_template
 
@@ -220,19 +220,5 @@ def sft_loss(logits: Tensor, labels: Tensor) -> Tensor:
     >>> sft_loss(logits, torch.tensor([[-100, -100, 2]]))  # one learned token: ln 4
     tensor(1.3863)
     """
-    check_tensor("logits", logits, ndim=3, floating=True, nonempty=True)
-    check_tensor("labels", labels, ndim=2, dtype=_INT_DTYPES)
-    if tuple(labels.shape) != tuple(logits.shape[:2]):
-        raise ValueError(
-            f"labels (B, T) must match logits (B, T, V) = {tuple(logits.shape)}, got "
-            f"{tuple(labels.shape)}"
-        )
-    if labels.device != logits.device:
-        raise ValueError(f"labels are on {labels.device}, logits on {logits.device}")
-    vocab = logits.shape[-1]
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
-    if bool(bad.any()):
-        raise ValueError(
-            f"labels must be {IGNORE_INDEX} or lie in [0, V={vocab}), got {labels[bad][0].item()}"
-        )
+    check_logits_labels(logits, labels, IGNORE_INDEX)
     return _sft_loss(logits, labels)
