@@ -170,7 +170,7 @@ def network_isolation_available() -> bool:
 
 
 def _limits(timeout_s: float, memory_mb: int, network: Network):
-    """The function run in the child between fork and exec (Linux / macOS)."""
+    """The function run in the child between fork and exec (Linux only)."""
 
     def setup() -> None:
         if network == "deny":
@@ -217,6 +217,7 @@ def run_program(
             "namespaces allowed); pass network='allow' to run the program without it"
         )
     posix = os.name == "posix"
+    linux = sys.platform.startswith("linux")
     marker = "__llmfoundations_done_" + secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="llmf-run-") as workdir:
         with open(os.path.join(workdir, "solution.py"), "w", encoding="utf-8") as f:
@@ -236,7 +237,7 @@ def run_program(
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # its own process group, killed as a whole
-                preexec_fn=_limits(timeout_s, memory_mb, network) if posix else None,
+                preexec_fn=_limits(timeout_s, memory_mb, network) if linux else None,
             )
             timed_out = False
             try:
