@@ -181,3 +181,11 @@ def test_pass_at_k_bad_inputs():
         pass_at_k(3, 1, 0)
     with pytest.raises(TypeError, match="c must be an int"):
         pass_at_k(3, 1.0, 1)
+
+
+def test_doctests():
+    import doctest
+
+    from llmfoundations.applications import code as module
+
+    assert doctest.testmod(module).failed == 0

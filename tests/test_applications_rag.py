@@ -100,3 +100,11 @@ def test_check_grounded_bad_inputs():
         check_grounded("x [1]", "x", "x")
     with pytest.raises(TypeError, match="response"):
         check_grounded(None, "x", PASSAGES)
+
+
+def test_doctests():
+    import doctest
+
+    from llmfoundations.applications import rag as module
+
+    assert doctest.testmod(module).failed == 0

@@ -279,3 +279,11 @@ def test_metrics_bad_inputs():
         recall_at_k([[1]], [[1]], k=0)
     with pytest.raises(ValueError, match=">= 0"):
         mrr([[-1]], [[1]])
+
+
+def test_doctests():
+    import doctest
+
+    from llmfoundations.applications import retrieval as module
+
+    assert doctest.testmod(module).failed == 0
