@@ -7,6 +7,7 @@ import math
 import socket
 import sys
 import tempfile
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -189,3 +190,14 @@ def test_doctests():
     from llmfoundations.applications import code as module
 
     assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.skipif(not LINUX, reason="process groups are killed on POSIX; tested on Linux")
+def test_a_background_process_does_not_outlive_the_run(tmp_path):
+    flag = tmp_path / "still_running"
+    child = f"import time, pathlib; time.sleep(1.0); pathlib.Path({str(flag)!r}).write_text('x')"
+    program = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {child!r}])\n"
+    result = _run(program)
+    assert result.status == "passed", result.message
+    time.sleep(1.5)  # the child would have written the flag after 1 s
+    assert not flag.exists()

@@ -20,7 +20,8 @@ process. It writes the program and its tests to a fresh temporary directory and 
 them with ``python -I`` (isolated mode: no user site-packages, no ``PYTHON*`` variables,
 the script's folder not on ``sys.path``) in a new process group, with:
 
-- a wall-clock limit (the whole process group is killed when it passes) and a CPU-time
+- a wall-clock limit (the whole process group is killed when it passes, and when the
+  program ends, so nothing it started outlives the run) and a CPU-time
   limit (``RLIMIT_CPU``, a backstop);
 - an address-space limit (``RLIMIT_AS``, default 1 GiB: a runaway allocation raises
   ``MemoryError``) and a file-size limit (``RLIMIT_FSIZE``, 16 MiB per file written);
@@ -35,8 +36,8 @@ the script's folder not on ``sys.path``) in a new process group, with:
 What it does **not** protect against, frankly: the program runs as your user and can
 read, change or delete any file your user can (the temp dir is a working directory,
 not a jail: there is no chroot, mount namespace or seccomp filter); it can start
-processes (they stay in its process group and are killed with it on a timeout, but a
-process that calls ``setsid`` escapes that kill); it can fill the disk with many files
+processes (they stay in its process group, which is killed when the run ends or times
+out, but a process that calls ``setsid`` leaves the group and escapes that kill); it can fill the disk with many files
 below the per-file limit, and use all CPU cores until the limits hit; on macOS and
 Windows only the timeout applies. A program written to cheat the verdict can also
 succeed: it could read the harness's end-of-run marker from the harness's own source.
@@ -244,14 +245,14 @@ def run_program(
                 returncode = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                if posix:
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:  # already gone
-                        pass
-                else:  # pragma: no cover - Windows
+                if not posix:  # pragma: no cover - Windows
                     proc.kill()
-                returncode = proc.wait()
+            if posix:  # also ends what the program started and left running
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:  # the group is already empty
+                    pass
+            returncode = proc.wait()
         seconds = time.perf_counter() - start
         with open(out_path, encoding="utf-8", errors="replace") as f:
             stdout = f.read()
