@@ -37,8 +37,9 @@ What it does **not** protect against, frankly: the program runs as your user and
 read, change or delete any file your user can (the temp dir is a working directory,
 not a jail: there is no chroot, mount namespace or seccomp filter); it can start
 processes (they stay in its process group, which is killed when the run ends or times
-out, but a process that calls ``setsid`` leaves the group and escapes that kill); it can fill the disk with many files
-below the per-file limit, and use all CPU cores until the limits hit; on macOS and
+out, but a process that calls ``setsid`` leaves the group and escapes that kill); it
+can fill the disk with many files below the per-file limit, and use all CPU cores
+until the limits hit; on macOS and
 Windows only the timeout applies. A program written to cheat the verdict can also
 succeed: it could read the harness's end-of-run marker from the harness's own source.
 For code you would not run by hand, use a container or a VM (HumanEval's authors ran
