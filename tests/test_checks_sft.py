@@ -5,6 +5,8 @@ Blank answers and non-functions are covered for every check in ``tests/test_chec
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,4 +88,44 @@ def _parts(logits, labels, shift=True):
 def test_masked_sft_loss_check_rejects_wrong_answers(wrong, hint):
     with pytest.raises(AssertionError, match="masked_sft_loss") as err:
         checks.check_masked_sft_loss(wrong)
+    assert hint in str(err.value)
+
+
+def good_parse_answer(reply):
+    if not reply.startswith("ANSWER: ") or "\n" in reply:
+        return None
+    answer = reply[len("ANSWER: "):]
+    return answer if answer and not answer[0].isspace() else None
+
+
+def test_answer_format_check_passes_a_correct_answer(capsys):
+    checks.check_sft_answer_format(good_parse_answer)
+    assert "✔ parse_answer: all 14 cases" in capsys.readouterr().out
+
+
+def _regex(find, pattern, flags=0):
+    def parse(reply):
+        match = find(pattern, reply, flags)
+        return match.group(1) if match else None
+
+    return parse
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_regex(re.match, r"ANSWER: (\S[^\n]*)"), "match the full string"),
+        (_regex(re.match, r"ANSWER: (\S[^\n]*)$"), "match the full string"),  # $ allows a final \n
+        (_regex(re.search, r"ANSWER: (\S[^\n]*)\Z"), "text before it"),
+        (_regex(re.fullmatch, r"ANSWER: ([^\n]*)"), "not be empty"),
+        (_regex(re.fullmatch, r"ANSWER: (\S[^\n]*)", re.IGNORECASE), "in capitals"),
+        (_regex(re.fullmatch, r"ANSWER: ?(\S[^\n]*)"), "a space follows the colon"),
+        (lambda r: r if good_parse_answer(r) is not None else None, "not the whole reply"),
+        (lambda r: good_parse_answer(r) is not None, "str or None"),
+        (lambda r: good_parse_answer(r) or "", "parse_answer"),  # "" instead of None
+    ],
+)
+def test_answer_format_check_rejects_wrong_answers(wrong, hint):
+    with pytest.raises(AssertionError, match="parse_answer") as err:
+        checks.check_sft_answer_format(wrong)
     assert hint in str(err.value)

@@ -1,4 +1,5 @@
-"""Checks for Lab 03-1 (supervised fine-tuning): the masked labels and the masked loss.
+"""Checks for Lab 03-1 (supervised fine-tuning): the masked labels, the masked loss and
+the answer-format checker.
 
 Each check runs the student's function next to the course's reference
 (``llmfoundations.finetuning.sft``) on fixed inputs and either prints one line of success
@@ -12,11 +13,15 @@ is a known mistake:
   ``labels[:, t]``), averaging over every position (masked ones counted as zero loss),
   averaging per sequence first, summing instead of averaging, NaN for a batch with no
   labelled token. It must be written from its definition: ``cross_entropy`` and
-  ``nll_loss`` are ruled out.
+  ``nll_loss`` are ruled out;
+- ``parse_answer``: accepting a reply that only starts with the format (text on a second
+  line), or only contains it (text before ``ANSWER:``), an empty answer, another case
+  (``answer:``), no space after the colon; returning the whole line instead of the answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +32,7 @@ from llmfoundations.finetuning.sft import IGNORE_INDEX, build_sft_example, sft_l
 
 from .core import check_callable, compare_with_reference, exercise_check
 
-__all__ = ["check_sft_example_labels", "check_masked_sft_loss"]
+__all__ = ["check_sft_example_labels", "check_masked_sft_loss", "check_sft_answer_format"]
 
 
 # ------------------------------------------------------------------------------- labels
@@ -201,4 +206,77 @@ def check_masked_sft_loss(student: Callable[[Tensor, Tensor], Tensor]) -> None:
             "cross_entropy": "pick the labels' log-probabilities with gather and average them",
             "nll_loss": "pick the labels' log-probabilities with gather and average them",
         },
+    )
+
+
+# --------------------------------------------------------------------- format
+
+
+def reference_parse_answer(reply: str) -> str | None:
+    """The answer of a reply that is exactly one line ``ANSWER: <answer>``, else ``None``.
+
+    ``<answer>`` starts with a character that is not whitespace and holds no line break.
+
+    >>> reference_parse_answer("ANSWER: Paris"), reference_parse_answer("The answer is Paris.")
+    ('Paris', None)
+    """
+    match = re.fullmatch(r"ANSWER: (\S[^\n]*)", reply)
+    return match.group(1) if match else None
+
+
+def _format_mistakes() -> list[tuple[Callable[..., Any], str]]:
+    def starts(pattern: str, flags: int = 0) -> Callable[[str], str | None]:
+        def parse(reply: str) -> str | None:
+            match = re.match(pattern, reply, flags)
+            return match.group(1) if match else None
+
+        return parse
+
+    def anywhere(reply: str) -> str | None:
+        match = re.search(r"ANSWER: (\S[^\n]*)", reply)
+        return match.group(1) if match else None
+
+    def whole(reply: str) -> str | None:
+        return reply if reference_parse_answer(reply) is not None else None
+
+    def startswith(reply: str) -> str | None:
+        return reply[len("ANSWER: "):] if reply.startswith("ANSWER: ") and "\n" not in reply else None
+
+    return [
+        (starts(r"ANSWER: (\S[^\n]*)"), "the whole reply must be the one line: 'ANSWER: Paris\\nMore "
+                                          "text' does not comply (match the full string)"),
+        (anywhere, "the reply must start with 'ANSWER: ': text before it does not comply"),
+        (startswith, "the answer must not be empty or start with a space: 'ANSWER: ' alone does not "
+                     "comply"),
+        (lambda r: reference_parse_answer(r) or starts(r"answer: (\S[^\n]*)\Z", re.IGNORECASE)(r),
+         "the format is exactly 'ANSWER: ' in capitals; 'answer: Paris' does not comply"),
+        (starts(r"ANSWER: ?(\S[^\n]*)\Z"), "a space follows the colon: 'ANSWER:Paris' does not comply"),
+        (whole, "return the answer after 'ANSWER: ' ('Paris'), not the whole reply"),
+    ]
+
+
+@exercise_check
+def check_sft_answer_format(student: Callable[[str], str | None]) -> None:
+    """Lab 03-1: ``parse_answer(reply)`` -> the answer, or ``None`` if out of format.
+
+    A reply complies when it is exactly one line: ``ANSWER: `` (capitals, one space) and an
+    answer that is not empty, starts with a non-space character and holds no line break.
+    """
+    check_callable("parse_answer", student)
+    replies = [
+        "ANSWER: Paris", "ANSWER: 12", "ANSWER: New York City", "The capital of France is Paris.",
+        "ANSWER: Paris\nThe capital of France is Paris.", "The ANSWER: Paris", "ANSWER: ",
+        "ANSWER:  Paris", "answer: Paris", "Answer: Paris", "ANSWER:Paris", "ANSWER: Paris.",
+        "", "ANSWER: Paris\n",
+    ]
+
+    def checked(reply: str) -> str | None:
+        got = student(reply)
+        if got is not None and not isinstance(got, str):
+            raise AssertionError(f"parse_answer must return a str or None, got {type(got).__name__}")
+        return got
+
+    compare_with_reference(
+        "parse_answer", checked, reference_parse_answer, [((r,), {}) for r in replies],
+        hints=_format_mistakes(),
     )
