@@ -213,6 +213,9 @@ def kd_loss(
         labels: the logits' shape without ``V``, aligned with them (``labels[..., i]``
             is the target of ``logits[..., i, :]``), ``-100`` on positions to skip.
 
+    The teacher's logits are used as given: compute them under ``torch.no_grad()`` (or
+    detach them) so that no gradient reaches the teacher.
+
     Which positions are averaged: the logits are flattened to ``N`` rows (one per
     position); without labels every row counts, with labels the rows whose label is not
     ``-100``. Both terms are a sum over those rows divided by their number: the soft term

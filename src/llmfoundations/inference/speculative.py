@@ -203,13 +203,8 @@ def speculative_step_distribution(p: Tensor, q: Tensor) -> Tensor:
     tensor([[0.2000, 0.3000, 0.5000]])
     """
     _check_distributions(p, q)
-    n, v = p.shape
-    every = torch.arange(v, device=p.device)  # each possible draft token x
-    accept = torch.stack(
-        [_accept_probability(p, q, torch.full((n,), x, device=p.device)) for x in every.tolist()],
-        dim=-1,
-    )  # (N, V): a(x), defined where q(x) > 0
-    accept = torch.where(q > 0, accept, 0.0)
+    ratio = p / q.clamp_min(torch.finfo(q.dtype).tiny)  # (N, V)
+    accept = torch.where(q > 0, ratio.clamp(max=1.0), 0.0)  # (N, V): a(x), for every x
     kept = q * accept  # (N, V): x proposed and accepted
     rejected = (q * (1 - accept)).sum(dim=-1, keepdim=True)  # (N, 1): any rejection
     return kept + rejected * _residual_distribution(p, q)
