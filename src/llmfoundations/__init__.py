@@ -25,6 +25,7 @@ Dimension legend (used in every shape comment of the package)::
     Nb   number of quantization blocks, ceil(N / block size) (finetuning.nf4)
     Nd   number of documents (passages) of a retrieval corpus (applications.retrieval)
     Nq   number of queries searched at once (applications.retrieval)
+    γ    draft tokens proposed per round of speculative decoding (inference.speculative)
 
 Tensors are batch-first: token ids are (B, T), hidden states (B, T, C),
 per-head tensors (B, H, T, D), logits (B, T, V).
