@@ -55,7 +55,10 @@ restricted to the remaining columns ``F`` (column ``i`` first),
 updates the later columns in blocks of ``block_size`` (GPTQ's "lazy batch" updates), and
 equals the reference. ``damp`` adds ``damp * mean(diag H)`` to the diagonal so that ``H``
 can be inverted; a column whose input was always 0 gets weight 0 (it cannot change the
-calibration outputs), as in the paper's code.
+calibration outputs), as in the paper's code. Each step is optimal for the columns still
+free, but the whole is greedy, so GPTQ is not *guaranteed* to beat rounding to nearest: it
+can lose on a single row; summed over the rows of a real layer it wins clearly (the
+tests check it over random layers of at least 16 rows).
 
 **Quantization-aware training** (QAT) trains through the rounding: the forward pass uses
 ``w_hat`` (``fake_quantize``: quantize and dequantize at once), the backward pass treats the
@@ -95,17 +98,18 @@ block stale, so its result depends slightly on ``block_size`` and ours does not.
 Skipped by ``quantize_model``: embeddings (``nn.Embedding``, not a linear layer: a lookup
 that costs no multiplications), the output layer ``lm_head`` (the logits feel its error
 directly, and in SmolLM2 it is the embedding matrix itself, tied, so quantizing it would
-store a second copy; llama.cpp likewise keeps it at higher precision), any layer whose
-weight another module shares, and mixture-of-experts routers ``gate`` (tiny, and a
-rounding error there changes which experts run). Pass ``skip=()`` to quantize them all.
+store a second copy; the course's GGUF file keeps it in 8 bits, ``Q8_0``, while its block
+layers are ``Q4_1``), any layer whose weight another module shares, and mixture-of-experts
+routers ``gate`` (tiny, and a rounding error there changes which experts run). Pass
+``skip=()`` to quantize an untied head and the routers too.
 
 Left out: computing with the codes without dequantizing them (int8 or int4 matrix kernels
 such as ``torch._weight_int4pack_mm_for_cpu``: this module trades speed for a readable
 forward pass, so it saves memory but is not faster), activation quantization (W8A8,
-SmoothQuant), GPTQ's act-order (quantizing columns by decreasing ``diag H``) and its
-sequential layer-by-layer calibration (``benchmarks/quantization.py`` collects every
-layer's ``H`` from the full-precision model in one pass), AWQ, NF4 (see
-``finetuning.nf4``), float8 and learned scales (LSQ).
+SmoothQuant), GPTQ's act-order (quantizing columns by decreasing ``diag H``), the loop
+that calibrates a whole model (``benchmarks/quantization.py`` has one: block by block,
+each block's ``H`` from the outputs of the blocks before it, already quantized), AWQ, NF4
+(see ``finetuning.nf4``), float8 and learned scales (LSQ).
 """
 
 from __future__ import annotations
