@@ -7,7 +7,7 @@
 Triton compiles for a chosen target without a GPU (``triton.compile`` with a
 ``GPUTarget``; ``ptxas`` ships in the triton wheel). For sm_75 (T4), sm_80 (A100) and
 sm_90 (H100/H200), each dtype the architecture runs, head dimensions 64 and 128, causal
-and not, it compiles every autotuning config that ``flash_triton.kept_shapes`` keeps,
+and not, it compiles every autotuning config that ``inference.flash_triton.kept_shapes`` keeps,
 reads the shared memory Triton allocates and the registers and spills from the cubin
 (``cuobjdump -res-usage``), prints a table, and exits 1 if a kept config fails to
 compile or needs more shared memory than the architecture gives one block.
@@ -35,7 +35,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from llmfoundations import flash_triton as ft  # noqa: E402
+from llmfoundations.inference import flash_triton as ft  # noqa: E402
 
 # Shared memory one block may use (bytes, opt-in maximum) and the dtypes each runs.
 ARCHS = {

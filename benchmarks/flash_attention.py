@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout
-from llmfoundations.flash import flash_attention, flash_attention_reference  # noqa: E402
+from llmfoundations.inference.flash import flash_attention, flash_attention_reference  # noqa: E402
 
 TOKENS, WIDTH = 16 * 1024, 2048  # B * T and H * D of every case
 REFERENCE_MAX_T = 1024  # the reference loops over tiles in Python: too slow beyond this

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from llmfoundations import checks
 from llmfoundations.checks import flash as flash_checks
-from llmfoundations.flash import flash_forward_reference
-from llmfoundations.flash import online_softmax as package_online_softmax
+from llmfoundations.inference.flash import flash_forward_reference
+from llmfoundations.inference.flash import online_softmax as package_online_softmax
 
 # Blank answers and non-functions are tested for every check in tests/test_checks.py.
 

@@ -1,4 +1,4 @@
-"""Tests of llmfoundations.flash (tiled reference) and llmfoundations.flash_triton (kernels).
+"""Tests of llmfoundations.inference.flash (tiled reference) and llmfoundations.inference.flash_triton (kernels).
 
 Independent references: torch's scaled_dot_product_attention (forward, and its
 autograd for dq, dk, dv), torch.softmax / torch.logsumexp, and gradcheck's
@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.overrides import TorchFunctionMode
 
-from llmfoundations.flash import (
+from llmfoundations.inference.flash import (
     attention_traffic,
     flash_attention,
     flash_attention_reference,
@@ -392,7 +392,7 @@ def test_errors_kernel_only(monkeypatch):
 
 
 def test_error_cpu_without_interpreter(monkeypatch):
-    flash_triton = pytest.importorskip("llmfoundations.flash_triton")
+    flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
     monkeypatch.setattr(flash_triton, "INTERPRET", False)
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1.*flash_attention_reference"):
@@ -455,7 +455,7 @@ def test_kernel_bfloat16_upcast_path(is_causal):
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
 def test_kernel_uneven_tiles(monkeypatch, blocks):
     # Tile sizes that differ between the two loops exercise every masked/unmasked split.
-    flash_triton = pytest.importorskip("llmfoundations.flash_triton")
+    flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
     if not flash_triton.INTERPRET:
         pytest.skip("tile sizes are autotuned on the GPU")
     monkeypatch.setattr(flash_triton, "INTERPRET_BLOCKS",
@@ -579,7 +579,7 @@ def test_online_softmax_with_a_leading_block_of_minus_infinity():
 
 @pytest.mark.parametrize("name", ["fwd", "bwd_dkdv", "bwd_dq"])
 def test_pruner_keeps_a_subset_and_never_nothing(name):
-    flash_triton = pytest.importorskip("llmfoundations.flash_triton")
+    flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
     for capability in [(7, 5), (8, 0), (8, 6), (9, 0)]:
         for element_size in (2, 4):
             for block_d in (16, 32, 64, 128):
@@ -590,7 +590,7 @@ def test_pruner_keeps_a_subset_and_never_nothing(name):
 def test_pruner_choices_measured_by_the_compile_stage():
     # Compiled for sm_75: the float32 D=128 dK/dV kernel needs 69,632 bytes of shared memory
     # with 32x32 tiles, over the T4's 64 KB; 32x16 takes 51,200 (.ci/compile_kernels.py).
-    flash_triton = pytest.importorskip("llmfoundations.flash_triton")
+    flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
     assert flash_triton.kept_shapes("bwd_dkdv", 128, (7, 5), 4) == [(32, 16, 4, 2)]
     assert (32, 32, 4, 2) in flash_triton.kept_shapes("bwd_dkdv", 128, (7, 5), 2)
     # sm_80: float32 forward with D=128 and 64x64 tiles in 3 stages needs 180,480 bytes (> 163 KB)

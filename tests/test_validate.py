@@ -52,7 +52,7 @@ def test_attention_and_flash_share_one_qkv_check():
     # One rule set for q, k, v (issue 20: two _check_qkv with different rules): the same bad
     # input gives the same message from the readable attention and from flash's reference.
     from llmfoundations.attention import scaled_dot_product_attention
-    from llmfoundations.flash import flash_attention_reference
+    from llmfoundations.inference.flash import flash_attention_reference
 
     q = torch.randn(1, 2, 4, 8)
     for k, v in ((torch.randn(1, 2, 4, 6), torch.randn(1, 2, 4, 8)), (q, torch.randn(1, 2, 3, 8))):

@@ -26,6 +26,7 @@ Dimension legend (used in every shape comment of the package)::
     Nd   number of documents (passages) of a retrieval corpus (applications.retrieval)
     Nq   number of queries searched at once (applications.retrieval)
     γ    draft tokens proposed per round of speculative decoding (inference.speculative)
+    Ng   quantization groups per row of a weight, Cin / group size (inference.quantization)
 
 Tensors are batch-first: token ids are (B, T), hidden states (B, T, C),
 per-head tensors (B, H, T, D), logits (B, T, V).

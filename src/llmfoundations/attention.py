@@ -36,7 +36,7 @@ NaN for such rows (https://github.com/huggingface/transformers/issues/38690), so
 path of ``MultiHeadAttention`` never hands torch an empty row.
 
 Left out: attention sinks, sliding windows, soft-capping of scores, ALiBi, flash/tiled
-attention (see ``flash.py``), paged caches (see ``kv_cache.py``).
+attention (see ``inference/flash.py``), paged caches (see ``kv_cache.py``).
 """
 
 from __future__ import annotations

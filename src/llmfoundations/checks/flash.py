@@ -24,7 +24,7 @@ sees calls made through ``torch`` in Python, not what happens inside them.
 
 References, independent of the student's code: ``torch.softmax``,
 ``torch.nn.functional.scaled_dot_product_attention`` and the course's
-``flash.attention_traffic``.
+``inference.flash.attention_traffic``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from llmfoundations.flash import attention_traffic
+from llmfoundations.inference.flash import attention_traffic
 
 from .core import check_callable, compare_with_reference, exercise_check
 

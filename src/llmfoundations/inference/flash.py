@@ -20,7 +20,7 @@ This module holds
   that saves q, k, v, the output and the log-sum-exp (one number per query row),
   never a (Tq, Tk) tensor;
 - :func:`flash_attention`: the same algorithm as Triton kernels (forward and
-  backward; in :mod:`llmfoundations.flash_triton`), for CUDA tensors or, slowly,
+  backward; in :mod:`llmfoundations.inference.flash_triton`), for CUDA tensors or, slowly,
   CPU tensors under ``TRITON_INTERPRET=1``;
 - :func:`attention_traffic`: bytes moved and FLOPs of naive vs tiled attention.
 
@@ -373,16 +373,16 @@ def flash_attention_reference(
 
 
 # ----------------------------------------------------------------------------
-# The Triton kernels (llmfoundations.flash_triton), behind the same checks
+# The Triton kernels (llmfoundations.inference.flash_triton), behind the same checks
 # ----------------------------------------------------------------------------
 def _interpreting() -> bool:
     """Whether Triton kernels run in its CPU interpreter.
 
     Triton decides at the moment the kernels are defined (when
-    ``llmfoundations.flash_triton`` is imported), so once imported, its flag wins
+    ``llmfoundations.inference.flash_triton`` is imported), so once imported, its flag wins
     over the environment variable.
     """
-    module = sys.modules.get("llmfoundations.flash_triton")
+    module = sys.modules.get("llmfoundations.inference.flash_triton")
     if module is not None:
         return bool(module.INTERPRET)
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
@@ -410,7 +410,7 @@ def _check_kernel_inputs(q, k, v, is_causal, scale) -> float:
         if not _interpreting():
             raise ValueError(
                 "q is on the CPU, where the Triton kernels only run in Triton's interpreter: "
-                "set TRITON_INTERPRET=1 before importing llmfoundations.flash_triton, or use "
+                "set TRITON_INTERPRET=1 before importing llmfoundations.inference.flash_triton, or use "
                 "flash_attention_reference"
             )
     elif device.type != "cuda":
@@ -448,7 +448,7 @@ def flash_attention(
     """
     scale = _check_kernel_inputs(q, k, v, is_causal, scale)
     try:
-        from llmfoundations import flash_triton
+        from llmfoundations.inference import flash_triton
     except ImportError as error:  # Triton is an optional dependency (extra "gpu")
         raise ImportError(
             "flash_attention needs Triton (pip install triton); "
@@ -456,7 +456,7 @@ def flash_attention(
         ) from error
     if q.device.type == "cpu" and not flash_triton.INTERPRET:
         raise ValueError(
-            "q is on the CPU but llmfoundations.flash_triton was imported without "
+            "q is on the CPU but llmfoundations.inference.flash_triton was imported without "
             "TRITON_INTERPRET=1; use flash_attention_reference, or set the variable before "
             "the import"
         )

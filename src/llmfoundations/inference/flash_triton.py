@@ -1,4 +1,4 @@
-"""Flash attention as Triton kernels: the GPU version of :mod:`llmfoundations.flash`.
+"""Flash attention as Triton kernels: the GPU version of :mod:`llmfoundations.inference.flash`.
 
 The same FlashAttention-2 algorithm (https://arxiv.org/abs/2307.08691) as the
 PyTorch reference ``flash_attention_reference``, with one Triton *program* per
@@ -29,7 +29,7 @@ bfloat16 tiles are upcast to float32 before every dot product; its float32 to
 bfloat16 conversion also truncates rather than rounds, so interpreted bfloat16
 outputs may be one unit in the last place off (the GPU rounds to nearest).
 
-Left out, beside what :mod:`llmfoundations.flash` leaves out: Hopper's
+Left out, beside what :mod:`llmfoundations.inference.flash` leaves out: Hopper's
 asynchronous warpgroup MMA and tensor-memory-accelerator loads (FlashAttention-3),
 fp8, and persistent kernels. The dK/dV kernel runs one program per key tile of
 each *key/value* head, so with multi-query attention, a small batch and a short
@@ -624,7 +624,7 @@ def triton_backward(
 class FlashAttentionTriton(torch.autograd.Function):
     """Autograd wrapper of the kernels: saves q, k, v, out and lse (B, H, Tq), no Tq x Tk tensor.
 
-    Called through :func:`llmfoundations.flash.flash_attention`, which checks the inputs.
+    Called through :func:`llmfoundations.inference.flash.flash_attention`, which checks the inputs.
     """
 
     @staticmethod
