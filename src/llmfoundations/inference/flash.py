@@ -46,6 +46,7 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from llmfoundations._validate import check_bool, check_positive, check_qkv, check_tensor
 
@@ -64,9 +65,7 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 
 
-# ----------------------------------------------------------------------------
-# Argument checks shared by the reference and the kernels
-# ----------------------------------------------------------------------------
+# ------------------------------ argument checks shared by the reference and the kernels
 def _check_block(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -123,10 +122,8 @@ def _check_flash_qkv(q: object, k: object, v: object, *, grouped: bool) -> None:
         )
 
 
-# ----------------------------------------------------------------------------
-# Online softmax on its own
-# ----------------------------------------------------------------------------
-def online_softmax(x: torch.Tensor, block_size: int) -> torch.Tensor:
+# ------------------------------------------------------------ online softmax on its own
+def online_softmax(x: Tensor, block_size: int) -> Tensor:
     """Softmax over the last dimension, reading ``x`` one block of columns at a time.
 
     One pass keeps, per row, the largest value seen so far ``m`` and the sum
@@ -153,9 +150,7 @@ def online_softmax(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.exp(x - m[..., None]) / l[..., None]
 
 
-# ----------------------------------------------------------------------------
-# The reference: FlashAttention-2 in plain PyTorch
-# ----------------------------------------------------------------------------
+# ------------------------------------- the reference: FlashAttention-2 in plain PyTorch
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Tiles are computed in float32 (float64 stays float64), like the kernels' accumulators."""
     return torch.promote_types(dtype, torch.float32)
@@ -163,7 +158,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _causal_tile_mask(
     q_start: int, q_end: int, k_start: int, k_end: int, device: torch.device
-) -> torch.Tensor:
+) -> Tensor:
     """(bq, bk) boolean tile, True where query i must NOT see key j (j > i, top-left)."""
     rows = torch.arange(q_start, q_end, device=device)  # (bq,)
     cols = torch.arange(k_start, k_end, device=device)  # (bk,)
@@ -171,14 +166,14 @@ def _causal_tile_mask(
 
 
 def flash_forward_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
     is_causal: bool = False,
     scale: float | None = None,
     block_q: int = 64,
     block_k: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor]:
     """FlashAttention-2 forward, tile by tile; returns ``(out, lse)``.
 
     q: (..., Tq, D), k: (..., Tk, D), v: (..., Tk, Dv) with the same leading
@@ -242,17 +237,17 @@ def _reference_forward(q, k, v, is_causal, scale, block_q, block_k):
 
 
 def flash_backward_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    grad_out: torch.Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    grad_out: Tensor,
     is_causal: bool = False,
     scale: float | None = None,
     block_q: int = 64,
     block_k: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """FlashAttention-2 backward: gradients ``(dq, dk, dv)`` from the saved log-sum-exp.
 
     The probabilities are recomputed tile by tile, exactly: ``p = exp(s - lse)``
@@ -341,14 +336,14 @@ class _FlashAttentionReference(torch.autograd.Function):
 
 
 def flash_attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
     is_causal: bool = False,
     scale: float | None = None,
     block_q: int = 64,
     block_k: int = 64,
-) -> torch.Tensor:
+) -> Tensor:
     """Exact attention by FlashAttention-2's tiled algorithm, in plain PyTorch, differentiable.
 
     The drop-in equivalent of ``F.scaled_dot_product_attention(q, k, v,
@@ -372,9 +367,7 @@ def flash_attention_reference(
     return _FlashAttentionReference.apply(q, k, v, is_causal, scale, block_q, block_k)
 
 
-# ----------------------------------------------------------------------------
-# The Triton kernels (llmfoundations.inference.flash_triton), behind the same checks
-# ----------------------------------------------------------------------------
+# ---- the Triton kernels (llmfoundations.inference.flash_triton), behind the same checks
 def _interpreting() -> bool:
     """Whether Triton kernels run in its CPU interpreter.
 
@@ -427,12 +420,12 @@ def _check_kernel_inputs(q, k, v, is_causal, scale) -> float:
 
 
 def flash_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
     is_causal: bool = False,
     scale: float | None = None,
-) -> torch.Tensor:
+) -> Tensor:
     """Flash attention with Triton kernels, forward and backward; SDPA's calling convention.
 
     q: (B, H, Tq, D), k and v: (B, Hkv, Tk, D) -> (B, H, Tq, D). Grouped-query
@@ -463,9 +456,7 @@ def flash_attention(
     return flash_triton.FlashAttentionTriton.apply(q, k, v, is_causal, scale)
 
 
-# ----------------------------------------------------------------------------
-# Bytes moved: naive vs tiled
-# ----------------------------------------------------------------------------
+# ---------------------------------------------------------- bytes moved: naive vs tiled
 @dataclass(frozen=True)
 class AttentionTraffic:
     """Memory traffic (bytes between HBM and the chip) and FLOPs of one attention forward.

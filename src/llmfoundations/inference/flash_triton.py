@@ -46,6 +46,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 __all__ = [
     "INTERPRET",
@@ -69,9 +70,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
-# ----------------------------------------------------------------------------
-# Forward
-# ----------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ forward
 @triton.jit
 def _fwd_key_loop(
     acc, m_i, l_i, q, k_base, v_base, stride_kt, stride_vt,
@@ -180,9 +179,7 @@ def _flash_fwd_kernel(
     tl.store(LSE + pid_bh * Tq + offs_m, lse, mask=offs_m < Tq)
 
 
-# ----------------------------------------------------------------------------
-# Backward
-# ----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- backward
 @triton.jit
 def _bwd_preprocess_kernel(
     O, DO, DELTA,
@@ -433,9 +430,7 @@ def _flash_bwd_dq_kernel(
              dq.to(DQ.dtype.element_ty), mask=mask)
 
 
-# ----------------------------------------------------------------------------
-# Autotuning (GPU only)
-# ----------------------------------------------------------------------------
+# ---------------------------------------------------------------- autotuning (GPU only)
 #: Autotuning choices per kernel: (first tile, second tile, num_warps, num_stages), where the
 #: first tile is the one a program owns (queries for fwd and dQ, keys for dK/dV).
 AUTOTUNE_SHAPES = {
@@ -520,15 +515,13 @@ _KERNELS = {
 _TUNED = {} if INTERPRET else {name: _autotuned(name) for name in _KERNELS}
 
 
-# ----------------------------------------------------------------------------
-# Launchers
-# ----------------------------------------------------------------------------
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+# ---------------------------------------------------------------------------- launchers
+def _last_dim_contiguous(x: Tensor) -> Tensor:
     """The kernels take any strides except along D, which must be 1."""
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _flags(x: torch.Tensor) -> dict:
+def _flags(x: Tensor) -> dict:
     head_dim = x.shape[-1]
     return dict(
         HEAD_DIM=head_dim,
@@ -552,18 +545,18 @@ def _launch(name: str, grid_size, args: tuple, kwargs: dict) -> None:
         _TUNED[name][lambda meta: (grid_size(meta),)](*args, **kwargs)
 
 
-def _on_device_of(x: torch.Tensor):
+def _on_device_of(x: Tensor):
     """Launch on x's GPU (Triton launches on the current device), or do nothing on the CPU."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _strides(x: torch.Tensor) -> tuple[int, int, int]:
+def _strides(x: Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
 def triton_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
     """Forward kernel: (out (B, H, Tq, D), lse (B, H, Tq) float32). Inputs already checked."""
     batch, heads, tq, _ = q.shape
     kv_heads, tk = k.shape[1], k.shape[2]
@@ -582,9 +575,9 @@ def triton_forward(
 
 
 def triton_backward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    grad_out: torch.Tensor, is_causal: bool, scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    grad_out: Tensor, is_causal: bool, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Backward kernels: (dq, dk, dv) shaped like (q, k, v)."""
     batch, heads, tq, head_dim = q.shape
     kv_heads, tk = k.shape[1], k.shape[2]
