@@ -16,6 +16,7 @@ Dimension legend (used in every shape comment of the package)::
     K    top-k experts per token
     Nk   number of expert slots kept after the capacity limit (moe; N * K without one)
     V    vocabulary size
+    G    sampled answers per prompt, a group (alignment.grpo)
     O    answer options a judge chooses from ("1".."5", or "A"/"B"; evaluation.judge)
     r    rank of a LoRA update (finetuning.lora)
     Cin, Cout  input / output features of one linear layer (C, F or H*D inside a block)
