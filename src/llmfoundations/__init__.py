@@ -23,6 +23,8 @@ Dimension legend (used in every shape comment of the package)::
     Tv   number of virtual tokens of a soft prompt (finetuning.prompt_tuning)
     N    number of items once flattened (tokens B*T, or the elements of a weight)
     Nb   number of quantization blocks, ceil(N / block size) (finetuning.nf4)
+    P    tokens per block (page) of a paged KV cache (inference.paged_kv)
+    Np   number of blocks in a paged KV cache's pool (inference.paged_kv)
 
 Tensors are batch-first: token ids are (B, T), hidden states (B, T, C),
 per-head tensors (B, H, T, D), logits (B, T, V).
