@@ -28,6 +28,8 @@ Dimension legend (used in every shape comment of the package)::
     Nq   number of queries searched at once (applications.retrieval)
     γ    draft tokens proposed per round of speculative decoding (inference.speculative)
     Ng   quantization groups per row of a weight, Cin / group size (inference.quantization)
+    P    tokens per block (page) of a paged KV cache (inference.paged_kv)
+    Np   number of blocks in a paged KV cache's pool (inference.paged_kv)
 
 Tensors are batch-first: token ids are (B, T), hidden states (B, T, C),
 per-head tensors (B, H, T, D), logits (B, T, V).

@@ -20,8 +20,8 @@ batch stores its padding too and masks it with the attention mask.
 The cache is meant for inference, under ``torch.no_grad()``: writing tensors that require
 gradients into the buffers would make them part of the autograd graph.
 
-Left out: paged/block caches and prefix sharing (later chapters), sliding-window or
-quantised caches, per-row lengths.
+Left out: paged/block caches and prefix sharing (``inference.paged_kv``,
+``inference.prefix_cache``), sliding-window or quantised caches, per-row lengths.
 """
 
 from __future__ import annotations

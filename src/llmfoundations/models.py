@@ -601,7 +601,9 @@ class DecoderLM(_TransformerModel):
             positions: ``(T,)`` or ``(B, T)``. Default: ``cumsum(attention_mask) - 1``
                 (clamped at 0) for the last ``T`` positions when a mask is given, so each row
                 counts from its first real token; otherwise ``cache length + arange(T)``.
-            kv_cache: a ``KVCache`` (see ``KVCache.for_model``); it is updated in place.
+            kv_cache: a ``KVCache`` (see ``KVCache.for_model``), or an object with its
+                ``layers``, ``batch_size`` and ``length`` (``inference.paged_kv.PagedKVView``);
+                it is updated in place.
             labels: ``(B, T)``, usually ``input_ids`` with ``-100`` on tokens not to learn.
                 Shifted inside, as in Hugging Face: ``logits[:, t]`` is scored against
                 ``labels[:, t + 1]``.
@@ -625,8 +627,13 @@ class DecoderLM(_TransformerModel):
             b, t = inputs_embeds.shape[:2]
         past = 0
         if kv_cache is not None:
-            if not isinstance(kv_cache, KVCache):
-                raise TypeError(f"kv_cache must be a KVCache, got {type(kv_cache).__name__}")
+            # A KVCache, or anything with its `layers` (one attention.KVCacheLike per layer),
+            # `batch_size` and int `length`, such as inference.paged_kv.PagedKVView.
+            if not all(hasattr(kv_cache, a) for a in ("layers", "batch_size", "length")):
+                raise TypeError(
+                    "kv_cache must be a KVCache (or have its layers, batch_size and length), "
+                    f"got {type(kv_cache).__name__}"
+                )
             if len(kv_cache.layers) != config.n_layers or kv_cache.batch_size != b:
                 raise ValueError(
                     f"kv_cache must have n_layers={config.n_layers} and batch_size={b}, got "
