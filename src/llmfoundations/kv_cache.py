@@ -161,15 +161,8 @@ class KVCache:
         """A cache shaped for ``model`` (anything with a ``config`` holding ``n_layers``,
         ``n_kv_heads`` or ``n_heads``, ``d_model`` and ``n_heads``, like ``models.DecoderLM``).
         Device and dtype default to those of the model's parameters."""
-        config = getattr(model, "config", None)
-        if config is None:
-            raise TypeError(f"model must have a `config`, got {type(model).__name__}")
-        param = next(model.parameters(), None)
-        device = device if device is not None else (param.device if param is not None else None)
-        dtype = dtype if dtype is not None else (param.dtype if param is not None else None)
-        n_kv_heads = getattr(config, "n_kv_heads", None) or config.n_heads
-        head_dim = config.d_model // config.n_heads
-        return cls(config.n_layers, batch_size, n_kv_heads, head_dim, max_len, device, dtype)
+        n_layers, n_kv_heads, head_dim, device, dtype = cache_shape_for(model, device, dtype)
+        return cls(n_layers, batch_size, n_kv_heads, head_dim, max_len, device, dtype)
 
     @property
     def length(self) -> int:
@@ -214,3 +207,18 @@ class KVCache:
             f"n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
             f"length={self.length}/{self.max_len})"
         )
+
+
+def cache_shape_for(
+    model: nn.Module, device: torch.device | str | None, dtype: torch.dtype | None
+) -> tuple[int, int, int, torch.device | str | None, torch.dtype | None]:
+    """``(n_layers, Hkv, D, device, dtype)`` of a cache for ``model`` (anything with a
+    ``config`` like ``models.DecoderLM``'s); device and dtype default to its parameters'."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"model must have a `config`, got {type(model).__name__}")
+    param = next(model.parameters(), None)
+    device = device if device is not None else (param.device if param is not None else None)
+    dtype = dtype if dtype is not None else (param.dtype if param is not None else None)
+    n_kv_heads = getattr(config, "n_kv_heads", None) or config.n_heads
+    return config.n_layers, n_kv_heads, config.d_model // config.n_heads, device, dtype

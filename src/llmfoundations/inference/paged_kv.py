@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from llmfoundations._validate import check_int, check_same_device, check_tensor
 from llmfoundations.attention import causal_mask, scaled_dot_product_attention
+from llmfoundations.kv_cache import cache_shape_for
 
 __all__ = [
     "OutOfBlocks",
@@ -339,17 +340,8 @@ class PagedKVCache:
     ) -> PagedKVCache:
         """A pool shaped for ``model`` (its ``config``'s ``n_layers``, ``n_kv_heads`` or
         ``n_heads``, ``d_model``), on the device and in the dtype of its parameters."""
-        config = getattr(model, "config", None)
-        if config is None:
-            raise TypeError(f"model must have a `config`, got {type(model).__name__}")
-        param = next(model.parameters(), None)
-        device = device if device is not None else (param.device if param is not None else None)
-        dtype = dtype if dtype is not None else (param.dtype if param is not None else None)
-        n_kv_heads = getattr(config, "n_kv_heads", None) or config.n_heads
-        head_dim = config.d_model // config.n_heads
-        return cls(
-            config.n_layers, num_blocks, block_size, n_kv_heads, head_dim, device, dtype, allocator
-        )
+        n_layers, n_kv_heads, head_dim, device, dtype = cache_shape_for(model, device, dtype)
+        return cls(n_layers, num_blocks, block_size, n_kv_heads, head_dim, device, dtype, allocator)
 
     # ------------------------------------------------------------------ sequences
 
