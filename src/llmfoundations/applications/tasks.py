@@ -29,12 +29,13 @@ renormalised over the label set. The calibrated probabilities are the paper's
 input's renormalised label probabilities. Its argmax is that of ``p_l / p_cf_l``.
 
 **Summarization** is a prompt asking for at most ``max_words`` words, with
-``max_new_tokens`` as a hard cap (models often ignore word limits), scored by ROUGE-L F1
-(``evaluation.rouge``) against a reference. The **lead-k** baseline, the document's
-first ``k`` sentences, is hard to beat on news, whose first sentences summarise the
-story. **Translation** is a prompt naming the two languages (with optional
-demonstrations), scored by sentence BLEU (``evaluation.bleu``); report corpus BLEU with
-``bleu.bleu(report.outputs, references)``, as chapter 5 explains.
+``max_new_tokens`` as a hard cap (a word limit in a prompt is a request, not a
+guarantee), scored by ROUGE-L F1 (``evaluation.rouge``) against a reference. The
+**lead-k** baseline, the document's first ``k`` sentences, is hard to beat on news,
+whose first sentences summarise the story (See et al., 2017). **Translation** is a
+prompt naming the two languages (with optional demonstrations), scored by sentence
+BLEU (``evaluation.bleu``); report corpus BLEU with ``bleu.bleu(report.outputs,
+references)``, as chapter 5 explains.
 
 This module holds:
 
@@ -104,7 +105,7 @@ __all__ = [
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 
 #: NLI labels and the words that verbalize them in :func:`nli_prompt`'s "True, False or
-#: Neither?" question (the format GPT-3 used for RTE and ANLI).
+#: Neither?" question (after the format GPT-3 used for ANLI).
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 NLI_VERBALIZERS = (" True", " Neither", " False")
 
