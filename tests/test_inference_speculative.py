@@ -13,6 +13,7 @@ import torch
 from llmfoundations.generate import generate
 from llmfoundations.inference import speculative
 from llmfoundations.inference.speculative import (
+    PromptLookupDraft,
     accept_probability,
     expected_acceptance,
     expected_tokens_per_round,
@@ -362,3 +363,151 @@ def test_bad_inputs_are_refused():
         accept_probability(p, q, torch.tensor([1]))
     with pytest.raises(ValueError, match="alpha"):
         expected_tokens_per_round(1.5, 3)
+
+
+# ----------------------------------------------------------------------------- prompt lookup
+
+
+def _propose_by_hand(context: list[int], k: int, max_n: int, min_n: int, last: bool) -> list[int]:
+    """The lookup in plain Python: longest suffix n-gram first, an earlier occurrence that
+    is followed by at least one token, its continuation."""
+    for n in range(min(max_n, len(context) - 1), min_n - 1, -1):
+        suffix = context[len(context) - n :]
+        starts = [s for s in range(len(context) - n) if context[s : s + n] == suffix]
+        if starts:
+            s = (starts[-1] if last else starts[0]) + n
+            return context[s : s + k]
+    return []
+
+
+def test_prompt_lookup_proposals_by_hand():
+    d = PromptLookupDraft(max_ngram_size=3)
+    ctx = [7, 1, 2, 3, 9, 9, 4, 1, 2, 3, 5, 6, 0, 2, 3]
+    assert d.propose(ctx, 4) == [5, 6, 0, 2]  # "2 3" matched twice; trigram "0 2 3" never
+    assert PromptLookupDraft(3, match="first").propose(ctx, 4) == [9, 9, 4, 1]
+    assert PromptLookupDraft(3, min_ngram_size=3).propose(ctx, 4) == []  # only trigrams
+    assert d.propose(ctx, 0) == []
+    assert d.propose([4], 3) == []  # nothing before the suffix
+    assert d.propose([1, 2, 1, 2], 5) == [1, 2]  # the continuation stops at the context's end
+    assert d.propose(torch.tensor([3, 8, 3]), 2) == [8, 3]  # a tensor works too
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):  # random contexts over a small vocabulary: many matches
+        ctx = torch.randint(0, 4, (int(torch.randint(1, 25, (1,), generator=g)),), generator=g).tolist()
+        max_n, k = 1 + trial % 4, trial % 6
+        min_n = 1 + (trial // 4) % max_n
+        for match in ("last", "first"):
+            got = PromptLookupDraft(max_n, min_n, match).propose(ctx, k)
+            assert got == _propose_by_hand(ctx, k, max_n, min_n, match == "last"), (ctx, k, max_n, min_n)
+
+
+def test_one_hot_draft_keeps_the_distribution_exact():
+    # A deterministic proposal is a draft with q = e_x: accept with probability p(x),
+    # otherwise draw from p without x. Both paths together give p, for any x.
+    p, _ = _pq(4)
+    for x in range(p.shape[1]):
+        q = torch.zeros_like(p)
+        q[:, x] = 1.0
+        torch.testing.assert_close(speculative_step_distribution(p, q), p, rtol=0, atol=1e-12)
+        torch.testing.assert_close(accept_probability(p, q, torch.full((p.shape[0],), x)), p[:, x])
+        rest = p.clone()
+        rest[:, x] = 0
+        expected = torch.where(rest.sum(-1, keepdim=True) > 0, rest / rest.sum(-1, keepdim=True), p)
+        torch.testing.assert_close(residual_distribution(p, q), expected, rtol=0, atol=1e-12)
+    # Monte Carlo: 200k single steps with the draft always proposing token 2.
+    g = torch.Generator().manual_seed(1)
+    row = p[2:3].expand(200_000, -1).float()
+    q = torch.zeros_like(row)
+    q[:, 2] = 1.0
+    tokens, accepted = speculative_sample_step(row, q, torch.full((row.shape[0],), 2), g)
+    freq = torch.bincount(tokens, minlength=p.shape[1]).double() / row.shape[0]
+    assert 0.5 * (freq - p[2]).abs().sum().item() < 0.01
+    assert abs(accepted.double().mean().item() - p[2, 2].item()) < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_greedy_prompt_lookup_equals_greedy_generate_and_saves_target_passes(seed):
+    # A random tiny model soon repeats itself under greedy decoding: repetitive text,
+    # which the lookup copies from the context (prompt and generated tokens alike).
+    target = _target(seed)
+    prompt = [1, 2, 3, 4, 5, 1, 2, 3]
+    expected = generate(target, torch.tensor([prompt]), 60)
+    for drafter, most in ((PromptLookupDraft(), 50), (PromptLookupDraft(2, match="first"), 59)):
+        out = speculative_generate(target, drafter, prompt, 60, 4)
+        assert torch.equal(out.sequences, expected)
+        assert out.num_draft_forwards == 0
+        assert out.num_new_tokens == sum(n + 1 for n in out.accepted_per_round)
+        assert out.num_target_forwards == len(out.accepted_per_round)
+        assert out.num_target_forwards <= most  # fewer target passes than the 60 tokens
+
+
+def test_prompt_lookup_proposes_nothing_without_a_match_and_stops_like_generate():
+    target = _target(5)
+    out = speculative_generate(target, PromptLookupDraft(), [1], 1, 4)  # one-token prompt
+    assert (out.num_proposed, out.num_target_forwards) == (0, 1)
+    expected = generate(target, torch.tensor([[1, 2, 1, 2]]), 30)
+    stop = expected[0, 4 + 7].item()
+    want = generate(target, torch.tensor([[1, 2, 1, 2]]), 30, stop_token_ids=stop)
+    got = speculative_generate(target, PromptLookupDraft(), [1, 2, 1, 2], 30, 3, stop_token_ids=stop)
+    assert got.stopped and torch.equal(got.sequences, want[:, : got.sequences.shape[1]])
+    assert got.new_tokens[0, -1].item() == stop
+
+
+@pytest.mark.slow
+def test_sampled_generation_with_prompt_lookup_follows_the_target_distribution():
+    # As the test above for a model draft: two new tokens, the joint distribution over
+    # 3000 runs vs the exact processed target distribution. The prompt repeats, so the
+    # lookup proposes at both steps.
+    vocab = 6
+    torch.manual_seed(0)
+    target = DecoderLM(ModelConfig.llama(vocab, **SIZE)).eval()
+    cfg = SamplingConfig(temperature=1.3, top_k=4)
+    prompt = [1, 2, 3, 1, 2]
+    with torch.no_grad():
+        p1 = torch.softmax(cfg.process(target(torch.tensor([prompt])).logits[:, -1]), -1)[0]
+        seconds = torch.tensor([prompt + [t] for t in range(vocab)])
+        p2 = torch.softmax(cfg.process(target(seconds).logits[:, -1]), -1)  # (V, V)
+    joint = (p1[:, None] * p2).reshape(-1)  # (V * V,)
+    g = torch.Generator().manual_seed(0)
+    n, proposed = 3000, 0
+    counts = torch.zeros(vocab * vocab)
+    for _ in range(n):
+        out = speculative_generate(target, PromptLookupDraft(), prompt, 2, 1, cfg, generator=g)
+        a, b = out.new_tokens[0].tolist()
+        counts[a * vocab + b] += 1
+        proposed += out.num_proposed
+    tv = 0.5 * (counts / n - joint).abs().sum().item()
+    assert tv < 0.06
+    assert proposed >= n  # "1 2" -> 3 is proposed first, every time
+    assert 0.5 * (1 - p1[3]).item() > 0.15  # the proposal alone (always 3) is clearly not p
+
+
+def test_prompt_lookup_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="max_ngram_size must be >= 1"):
+        PromptLookupDraft(0)
+    with pytest.raises(ValueError, match="min_ngram_size must be >= 1"):
+        PromptLookupDraft(2, 0)
+    with pytest.raises(ValueError, match="min_ngram_size must be <= max_ngram_size"):
+        PromptLookupDraft(2, 3)
+    with pytest.raises(TypeError, match="max_ngram_size must be an int"):
+        PromptLookupDraft(2.0)
+    with pytest.raises(ValueError, match="match must be"):
+        PromptLookupDraft(match="longest")
+    with pytest.raises(ValueError, match="num_tokens must be >= 0"):
+        PromptLookupDraft().propose([1, 2], -1)
+    with pytest.raises(ValueError, match="num_draft_tokens must be >= 1"):
+        speculative_generate(_target(9), PromptLookupDraft(), [1], 4, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_smollm2_greedy_prompt_lookup_equals_greedy_generate(smollm2_path, tmp_path_factory):
+    from llmfoundations import pretrained
+
+    model, tok = pretrained.load_smollm2(path=smollm2_path)  # float32
+    text = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n"
+    chat = [{"role": "user", "content": f"Rename the functions to plus and minus:\n{text}"}]
+    prompt = tok.encode(pretrained.apply_chat_template(chat, add_generation_prompt=True))
+    expected = generate(model, torch.tensor([prompt]), 40)
+    out = speculative_generate(model, PromptLookupDraft(), prompt, 40, 4)
+    assert torch.equal(out.sequences, expected)
+    assert out.tokens_per_target_forward > 1.5  # it copies the code

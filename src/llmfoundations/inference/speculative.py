@@ -50,21 +50,37 @@ This module holds:
   to ``p``; for tests and labs);
 - ``expected_acceptance(p, q)`` (``sum min(p, q)``) and ``expected_tokens_per_round(alpha,
   γ)``;
+- ``PromptLookupDraft``: a drafter without a model (below);
 - ``speculative_generate(target, draft, input_ids, max_new_tokens, num_draft_tokens,
   sampling)`` -> ``SpeculativeOutput``: the tokens and the statistics (acceptance rate,
-  tokens per target forward pass).
+  tokens per target forward pass). ``draft`` is a model or a ``PromptLookupDraft``.
+
+Prompt lookup (Saxena, 2023, https://github.com/apoorvumang/prompt-lookup-decoding;
+transformers' ``prompt_lookup_num_tokens``). When the output copies from its input
+(editing a text, extracting from a document, rewriting code), the next tokens are often
+already in the context. The drafter takes the last ``n`` committed tokens, finds an
+earlier place in the context where the same ``n`` tokens occur, and proposes the tokens
+that followed them there (trying ``n = max_ngram_size`` down to ``min_ngram_size``;
+nothing is proposed when nothing matches, and the round is then a plain decoding step).
+It costs no forward pass. Its proposal is deterministic, so its ``q`` is one-hot on the
+proposed token: the rule accepts ``x`` with probability ``min(1, p(x) / 1) = p(x)`` and
+replaces a rejected ``x`` from ``normalize(max(0, p - e_x))``, which is ``p`` with ``x``
+removed. The output is still distributed exactly as ``p``. (transformers does the same
+thing another way: it samples from ``p`` at each position and keeps drafts while they
+equal the samples.)
 
 Left out: batches of more than one sequence (rows accept different numbers of drafts,
 so their caches would need per-row lengths), the repetition penalty (it would change
 ``p`` and ``q`` with every drafted token; refused), tree and multi-draft verification
-(SpecInfer, Medusa, EAGLE), drafters without a model (prompt lookup, n-grams), an
-adaptive ``γ``, and drafts from a different tokenizer.
+(SpecInfer, Medusa, EAGLE), n-gram tables built from other text (only the context is
+searched), an adaptive ``γ``, and drafts from a different tokenizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +96,7 @@ __all__ = [
     "speculative_step_distribution",
     "expected_acceptance",
     "expected_tokens_per_round",
+    "PromptLookupDraft",
     "SpeculativeOutput",
     "speculative_generate",
 ]
@@ -231,6 +248,66 @@ def expected_tokens_per_round(alpha: float, num_draft_tokens: int) -> float:
         return float(num_draft_tokens + 1)
     return (1 - alpha ** (num_draft_tokens + 1)) / (1 - alpha)
 
+# ----------------------------------------------------------------------------- prompt lookup
+
+
+@dataclass(frozen=True)
+class PromptLookupDraft:
+    """A drafter without a model: propose what followed the last ``n`` tokens the previous
+    time they occurred in the context (prompt and generated text).
+
+    - ``max_ngram_size``, ``min_ngram_size``: the lengths ``n`` tried, longest first
+      (transformers: ``max_matching_ngram_size``, default 2; Saxena: 3, down to 1);
+    - ``match``: which earlier occurrence to copy from when there are several:
+      ``"last"`` (the most recent, the default here) or ``"first"`` (the earliest, as
+      transformers and Saxena do).
+
+    Pass it as ``draft`` to :func:`speculative_generate`; ``num_draft_tokens`` caps how many
+    tokens a round proposes (the continuation may be shorter, or empty).
+
+    >>> PromptLookupDraft(max_ngram_size=2).propose([5, 6, 7, 8, 9, 5, 6], 3)
+    [7, 8, 9]
+    >>> PromptLookupDraft(max_ngram_size=2).propose([1, 2, 3], 3)  # no earlier match
+    []
+    """
+
+    max_ngram_size: int = 3
+    min_ngram_size: int = 1
+    match: Literal["last", "first"] = "last"
+
+    def __post_init__(self) -> None:
+        check_int("max_ngram_size", self.max_ngram_size, minimum=1)
+        check_int("min_ngram_size", self.min_ngram_size, minimum=1)
+        if self.min_ngram_size > self.max_ngram_size:
+            raise ValueError(
+                f"min_ngram_size must be <= max_ngram_size, got {self.min_ngram_size} > "
+                f"{self.max_ngram_size}"
+            )
+        if self.match not in ("last", "first"):
+            raise ValueError(f"match must be 'last' or 'first', got {self.match!r}")
+
+    def propose(self, context: Sequence[int] | Tensor, num_tokens: int) -> list[int]:
+        """Up to ``num_tokens`` token ids continuing ``context`` (a list of ints or a 1-D
+        tensor), or ``[]`` when no n-gram of the allowed sizes matches earlier on."""
+        check_int("num_tokens", num_tokens, minimum=0)
+        ids = context.tolist() if isinstance(context, Tensor) else list(context)
+        return self._propose(torch.tensor(ids, dtype=torch.long), num_tokens).tolist()
+
+    def _propose(self, context: Tensor, num_tokens: int) -> Tensor:
+        """The search on a (L,) long tensor: returns (k,) with ``0 <= k <= num_tokens``."""
+        length = context.shape[0]
+        if num_tokens == 0:
+            return context[:0]
+        for n in range(min(self.max_ngram_size, length - 1), self.min_ngram_size - 1, -1):
+            windows = context.unfold(0, n, 1)  # (L - n + 1, n): every n-gram, by start
+            # Starts whose n-gram equals the suffix and is followed by at least one token
+            # (the suffix itself, at start L - n, is followed by nothing: excluded).
+            hits = (windows[: length - n] == context[length - n :]).all(dim=1).nonzero()  # (H, 1)
+            if hits.numel():
+                start = int(hits[-1 if self.match == "last" else 0, 0]) + n
+                return context[start : start + num_tokens]
+        return context[:0]
+
 
 # ----------------------------------------------------------------------------- generation
 
@@ -243,7 +320,8 @@ class SpeculativeOutput:
     - ``prompt_length``: ``T_prompt``;
     - ``num_target_forwards``: target forward passes (one per round; the first also
       reads the prompt);
-    - ``num_draft_forwards``: draft forward passes (``γ`` per round, fewer at the end);
+    - ``num_draft_forwards``: draft forward passes (``γ`` per round, fewer at the end; 0
+      with prompt lookup);
     - ``num_proposed``, ``num_accepted``: draft tokens proposed and accepted in all;
     - ``accepted_per_round``: drafts accepted in each round (each round adds one more
       token: the replacement or the bonus);
@@ -325,7 +403,7 @@ def _check_fits(name: str, model: nn.Module, total: int) -> None:
 
 def speculative_generate(
     target: nn.Module,
-    draft: nn.Module,
+    draft: nn.Module | PromptLookupDraft,
     input_ids: Tensor | Sequence[int],
     max_new_tokens: int,
     num_draft_tokens: int = 4,
@@ -338,7 +416,8 @@ def speculative_generate(
 
     Args:
         target: the model whose distribution the output follows (a ``DecoderLM``).
-        draft: a cheaper ``DecoderLM`` with the same vocabulary.
+        draft: a cheaper ``DecoderLM`` with the same vocabulary, or a
+            :class:`PromptLookupDraft` (no model: it copies from the context).
         input_ids: one prompt, a ``(1, T)`` (or ``(T,)``) long tensor or a list of ints.
         max_new_tokens: at most this many new tokens (the last round drafts fewer so as
             not to overshoot).
@@ -361,9 +440,13 @@ def speculative_generate(
     >>> out = speculative_generate(target, target, [1, 2, 3], max_new_tokens=6, num_draft_tokens=2)
     >>> out.num_new_tokens, out.num_target_forwards, out.acceptance_rate  # the target drafts for itself
     (6, 2, 1.0)
+    >>> out = speculative_generate(target, PromptLookupDraft(), [1, 2, 3], max_new_tokens=6)
+    >>> out.num_draft_forwards  # prompt lookup runs no draft model
+    0
     """
     vocab = _check_model("target", target)
-    draft_vocab = _check_model("draft", draft)
+    lookup = isinstance(draft, PromptLookupDraft)
+    draft_vocab = vocab if lookup else _check_model("draft", draft)
     if draft_vocab != vocab:
         raise ValueError(
             f"draft and target must share one vocabulary, got vocab_size {draft_vocab} (draft) "
@@ -390,23 +473,27 @@ def speculative_generate(
         if s >= vocab:
             raise ValueError(f"stop_token_ids must be < vocab_size={vocab}, got {s}")
     device = next(target.parameters()).device
-    draft_device = next(draft.parameters()).device
-    if draft_device != device:
-        raise ValueError(f"draft and target must be on one device, got {draft_device} and {device}")
+    if not lookup:
+        assert isinstance(draft, nn.Module)
+        draft_device = next(draft.parameters()).device
+        if draft_device != device:
+            raise ValueError(f"draft and target must be on one device, got {draft_device} and {device}")
     ids = _check_prompt(input_ids, vocab).to(device)
     _check_fits("target", target, ids.shape[1] + max_new_tokens)
-    _check_fits("draft", draft, ids.shape[1] + max_new_tokens)
+    if not lookup:
+        _check_fits("draft", draft, ids.shape[1] + max_new_tokens)
 
-    modes = (target.training, draft.training)
-    target.eval()
-    draft.eval()
+    modules = [target] if lookup else [target, draft]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     try:
         out = _speculative_loop(
             target, draft, ids, max_new_tokens, num_draft_tokens, sampling or GREEDY, stop_ids, generator
         )
     finally:
-        target.train(modes[0])
-        draft.train(modes[1])
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
     # A clone made outside inference mode is an ordinary tensor (usable with autograd later).
     return SpeculativeOutput(**{**vars(out), "sequences": out.sequences.clone()})
 
@@ -414,7 +501,7 @@ def speculative_generate(
 @torch.inference_mode()
 def _speculative_loop(
     target: nn.Module,
-    draft: nn.Module,
+    draft: nn.Module | PromptLookupDraft,
     ids: Tensor,  # (1, T) the prompt
     max_new_tokens: int,
     gamma: int,
@@ -426,10 +513,13 @@ def _speculative_loop(
     prompt_length = ids.shape[1]
     max_len = prompt_length + max_new_tokens
     target_cache = KVCache.for_model(target, 1, max_len)
-    draft_cache = KVCache.for_model(draft, 1, max_len)
     # The caches' lengths are ints, so the forward passes need no checks and no sync.
     target_forward = getattr(target, "forward_unchecked", target)
-    draft_forward = getattr(draft, "forward_unchecked", draft)
+    lookup = draft if isinstance(draft, PromptLookupDraft) else None
+    if lookup is None:
+        assert isinstance(draft, nn.Module)
+        draft_cache = KVCache.for_model(draft, 1, max_len)
+        draft_forward = getattr(draft, "forward_unchecked", draft)
     greedy = sampling.is_greedy
     seq = ids  # (1, L) committed tokens
     n_target = n_draft = n_proposed = n_accepted = 0
@@ -440,22 +530,31 @@ def _speculative_loop(
         length = seq.shape[1]  # L
         g = min(gamma, max_new_tokens - (length - prompt_length) - 1)  # never overshoot
 
-        # 1. The draft proposes g tokens, one forward pass each, and keeps its q's.
-        drafts, q_rows = [], []
-        feed = seq[:, draft_cache.length :]  # committed tokens it has not read yet
-        for _ in range(g):
-            logits = draft_forward(feed, kv_cache=draft_cache).logits[:, -1].float()  # (1, V)
-            processed = sampling._process(logits, None)  # (1, V)
-            if greedy:
-                token = processed.argmax(dim=-1)  # (1,)
-            else:
-                q = processed.softmax(dim=-1)  # (1, V) what the draft samples from
-                token = torch.multinomial(q, 1, generator=generator).squeeze(-1)  # (1,)
-                q_rows.append(q)
-            drafts.append(token)
-            feed = token[:, None]  # (1, 1)
-        n_draft += g
-        draft_ids = torch.stack(drafts, dim=1) if drafts else seq[:, :0]  # (1, γ)
+        # 1. The draft proposes g tokens and keeps its q's.
+        if lookup is not None:
+            # No model: copy from the context. The proposal is deterministic, so its q is
+            # one-hot on each proposed token (it may be shorter than g, even empty).
+            draft_ids = lookup._propose(seq[0], g)[None]  # (1, g') with g' <= g
+            g = draft_ids.shape[1]
+            if not greedy and g:
+                q_rows = [torch.zeros(g, target.config.vocab_size, device=seq.device)]
+                q_rows[0][torch.arange(g, device=seq.device), draft_ids[0]] = 1.0  # (g, V)
+        else:
+            drafts, q_rows = [], []
+            feed = seq[:, draft_cache.length :]  # committed tokens it has not read yet
+            for _ in range(g):
+                logits = draft_forward(feed, kv_cache=draft_cache).logits[:, -1].float()  # (1, V)
+                processed = sampling._process(logits, None)  # (1, V)
+                if greedy:
+                    token = processed.argmax(dim=-1)  # (1,)
+                else:
+                    q = processed.softmax(dim=-1)  # (1, V) what the draft samples from
+                    token = torch.multinomial(q, 1, generator=generator).squeeze(-1)  # (1,)
+                    q_rows.append(q)
+                drafts.append(token)
+                feed = token[:, None]  # (1, 1)
+            n_draft += g
+            draft_ids = torch.stack(drafts, dim=1) if drafts else seq[:, :0]  # (1, γ)
 
         # 2. The target reads what it has not seen plus the drafts: one pass, g + 1 scores.
         feed = torch.cat([seq[:, target_cache.length :], draft_ids], dim=1)
@@ -497,7 +596,8 @@ def _speculative_loop(
         # 5. Roll the caches back to the committed prefix: the target keeps L + n positions
         # (every committed token but the newest); the draft read at most L + g - 1.
         target_cache.crop(length + n)
-        draft_cache.crop(min(draft_cache.length, length + n))
+        if lookup is None:
+            draft_cache.crop(min(draft_cache.length, length + n))
 
     return SpeculativeOutput(
         sequences=seq,
