@@ -7,6 +7,8 @@ One concept per module:
 - ``reward``: a scalar reward head on a course model, the Bradley–Terry loss on
   preference pairs, pairwise accuracy.
 - ``ppo``: RLHF with proximal policy optimisation: KL penalties, GAE, the clipped losses.
+- ``rlhf``: one PPO iteration on a course model (sample, score, KL-penalised rewards,
+  GAE, clipped minibatch updates) and a per-token value model.
 - ``dpo``: direct preference optimisation (Rafailov et al., 2023) and its IPO / hinge
   variants: the preferences without a reward model.
 - ``grpo``: group-relative policy optimisation (Shao et al., 2024; DeepSeek-R1): sampled

@@ -46,8 +46,8 @@ goes on the last response token here, where TRL indexes one position past its
 ``sequence_lengths`` when there is room; TRL also keeps one extra value position
 (``padding_mask_p1``). Both are bookkeeping, not different mathematics.
 
-Left out: the training loop (sampling, the value head, mini-batches and PPO epochs),
-adaptive KL control (Ziegler et al., 2019), reward whitening and the missing-EOS penalty.
+Left out: the training loop (sampling, the value head, mini-batches and PPO epochs:
+``rlhf.ppo_step``), adaptive KL control (Ziegler et al., 2019), reward whitening and the missing-EOS penalty.
 """
 
 from __future__ import annotations
