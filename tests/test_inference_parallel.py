@@ -1,0 +1,342 @@
+"""Tests for inference.parallel: every split equals one process doing all the work.
+
+Spawning ranks costs ~2-3 s per run (fresh interpreters importing torch), so one worker
+(``_everything``) runs every parallel method in one spawn and the tests compare its
+results with references computed here, in this process. The slicing of tensor
+parallelism is also checked without any process group (partial outputs summed by hand).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from llmfoundations.attention import MultiHeadAttention
+from llmfoundations.inference import parallel as par
+from llmfoundations.layers import FeedForward, SwiGLU
+from llmfoundations.models import DecoderLM, ModelConfig
+
+TOL = dict(rtol=1e-5, atol=1e-6)  # fp32, a handful of reassociated sums
+LR = 0.1
+N_MICRO = 2
+
+
+def _inputs(world_size: int) -> dict[str, object]:
+    """Tiny models and data, the same for the ranks and for the references."""
+    torch.manual_seed(0)
+    lm = DecoderLM(ModelConfig.gpt(vocab_size=32, d_model=16, n_layers=2, n_heads=2))
+    attn = MultiHeadAttention(16, n_heads=4, n_kv_heads=2, bias=True, rope_theta=10000.0)
+    return {
+        "lm": lm,
+        "ids": torch.randint(0, 32, (4, 8)),  # (B, T)
+        "mlp": FeedForward(8, 16),
+        "swiglu": SwiGLU(8, 16),
+        "attn": attn,
+        "x": torch.randn(2, 5, 8),  # (B, T, C) for the MLPs
+        "x_attn": torch.randn(2, 5, 16),  # (B, T, C) for attention
+        "stages": [FeedForward(8, 12) for _ in range(world_size)],
+        "px": torch.randn(4, 8),  # pipeline input and target (B, C)
+        "py": torch.randn(4, 8),
+    }
+
+
+def _everything(rank: int, world_size: int, inp: dict) -> dict[str, object]:
+    """Worker: every parallel method on fresh copies of the inputs."""
+    c = copy.deepcopy
+    return {
+        "dp": par.data_parallel_gradients(rank, world_size, c(inp["lm"]), inp["ids"]),
+        "ddp": par.ddp_gradients(rank, world_size, c(inp["lm"]), inp["ids"]),
+        "fsdp": par.fsdp_step(rank, world_size, c(inp["lm"]), inp["ids"], LR),
+        "tp_mlp": par.tensor_parallel_mlp(rank, world_size, c(inp["mlp"]), inp["x"]),
+        "tp_swiglu": par.tensor_parallel_mlp(rank, world_size, c(inp["swiglu"]), inp["x"]),
+        "tp_attn": par.tensor_parallel_attention(rank, world_size, c(inp["attn"]), inp["x_attn"]),
+        "dtensor": par.tensor_parallel_mlp_dtensor(rank, world_size, c(inp["mlp"]), inp["x"]),
+        "pp_hand": par.pipeline_by_hand(
+            rank, world_size, c(inp["stages"]), inp["px"], inp["py"], N_MICRO
+        ),
+        "pp_gpipe": par.pipeline_gpipe(
+            rank, world_size, c(inp["stages"]), inp["px"], inp["py"], N_MICRO
+        ),
+    }
+
+
+def _fails_on_last_rank(rank: int, world_size: int) -> None:
+    if rank == world_size - 1:
+        raise ValueError("boom on purpose")
+    dist.barrier()  # would wait forever for the failed rank
+
+
+def _sleeps(rank: int, world_size: int, seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad for n, p in module.named_parameters()}
+
+
+def _named(name: str):
+    return lambda message: f"{name}: {message}"
+
+
+def _assert_dicts_close(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], **TOL, msg=_named(name))
+
+
+# ------------------------------------------------------------------ data parallel
+
+
+def _lm_reference(inp: dict) -> nn.Module:
+    lm = copy.deepcopy(inp["lm"])
+    lm(inp["ids"], labels=inp["ids"]).loss.backward()  # one process, whole batch
+    return lm
+
+
+def _check_data_parallel(world_size: int, inp: dict, results: list) -> None:
+    """By hand and DDP: every rank holds the full-batch gradients."""
+    expected = _grads(_lm_reference(inp))
+    for r in results:
+        _assert_dicts_close(r["dp"], expected)
+        _assert_dicts_close(r["ddp"], expected)
+
+
+def _check_fsdp(world_size: int, inp: dict, results: list) -> None:
+    """FSDP2: the weights after one SGD step are those of one process."""
+    lm = _lm_reference(inp)
+    torch.optim.SGD(lm.parameters(), lr=LR).step()
+    expected = {n: p.detach() for n, p in lm.named_parameters()}
+    for r in results:
+        _assert_dicts_close(r["fsdp"], expected)
+    moved = max(float((p - inp["lm"].get_parameter(n).detach()).abs().max()) for n, p in expected.items())
+    assert moved > 1e-3  # the step did something
+
+
+# ---------------------------------------------------------------- tensor parallel
+
+
+def _whole(module: nn.Module, x: torch.Tensor) -> dict:
+    module = copy.deepcopy(module)  # the fixture's modules are shared by several tests
+    x = x.clone().requires_grad_(True)
+    out = module(x)
+    out.square().sum().backward()
+    return {"out": out.detach(), "x_grad": x.grad, "grads": _grads(module)}
+
+
+def _check_slices(got: dict, whole: dict, rank: int, world_size: int, rows: dict, cols: dict):
+    """Each rank's weight gradient is its slice of the whole one; biases held whole match."""
+    renamed = {"down_bias": "down_proj.bias", "o_bias": "o_proj.bias"}
+    for name, g in got["grads"].items():
+        full = whole["grads"][renamed.get(name, name)]
+        if name in rows:
+            n = full.shape[0] // world_size * rows[name]
+            full = full[rank * n : (rank + 1) * n]
+        elif name in cols:
+            n = full.shape[1] // world_size * cols[name]
+            full = full[:, rank * n : (rank + 1) * n]
+        torch.testing.assert_close(g, full, **TOL, msg=_named(name))
+
+
+MLP_ROWS = {"up_proj.weight": 1, "up_proj.bias": 1, "gate_proj.weight": 1}
+MLP_COLS = {"down_proj.weight": 1}
+
+
+def _check_tensor_parallel_mlp(world_size: int, inp: dict, results: list, key: str) -> None:
+    """Outputs and dL/dx equal the whole MLP's; weight gradients are slices of its."""
+    whole = _whole(inp[key], inp["x"])
+    for rank, r in enumerate(results):
+        got = r[f"tp_{key}"]
+        torch.testing.assert_close(got["out"], whole["out"], **TOL)
+        torch.testing.assert_close(got["x_grad"], whole["x_grad"], **TOL)
+        _check_slices(got, whole, rank, world_size, MLP_ROWS, MLP_COLS)
+
+
+def _check_tensor_parallel_attention(world_size: int, inp: dict, results: list) -> None:
+    whole = _whole(inp["attn"], inp["x_attn"])
+    rows = {f"{p}_proj.{w}": 1 for p in "qkv" for w in ("weight", "bias")}
+    for rank, r in enumerate(results):
+        got = r["tp_attn"]
+        torch.testing.assert_close(got["out"], whole["out"], **TOL)
+        torch.testing.assert_close(got["x_grad"], whole["x_grad"], **TOL)
+        _check_slices(got, whole, rank, world_size, rows, {"o_proj.weight": 1})
+
+
+def _check_dtensor(world_size: int, inp: dict, results: list) -> None:
+    whole = _whole(inp["mlp"], inp["x"])
+    for r in results:
+        got = r["dtensor"]
+        torch.testing.assert_close(got["out"], whole["out"], **TOL)
+        torch.testing.assert_close(got["x_grad"], whole["x_grad"], **TOL)
+        _assert_dicts_close(got["grads"], whole["grads"])
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_tensor_parallel_slices_sum_to_the_whole_without_a_process_group(world_size):
+    # No process group: the all-reduce is skipped, so summing the ranks' partial outputs
+    # (minus the bias each adds) by hand must give the whole layer.
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 16)
+    layers = [
+        FeedForward(16, 32, activation="gelu_tanh"),
+        SwiGLU(16, 32, bias=True),
+        MultiHeadAttention(16, n_heads=4, n_kv_heads=4, bias=True),
+        MultiHeadAttention(16, n_heads=8, n_kv_heads=4, rope_theta=100.0),
+    ]
+    for layer in layers:
+        is_attn = isinstance(layer, MultiHeadAttention)
+        split = par.TensorParallelAttention if is_attn else par.TensorParallelMLP
+        parts = [split(layer, r, world_size) for r in range(world_size)]
+        bias = parts[0].o_bias if is_attn else parts[0].down_bias
+        total = sum(p(x) for p in parts)
+        if bias is not None:
+            total = total - (world_size - 1) * bias
+        torch.testing.assert_close(total, layer(x), **TOL)
+        n_split = sum(p.numel() for p in parts[0].parameters())
+        assert n_split < sum(p.numel() for p in layer.parameters())
+
+
+def test_tensor_parallel_on_one_rank_is_the_layer_itself():
+    torch.manual_seed(2)
+    mlp, x = FeedForward(8, 16), torch.randn(3, 8)
+    torch.testing.assert_close(par.TensorParallelMLP(mlp, 0, 1)(x), mlp(x), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------- pipeline parallel
+
+
+def _check_pipeline(world_size: int, inp: dict, results: list, key: str) -> None:
+    """The last rank's loss and every stage's gradients equal one process's."""
+    whole = nn.Sequential(*copy.deepcopy(inp["stages"]))
+    loss = F.mse_loss(whole(inp["px"]), inp["py"])
+    loss.backward()
+    for rank, r in enumerate(results):
+        got = r[key]
+        if rank == world_size - 1:
+            torch.testing.assert_close(got["loss"], loss.detach(), **TOL)
+        else:
+            assert got["loss"] is None
+        _assert_dicts_close(got["grads"], _grads(whole[rank]))
+
+
+# ------------------------------------------------- one spawn, every check
+
+
+@pytest.mark.parametrize("world_size", [2, pytest.param(1, marks=pytest.mark.slow)])
+def test_every_split_equals_one_process(world_size):
+    # One test (not a module fixture), so xdist never spawns the ranks twice.
+    results = par.run_workers(_everything, world_size, _inputs(world_size), timeout=120)
+    assert len(results) == world_size
+    inp = _inputs(world_size)
+    _check_data_parallel(world_size, inp, results)
+    _check_fsdp(world_size, inp, results)
+    _check_tensor_parallel_mlp(world_size, inp, results, "mlp")
+    _check_tensor_parallel_mlp(world_size, inp, results, "swiglu")
+    _check_tensor_parallel_attention(world_size, inp, results)
+    _check_dtensor(world_size, inp, results)
+    _check_pipeline(world_size, inp, results, "pp_hand")
+    _check_pipeline(world_size, inp, results, "pp_gpipe")
+
+
+# ------------------------------------------------------------------- run_workers
+
+
+def test_run_workers_reports_the_failing_rank_with_its_traceback():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank 1 of 2 failed") as info:
+        par.run_workers(_fails_on_last_rank, 2, timeout=60)
+    assert "ValueError: boom on purpose" in str(info.value)
+    assert "_fails_on_last_rank" in str(info.value)
+    assert "barrier" not in str(info.value)  # not rank 0's echo of the failure
+    assert time.monotonic() - start < 30  # the rank waiting in barrier was stopped
+
+
+@pytest.mark.slow
+def test_run_workers_times_out():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="timeout=3"):
+        par.run_workers(_sleeps, 2, 60.0, timeout=3)
+    assert time.monotonic() - start < 20
+
+
+def _nested_factory():
+    def inner(rank, world_size):
+        return rank
+
+    return inner
+
+
+def test_run_workers_refuses_what_a_spawned_process_cannot_import():
+    with pytest.raises(ValueError, match="lambda"):
+        par.run_workers(lambda rank, world_size: rank, 2)
+    with pytest.raises(ValueError, match="nested"):
+        par.run_workers(_nested_factory(), 2)
+
+    def in_main(rank, world_size):
+        return rank
+
+    in_main.__module__ = "__main__"  # what a notebook cell defines
+    in_main.__qualname__ = "in_main"
+    with pytest.raises(ValueError, match="notebook"):
+        par.run_workers(in_main, 2)
+    with pytest.raises(TypeError, match="fn must be a function"):
+        par.run_workers("demo_all", 2)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_run_workers_checks_world_size_and_timeout(bad):
+    with pytest.raises(ValueError, match="world_size"):
+        par.run_workers(par.demo_all, bad)
+    with pytest.raises(TypeError, match="world_size"):
+        par.run_workers(par.demo_all, 2.0)
+    with pytest.raises(ValueError, match="timeout"):
+        par.run_workers(par.demo_all, 2, timeout=bad)
+
+
+def test_sizes_not_divisible_by_world_size_are_refused():
+    with pytest.raises(ValueError, match=r"d_ff \(16\) must be divisible by world_size \(3\)"):
+        par.TensorParallelMLP(FeedForward(8, 16), 0, 3)
+    with pytest.raises(ValueError, match="n_heads"):
+        par.TensorParallelAttention(MultiHeadAttention(16, n_heads=4), 0, 3)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        par.TensorParallelAttention(MultiHeadAttention(16, n_heads=4, n_kv_heads=1), 0, 2)
+    with pytest.raises(ValueError, match="rank must be < world_size"):
+        par.TensorParallelMLP(FeedForward(8, 16), 2, 2)
+    with pytest.raises(TypeError, match="mlp"):
+        par.TensorParallelMLP(nn.Linear(8, 8), 0, 1)
+    with pytest.raises(ValueError, match=r"batch size \(5\) must be divisible by world_size"):
+        par.shard_batch(torch.zeros(5, 2), 0, 2)
+    with pytest.raises(ValueError, match="one stage per rank"):
+        par.pipeline_by_hand(0, 2, [nn.Identity()], torch.zeros(4, 2), torch.zeros(4, 2), 2)
+    with pytest.raises(ValueError, match="n_microbatches"):
+        par.pipeline_by_hand(0, 1, [nn.Identity()], torch.zeros(4, 2), torch.zeros(4, 2), 3)
+
+
+def test_shard_batch_covers_the_batch_once():
+    x = torch.arange(12).reshape(6, 2)
+    torch.testing.assert_close(torch.cat([par.shard_batch(x, r, 3) for r in range(3)]), x)
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_same_workers():
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    src = Path(par.__file__).resolve().parents[2]
+    env = os.environ | {"PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "llmfoundations.inference.parallel", "all"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split() for line in done.stdout.splitlines() if line.strip())
+    assert set(lines) == {"data_by_hand", "ddp", "fsdp", "tensor_out", "tensor_x_grad", "pipeline"}
+    assert all(float(v) < 1e-5 for v in lines.values()), lines
