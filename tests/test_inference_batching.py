@@ -1,0 +1,408 @@
+"""Tests of inference/batching.py: every request's tokens equal its own ``generate``
+(greedy and sampled, random arrival traces, stop tokens, cancellation), equal
+``transformers``' ``generate_batch``, all blocks back in the pool at the end, the token
+budget and the running limit respected at every step, and clear errors."""
+
+from __future__ import annotations
+
+import doctest
+import functools
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmfoundations.generate import generate, generate_output
+from llmfoundations.inference import batching
+from llmfoundations.inference.batching import Engine, SchedulerConfig, TokenEvent
+from llmfoundations.models import DecoderLM, ModelConfig
+from llmfoundations.sampling import SamplingConfig
+
+V = 53
+MAX_SEQ_LEN = 32
+
+
+@functools.cache
+def _model(kind: str = "llama") -> DecoderLM:
+    """A tiny fp32 model whose greedy outputs vary (weights N(0, 0.2), not the small
+    default init, under which a random model repeats one token)."""
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = ModelConfig.llama(
+            V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=MAX_SEQ_LEN
+        )
+    else:
+        config = ModelConfig.gpt(V, d_model=32, n_layers=2, n_heads=4, max_seq_len=MAX_SEQ_LEN)
+    model = DecoderLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.2)
+    return model
+
+
+def _prompt(n: int, seed: int) -> list[int]:
+    return torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _reference(model, prompt, n, stop=(), sampling=None, seed=None) -> list[int]:
+    """The request's new tokens from ``generate`` alone (the stop token included)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    out = generate_output(
+        model, [prompt], n, stop_token_ids=stop, sampling=sampling, generator=gen
+    )
+    return out.new_tokens[0, : int(out.num_new_tokens[0])].tolist()
+
+
+def _check_invariants(engine: Engine) -> None:
+    """(d) the budget and running limit of the step just run; blocks within the pool."""
+    config = engine.scheduler.config
+    plan = engine.last_plan
+    assert plan.num_tokens <= config.token_budget
+    assert len(engine.scheduler.running) <= config.max_running
+    assert len(plan.decode) + len({i for i, _ in plan.prefill}) <= config.max_running
+    held = sum(len(engine.cache.block_table(s)) for s in engine.cache.sequences)
+    assert held == engine.cache.num_used_blocks <= engine.cache.num_blocks
+
+
+def test_doctests():
+    result = doctest.testmod(batching, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- oracle: generate
+
+
+SAMPLED = SamplingConfig(temperature=1.5)  # sensitive to any error in the logits
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.integers(1, 10),  # prompt length
+            st.integers(1, 8),  # max_new_tokens
+            st.integers(0, 6),  # arrival step
+            st.integers(-1, 7),  # index of the reference token used as a stop token (-1: none)
+            st.booleans(),  # sampled (with its own seeded generator) or greedy
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    budget=st.integers(2, 12),
+    max_running=st.integers(1, 4),
+    block_size=st.integers(1, 4),
+    spare_blocks=st.integers(0, 6),
+    chunked=st.booleans(),
+    cancel=st.one_of(st.none(), st.tuples(st.integers(0, 4), st.integers(0, 8))),
+    seed=st.integers(0, 2**16),
+)
+def test_each_request_equals_its_own_generate(
+    requests, budget, max_running, block_size, spare_blocks, chunked, cancel, seed
+):
+    """Random arrival traces: each finished request's tokens are exactly those of
+    ``generate`` on it alone (greedy, or sampled with a generator seeded alike; the stop
+    token included); a cancelled one holds a prefix of them. Every step respects the
+    budget; every block is back in the pool at the end."""
+    model = _model()
+    max_running = min(max_running, budget)
+    if not chunked:
+        requests = [(min(n, budget), *rest) for n, *rest in requests]
+    prompts = [_prompt(n, seed + i) for i, (n, *_) in enumerate(requests)]
+    samplings = [SAMPLED if sampled else None for *_, sampled in requests]
+
+    def reference(i: int, stop=()) -> list[int]:
+        return _reference(
+            model, prompts[i], requests[i][1], stop=stop, sampling=samplings[i], seed=seed + i
+        )
+
+    plain = [reference(i) for i in range(len(requests))]
+    stops = [(ref[k],) if 0 <= k < len(ref) else () for ref, (*_, k, _) in zip(plain, requests, strict=True)]
+    refs = [reference(i, stop=stops[i]) for i in range(len(requests))]
+    worst = max(-(-(len(p) + m - 1) // block_size) for p, (_, m, *_) in zip(prompts, requests, strict=True))
+    engine = Engine(
+        model,
+        num_blocks=worst + spare_blocks,  # tight pools make requests wait for blocks
+        block_size=block_size,
+        config=SchedulerConfig(token_budget=budget, max_running=max_running, chunked_prefill=chunked),
+    )
+    streamed: dict[int, list[TokenEvent]] = {}
+    ids: dict[int, int] = {}  # index in `requests` -> request id
+    step = 0
+    while len(ids) < len(requests) or engine.has_work:
+        for i, (_, m, arrival, *_) in enumerate(requests):
+            if arrival == step:
+                ids[i] = engine.add_request(
+                    prompts[i],
+                    m,
+                    stop_token_ids=stops[i],
+                    sampling=samplings[i],
+                    generator=torch.Generator().manual_seed(seed + i),
+                    on_token=lambda e: streamed.setdefault(e.request_id, []).append(e),
+                )
+        if cancel is not None and cancel[1] == step and cancel[0] in ids:
+            engine.cancel(ids[cancel[0]])
+        events = engine.step()
+        _check_invariants(engine)
+        assert [e.request_id for e in events] == sorted({e.request_id for e in events})
+        step += 1
+        assert step < 200
+    for i, request_id in ids.items():
+        out = engine.output(request_id)
+        events = streamed.get(request_id, [])
+        assert [e.token for e in events] == out  # streaming saw every token, in order
+        if engine.requests[request_id].status == "cancelled":
+            assert out == refs[i][: len(out)]
+            assert not any(e.finished for e in events)
+        else:
+            assert out == refs[i]
+            assert [e.finished for e in events] == [False] * (len(out) - 1) + [True]
+    # (c) every block is back in the pool, no sequence left
+    assert engine.cache.num_free_blocks == engine.cache.num_blocks
+    assert engine.cache.sequences == [] and not engine.has_work
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt"])
+def test_sampled_requests_equal_generate_with_the_same_generator(kind):
+    """Sampling with a per-request generator: the same draws as ``generate`` alone with a
+    generator seeded alike (one draw per token), while batched with greedy requests."""
+    model = _model(kind)
+    configs = [
+        SamplingConfig(temperature=1.3),
+        SamplingConfig(temperature=0.8, top_k=10, repetition_penalty=1.2),
+        None,
+        SamplingConfig(top_p=0.9),
+    ]
+    prompts = [_prompt(n, 10 + n) for n in (4, 7, 2, 9)]
+    engine = Engine(model, num_blocks=40, block_size=4, config=SchedulerConfig(token_budget=6, max_running=4))
+    ids = []
+    for i, (p, cfg) in enumerate(zip(prompts, configs, strict=True)):
+        gen = torch.Generator().manual_seed(100 + i)
+        ids.append(engine.add_request(p, 10, sampling=cfg, generator=gen))
+        engine.step()  # the requests arrive one step apart
+    outs = engine.run()
+    for i, (p, cfg) in enumerate(zip(prompts, configs, strict=True)):
+        assert outs[ids[i]] == _reference(model, p, 10, sampling=cfg, seed=100 + i)
+    assert engine.cache.num_free_blocks == 40
+
+
+def test_gpt_model_with_learned_positions_equals_generate():
+    """Learned position embeddings: every row's positions must come from its own length."""
+    model = _model("gpt")
+    prompts = [_prompt(n, n) for n in (1, 6, 11)]
+    engine = Engine(model, num_blocks=30, block_size=3, config=SchedulerConfig(token_budget=5, max_running=3))
+    ids = [engine.add_request(p, 9) for p in prompts]
+    outs = engine.run()
+    assert [outs[i] for i in ids] == [_reference(model, p, 9) for p in prompts]
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def test_long_prompt_is_prefilled_in_chunks_beside_decodes():
+    model = _model()
+    engine = Engine(model, num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=4, max_running=2))
+    a = engine.add_request(_prompt(2, 1), 8)
+    engine.step()  # a: prefill of 2 tokens, first token
+    b = engine.add_request(_prompt(10, 2), 3)
+    plans = []
+    while engine.requests[b].is_prefilling or engine.requests[b].status == "waiting":
+        engine.step()
+        plans.append(engine.last_plan)
+    # a decodes every step; b's prompt comes in chunks of what the budget leaves (4 - 1)
+    assert [(p.decode, p.prefill) for p in plans] == [
+        ([a], [(b, 3)]),
+        ([a], [(b, 3)]),
+        ([a], [(b, 3)]),
+        ([a], [(b, 1)]),
+    ]
+    assert engine.output(b) == _reference(model, _prompt(10, 2), 3)[:1]
+    assert engine.run()[b] == _reference(model, _prompt(10, 2), 3)
+
+
+def test_without_chunking_a_prompt_waits_for_a_step_with_room():
+    engine = Engine(_model(), num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=6, max_running=3, chunked_prefill=False))
+    a = engine.add_request(_prompt(3, 1), 5)
+    b = engine.add_request(_prompt(4, 2), 5)
+    engine.step()
+    assert engine.last_plan.prefill == [(a, 3)] and engine.requests[b].status == "waiting"
+    engine.step()
+    assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a], [(b, 4)])
+
+
+def test_admission_waits_for_blocks_and_a_finished_request_frees_them():
+    """The pool holds one request's worst case: the second waits until the first ends,
+    and is admitted in the very step after the first one's blocks came back."""
+    model = _model()
+    p = 4
+    prompt_a, prompt_b = _prompt(5, 1), _prompt(6, 2)
+    engine = Engine(model, num_blocks=3, block_size=p, config=SchedulerConfig(token_budget=16))
+    a = engine.add_request(prompt_a, 6)  # 5 + 6 - 1 = 10 positions: 3 blocks
+    b = engine.add_request(prompt_b, 4)  # 9 positions: 3 blocks
+    steps_a_running = 0
+    while engine.requests[a].status == "running" or steps_a_running == 0:
+        engine.step()
+        steps_a_running += 1
+        if engine.requests[a].status == "running":
+            assert engine.requests[b].status == "waiting"
+            assert engine.cache.num_used_blocks == -(-engine.cache.length(engine.requests[a].seq_id) // p)
+    assert steps_a_running == 6 and engine.cache.num_free_blocks == 3  # a's blocks came back
+    engine.step()
+    assert engine.last_plan.admitted == [b]
+    outs = engine.run()
+    assert outs[a] == _reference(model, prompt_a, 6) and outs[b] == _reference(model, prompt_b, 4)
+
+
+def test_running_limit_and_budget_hold_with_many_requests():
+    engine = Engine(_model(), num_blocks=64, block_size=2, config=SchedulerConfig(token_budget=5, max_running=3))
+    for i in range(7):
+        engine.add_request(_prompt(1 + i, i), 1 + i % 4)
+    steps = 0
+    while engine.has_work:
+        engine.step()
+        _check_invariants(engine)
+        steps += 1
+    assert steps < 40 and engine.cache.num_free_blocks == 64
+
+
+def test_stream_yields_every_token_and_cancel_frees_blocks():
+    model = _model()
+    engine = Engine(model, num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=8))
+    a = engine.add_request(_prompt(3, 1), 12)
+    b = engine.add_request(_prompt(4, 2), 3)
+    events = []
+    for event in engine.stream():
+        events.append(event)
+        if len(engine.output(a)) == 4 and engine.requests[a].status == "running":
+            assert engine.cancel(a) is True
+            assert engine.requests[a].seq_id is None
+    assert engine.requests[a].status == "cancelled" and len(engine.output(a)) == 4
+    assert engine.output(a) == _reference(model, _prompt(3, 1), 12)[:4]
+    assert [e.token for e in events if e.request_id == b] == _reference(model, _prompt(4, 2), 3)
+    assert engine.cancel(a) is False and engine.cancel(b) is False  # already over
+    assert engine.cache.num_free_blocks == 20
+
+
+def test_cancel_a_waiting_request_and_cancel_from_a_callback():
+    engine = Engine(_model(), num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=4, max_running=1))
+    a = engine.add_request(_prompt(3, 1), 5, on_token=lambda e: engine.cancel(b))
+    b = engine.add_request(_prompt(2, 2), 5)
+    c = engine.add_request(_prompt(2, 3), 2)
+    engine.cancel(c)  # still waiting
+    outs = engine.run()
+    assert outs[b] == [] and outs[c] == [] and len(outs[a]) == 5
+    assert engine.requests[b].status == engine.requests[c].status == "cancelled"
+    assert engine.cache.num_free_blocks == 20 and "waiting=0" in repr(engine)
+
+
+def test_training_mode_is_restored():
+    model = _model()
+    model.train()
+    try:
+        engine = Engine(model, num_blocks=8, block_size=4)
+        engine.add_request([1, 2], 2)
+        assert engine.run()[0] == _reference(model.eval(), [1, 2], 2)
+        model.train()
+        engine.add_request([1, 2], 1)
+        engine.step()
+        assert model.training
+    finally:
+        model.eval()
+
+
+# ----------------------------------------------------------------------------- bad requests
+
+
+def test_bad_requests_raise_clear_errors():
+    engine = Engine(_model(), num_blocks=4, block_size=4, config=SchedulerConfig(token_budget=8, chunked_prefill=False))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        engine.add_request([], 3)
+    with pytest.raises(ValueError, match="max_seq_len=32"):
+        engine.add_request([1] * 33, 1)  # the prompt alone is longer than the model
+    with pytest.raises(ValueError, match="max_seq_len=32"):
+        engine.add_request([1] * 20, 20)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        engine.add_request([1, 2], 0)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        engine.add_request([1, 2], 2.0)
+    with pytest.raises(ValueError, match="outside \\[0, vocab_size=53\\)"):
+        engine.add_request([1, 53], 2)
+    with pytest.raises(TypeError, match="prompt must hold ints"):
+        engine.add_request([1, "a"], 2)
+    with pytest.raises(TypeError, match="prompt must be a list"):
+        engine.add_request("hello", 2)
+    with pytest.raises(ValueError, match="1-D"):
+        engine.add_request(torch.ones(1, 2, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="stop_token_ids must be < vocab_size"):
+        engine.add_request([1], 2, stop_token_ids=[99])
+    with pytest.raises(TypeError, match="sampling"):
+        engine.add_request([1], 2, sampling="greedy")
+    with pytest.raises(TypeError, match="generator"):
+        engine.add_request([1], 2, generator=0)
+    with pytest.raises(TypeError, match="on_token"):
+        engine.add_request([1], 2, on_token=3)
+    with pytest.raises(ValueError, match="needs 5 blocks of 4, the pool has 4"):
+        engine.add_request([1] * 10, 8)
+    with pytest.raises(ValueError, match="exceeds token_budget=8 and chunked_prefill is off"):
+        engine.add_request([1] * 9, 1)
+    with pytest.raises(ValueError, match="request_id 7 is unknown"):
+        engine.cancel(7)
+    with pytest.raises(TypeError, match="request_id must be an int"):
+        engine.cancel("0")
+    assert engine.requests == {} and not engine.has_work  # nothing was queued
+    assert engine.add_request(torch.tensor([1, 2]), 1) == 0  # a 1-D tensor is fine
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="max_running=9 must be <= token_budget=8"):
+        SchedulerConfig(token_budget=8, max_running=9)
+    with pytest.raises(ValueError, match="token_budget"):
+        SchedulerConfig(token_budget=0)
+    with pytest.raises(TypeError, match="chunked_prefill"):
+        SchedulerConfig(chunked_prefill=1)
+    with pytest.raises(TypeError, match="config must be a SchedulerConfig"):
+        Engine(_model(), 4, 4, config={"token_budget": 4})
+    with pytest.raises(TypeError, match="model"):
+        Engine(torch.nn.Linear(2, 2), 4, 4)
+
+
+# ----------------------------------------------------------------------------- oracle: transformers
+
+
+@pytest.mark.slow
+def test_equals_transformers_generate_batch(hf_llama_copy):
+    """transformers' own continuous batching (``generate_batch``, paged cache, greedy) on
+    the same weights gives the same tokens as our engine, request for request."""
+    transformers = pytest.importorskip("transformers")
+    model = _model()
+    hf = hf_llama_copy(model)
+    prompts = [_prompt(n, 40 + n) for n in (3, 9, 1, 6)]
+    start = time.perf_counter()
+    out = hf.generate_batch(
+        inputs=prompts,
+        generation_config=transformers.GenerationConfig(
+            max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+        ),
+        continuous_batching_config=transformers.ContinuousBatchingConfig(
+            page_size=4, num_blocks=32, max_batch_tokens=16, max_requests_per_batch=4
+        ),
+    )
+    assert time.perf_counter() - start < 120
+    theirs = {tuple(o.prompt_ids): list(o.generated_tokens) for o in out.values()}
+    engine = Engine(model, num_blocks=32, block_size=4, config=SchedulerConfig(token_budget=6, max_running=3))
+    ids = [engine.add_request(p, 8) for p in prompts]
+    ours = engine.run()
+    assert [ours[i] for i in ids] == [theirs[tuple(p)] for p in prompts]
+    assert [ours[i] for i in ids] == [generate(model, [p], 8)[0, len(p) :].tolist() for p in prompts]
+
+
+def test_nan_logits_raise_a_clear_error():
+    model = DecoderLM(_model().config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    engine = Engine(model, num_blocks=4, block_size=4)
+    engine.add_request([1, 2], 2)
+    with pytest.raises(ValueError, match="NaN"):
+        engine.step()
