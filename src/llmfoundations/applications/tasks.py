@@ -125,6 +125,14 @@ def _check_strings(name: str, values: object, *, allow_empty_items: bool = True)
     return out
 
 
+def _check_string_pairs(a_name: str, a: object, b_name: str, b: object) -> tuple[list[str], list[str]]:
+    """Two sequences of strings of the same length (inputs and their references)."""
+    a, b = _check_strings(a_name, a), _check_strings(b_name, b)
+    if len(a) != len(b):
+        raise ValueError(f"{a_name} and {b_name} must have the same length, got {len(a)} and {len(b)}")
+    return a, b
+
+
 def _repeated(values: Sequence[str]) -> list[str]:
     return sorted({v for v in values if values.count(v) > 1})
 
@@ -464,10 +472,7 @@ def classification_task(
     """A harness task: prompt ``make_prompt(text)``, reference the gold label, metric
     exact match (so the mean score is the accuracy)."""
     label_set = _check_label_set(label_set)
-    texts = _check_strings("texts", texts)
-    gold = _check_strings("gold", gold)
-    if len(texts) != len(gold):
-        raise ValueError(f"texts and gold must have the same length, got {len(texts)} and {len(gold)}")
+    texts, gold = _check_string_pairs("texts", texts, "gold", gold)
     for i, label in enumerate(gold):
         check_choice(f"gold[{i}]", label, label_set.labels)
     if not callable(make_prompt):
@@ -540,13 +545,7 @@ def summarization_task(
     as in rouge-score with ``use_stemmer=True``). Each example keeps its document in
     ``fields["document"]``. Cap the length of a model's summary with ``max_new_tokens``
     of ``harness.model_system``."""
-    documents = _check_strings("documents", documents)
-    references = _check_strings("references", references)
-    if len(documents) != len(references):
-        raise ValueError(
-            f"documents and references must have the same length, got {len(documents)} "
-            f"and {len(references)}"
-        )
+    documents, references = _check_string_pairs("documents", documents, "references", references)
     examples = tuple(
         Example(f"{name}-{i}", summarization_prompt(doc, max_words=max_words), ref, {"document": doc})
         for i, (doc, ref) in enumerate(zip(documents, references, strict=True))
@@ -625,13 +624,7 @@ def translation_task(
     """A harness task: prompt :func:`translation_prompt`, metric sentence BLEU (0-100,
     sacreBLEU's defaults). For the corpus score, call ``bleu.bleu(report.outputs,
     references)`` on the report."""
-    sources = _check_strings("sources", sources)
-    references = _check_strings("references", references)
-    if len(sources) != len(references):
-        raise ValueError(
-            f"sources and references must have the same length, got {len(sources)} "
-            f"and {len(references)}"
-        )
+    sources, references = _check_string_pairs("sources", sources, "references", references)
     examples = tuple(
         Example(f"{name}-{i}", translation_prompt(src, source, target, demonstrations), ref)
         for i, (src, ref) in enumerate(zip(sources, references, strict=True))
