@@ -1,0 +1,151 @@
+"""Checks for Lab 06-7 (paged KV cache and continuous batching): the blocks a growing
+sequence needs, and the slots one static batch wastes.
+
+Each check runs the student's function next to a reference on fixed inputs and either
+prints one line of success or raises ``AssertionError`` naming the failing case, with a
+hint where the wrong result is a known mistake:
+
+- ``blocks_to_allocate(length, num_new_tokens, block_size)``: the reference is the
+  course's ``PagedKVCache.blocks_needed`` on a cache that holds ``length`` tokens. Known
+  mistakes: rounding down (``//``) instead of up, ``ceil(num_new / P)`` (as if the last
+  block had no room left), the total blocks of the grown sequence instead of the new ones;
+- ``static_waste(prompt_lens, answer_lens)``: ``(padding positions, idle row-steps)``.
+  Known mistakes: the two the wrong way round, all the batch's slots instead of the
+  wasted ones, an idle count off by one row-step per row.
+
+Left out: the checks do not look at how the answer is computed (a loop is as good as a
+formula).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from llmfoundations.inference.paged_kv import PagedKVCache
+
+from .core import check_callable, compare_with_reference, exercise_check
+
+__all__ = ["check_blocks_to_allocate", "check_static_waste"]
+
+
+# ------------------------------------------------------------------ blocks to allocate
+
+
+def _blocks_reference(length: int, num_new_tokens: int, block_size: int) -> int:
+    """New blocks for ``num_new_tokens`` more tokens, asked of a real paged cache."""
+    room = length + num_new_tokens + 1  # blocks enough for any block size
+    cache = PagedKVCache(n_layers=1, num_blocks=room, block_size=block_size, n_kv_heads=1, head_dim=1)
+    seq = cache.add_sequence()
+    if length:
+        kv = torch.zeros(1, length, 1)  # (Hkv, T, D)
+        cache.append(0, seq, kv, kv)
+    return cache.blocks_needed(seq, num_new_tokens)
+
+
+# (length, num_new_tokens, block_size): empty sequences, full and partly full last blocks,
+# a write that spans several blocks, nothing to write.
+_BLOCK_CASES = [((t, n, p), {}) for t, n, p in [
+    (0, 1, 16), (15, 1, 16), (16, 1, 16), (5, 30, 16), (10, 6, 16), (0, 0, 16),
+    (7, 1, 4), (8, 1, 4), (3, 20, 4), (32, 0, 4), (0, 9, 4), (1, 1, 1),
+]]  # fmt: skip
+
+
+def _block_mistakes() -> list[tuple[Callable[..., Any], str]]:
+    return [
+        (lambda t, n, p: (t + n) // p - t // p,
+         "round up, not down: a sequence of T tokens holds ceil(T / block_size) blocks (its last "
+         "block may be partly full), in Python -(-T // block_size)"),
+        (lambda t, n, p: -(-n // p),
+         "the sequence's last block may still have room: count the blocks for length + "
+         "num_new_tokens tokens, minus the blocks it already holds"),
+        (lambda t, n, p: -(-(t + n) // p),
+         "that is every block of the grown sequence: subtract the ceil(length / block_size) "
+         "blocks it already holds"),
+    ]  # fmt: skip
+
+
+@exercise_check
+def check_blocks_to_allocate(student: Callable[[int, int, int], int]) -> None:
+    """Lab 06-7: ``blocks_to_allocate(length, num_new_tokens, block_size)`` -> the new
+    blocks, ``ceil((length + n) / P) - ceil(length / P)``, an int."""
+    check_callable("blocks_to_allocate", student)
+
+    def as_int(t: int, n: int, p: int) -> int:
+        got = student(t, n, p)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, float) and got.is_integer():
+            got = int(got)
+        if isinstance(got, bool) or not isinstance(got, int):
+            raise AssertionError(
+                f"blocks_to_allocate({t}, {n}, {p}) must return an int (a number of blocks), "
+                f"got {got!r}"
+            )
+        return got
+
+    compare_with_reference(
+        "blocks_to_allocate", as_int, _blocks_reference, _BLOCK_CASES, hints=_block_mistakes()
+    )
+
+
+# ------------------------------------------------------------------------ static waste
+
+
+def _static_reference(prompt_lens: Sequence[int], answer_lens: Sequence[int]) -> tuple[int, int]:
+    """(padding positions, row-steps of rows whose answer has ended) for one static batch."""
+    width, steps = max(prompt_lens), max(answer_lens)
+    return sum(width - p for p in prompt_lens), sum(steps - n for n in answer_lens)
+
+
+_WASTE_CASES = [((p, a), {}) for p, a in [
+    ([37, 34, 33], [20, 6, 14]),
+    ([10], [5]),
+    ([8, 8, 8, 8], [3, 3, 3, 3]),
+    ([12, 30, 7, 19, 25], [4, 28, 9, 16, 1]),
+    ([5, 50], [40, 2]),
+    ([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]),
+]]  # fmt: skip
+
+
+def _waste_mistakes() -> list[tuple[Callable[..., Any], str]]:
+    def swapped(p: Sequence[int], a: Sequence[int]) -> tuple[int, int]:
+        pad, idle = _static_reference(p, a)
+        return idle, pad
+
+    return [
+        (swapped, "return (padding positions, idle row-steps) in this order"),
+        (lambda p, a: (len(p) * max(p), len(a) * max(a)),
+         "count only the wasted slots: the batch computes len * max slots, of which sum(lengths) "
+         "are real; the difference is the waste"),
+        (lambda p, a: (_static_reference(p, a)[0], sum(max(a) - n - 1 for n in a)),
+         "a row whose answer has n tokens is busy for n steps (the first step gives its first "
+         "token), so it idles for max(answer_lens) - n steps"),
+        (lambda p, a: (_static_reference(p, a)[0], sum(max(a) - n + 1 for n in a)),
+         "a row whose answer has n tokens is busy for n steps (the first step gives its first "
+         "token), so it idles for max(answer_lens) - n steps"),
+    ]  # fmt: skip
+
+
+@exercise_check
+def check_static_waste(student: Callable[[list[int], list[int]], tuple[int, int]]) -> None:
+    """Lab 06-7: ``static_waste(prompt_lens, answer_lens)`` -> ``(sum(max(p) - p),
+    sum(max(a) - a))``, a tuple of two ints (a list is accepted)."""
+    check_callable("static_waste", student)
+
+    def as_pair(p: Sequence[int], a: Sequence[int]) -> tuple[int, int]:
+        got = student(list(p), list(a))
+        if isinstance(got, list):
+            got = tuple(got)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise AssertionError(
+                f"static_waste({list(p)}, {list(a)}) must return a tuple of two ints "
+                f"(padding positions, idle row-steps), got {got!r}"
+            )
+        return tuple(int(x) if isinstance(x, torch.Tensor) else x for x in got)  # type: ignore[return-value]
+
+    compare_with_reference(
+        "static_waste", as_pair, _static_reference, _WASTE_CASES, hints=_waste_mistakes()
+    )

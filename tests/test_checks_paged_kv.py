@@ -1,0 +1,124 @@
+"""The Lab 06-7 checks grade: right answers pass, the known mistakes fail with a hint.
+
+Blank answers and non-functions are covered for every check in ``tests/test_checks.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmfoundations import checks
+from llmfoundations.checks.paged_kv import _blocks_reference, _static_reference
+from llmfoundations.inference.paged_kv import PagedKVCache
+
+
+def good_blocks(length, num_new, block_size):
+    return math.ceil((length + num_new) / block_size) - math.ceil(length / block_size)
+
+
+def good_waste(prompt_lens, answer_lens):
+    return (
+        sum(max(prompt_lens) - p for p in prompt_lens),
+        sum(max(answer_lens) - n for n in answer_lens),
+    )
+
+
+# ------------------------------------------------------------------ blocks to allocate
+
+
+def test_blocks_check_passes_correct_answers(capsys):
+    checks.check_blocks_to_allocate(good_blocks)
+    assert "✔ blocks_to_allocate: all 12 cases" in capsys.readouterr().out
+    # a loop that writes one token at a time, as decoding does; a float result; a tensor
+    def by_tokens(length, num_new, block_size):
+        new = 0
+        for pos in range(length, length + num_new):
+            new += pos % block_size == 0
+        return new
+
+    checks.check_blocks_to_allocate(by_tokens)
+    checks.check_blocks_to_allocate(lambda t, n, p: float(good_blocks(t, n, p)))
+    checks.check_blocks_to_allocate(lambda t, n, p: torch.tensor(good_blocks(t, n, p)))
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda t, n, p: (t + n) // p - t // p, "round up"),
+        (lambda t, n, p: math.ceil(n / p), "last block may still have room"),
+        (lambda t, n, p: math.ceil((t + n) / p), "subtract"),
+        (lambda t, n, p: good_blocks(t, n, p) + 1, "blocks_to_allocate"),
+        (lambda t, n, p: str(good_blocks(t, n, p)), "must return an int"),
+        (lambda t, n, p: 0.5, "must return an int"),
+    ],
+)
+def test_blocks_check_rejects_wrong_answers(wrong, hint):
+    with pytest.raises(AssertionError, match="blocks_to_allocate") as err:
+        checks.check_blocks_to_allocate(wrong)
+    assert hint in str(err.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(0, 70), num_new=st.integers(0, 40), block_size=st.integers(1, 17))
+def test_blocks_reference_is_the_ceiling_difference_and_what_append_allocates(length, num_new, block_size):
+    expected = good_blocks(length, num_new, block_size)
+    assert _blocks_reference(length, num_new, block_size) == expected
+    # and what the cache really allocates when the tokens are written
+    cache = PagedKVCache(n_layers=1, num_blocks=200, block_size=block_size, n_kv_heads=1, head_dim=1)
+    seq = cache.add_sequence()
+    if length:
+        cache.append(0, seq, torch.zeros(1, length, 1), torch.zeros(1, length, 1))
+    before = len(cache.block_table(seq))
+    if num_new:
+        cache.append(0, seq, torch.zeros(1, num_new, 1), torch.zeros(1, num_new, 1))
+    assert len(cache.block_table(seq)) - before == expected
+
+
+# ------------------------------------------------------------------------ static waste
+
+
+def test_waste_check_passes_correct_answers(capsys):
+    checks.check_static_waste(good_waste)
+    assert "✔ static_waste: all 6 cases" in capsys.readouterr().out
+    checks.check_static_waste(lambda p, a: list(good_waste(p, a)))  # a list is accepted
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda p, a: good_waste(p, a)[::-1], "in this order"),
+        (lambda p, a: (len(p) * max(p), len(a) * max(a)), "count only the wasted"),
+        (lambda p, a: (good_waste(p, a)[0], sum(max(a) - n - 1 for n in a)), "busy for n steps"),
+        (lambda p, a: (good_waste(p, a)[0], sum(max(a) - n + 1 for n in a)), "busy for n steps"),
+        (lambda p, a: sum(good_waste(p, a)), "tuple of two ints"),
+        (lambda p, a: (0, good_waste(p, a)[1]), "static_waste"),
+    ],
+)
+def test_waste_check_rejects_wrong_answers(wrong, hint):
+    with pytest.raises(AssertionError, match="static_waste") as err:
+        checks.check_static_waste(wrong)
+    assert hint in str(err.value)
+
+
+def _simulate_static(prompt_lens, answer_lens):
+    """A step-by-step count: pad the prompts, then run every row for the longest answer."""
+    width, pad = max(prompt_lens), 0
+    for p in prompt_lens:
+        while p < width:
+            p, pad = p + 1, pad + 1
+    idle = 0
+    for step in range(max(answer_lens)):
+        idle += sum(1 for n in answer_lens if step >= n)  # rows whose answer has ended
+    return pad, idle
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(1, 60), st.integers(1, 40)), min_size=1, max_size=8))
+def test_static_reference_matches_a_step_by_step_count(rows):
+    prompt_lens, answer_lens = [p for p, _ in rows], [a for _, a in rows]
+    assert _static_reference(prompt_lens, answer_lens) == _simulate_static(prompt_lens, answer_lens)
