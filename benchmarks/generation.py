@@ -43,6 +43,7 @@ from _machine import cpu_name
 
 from llmfoundations import pretrained
 from llmfoundations.generate import generate
+from llmfoundations.inference.fast_decode import FastGreedyDecoder
 from llmfoundations.kv_cache import kv_cache_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.md"
@@ -114,6 +115,7 @@ class Case:
     times: list[tuple[float, float, float]] = field(default_factory=list)  # (ttft, decode, total)
     peak_mib: float | None = None
     sequences: torch.Tensor | None = None
+    compile_s: float | None = None  # FastGreedyDecoder(compile=True): one-off compile time
 
     def measure(self) -> None:
         before = reset_peak_memory()
@@ -150,7 +152,7 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     return [tokenizer.encode(pretrained.apply_chat_template(c)) for c in chats]
 
 
-def make_cases(ours, hf, tokenizer, new_tokens: int) -> list[Case]:
+def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=()) -> list[Case]:
     config = ours.config
     cases = []
     for batch in (1, 8):
@@ -199,7 +201,49 @@ def make_cases(ours, hf, tokenizer, new_tokens: int) -> list[Case]:
         if batch == 1:
             cases.append(Case("ours, no cache", batch, lambda f=ours_run: f(False), None))
         cases.append(Case("transformers, KV cache", batch, hf_run, cache))
+        for mode in fast_modes:
+            decoder = FastGreedyDecoder(
+                ours,
+                batch,
+                width + new_tokens,
+                compile=mode != "static",
+                freeze=mode == "freeze",
+            )
+
+            def fast_run(decoder=decoder, ids=ids, mask=mask):
+                clock = StepClock()
+                out = decoder.generate(
+                    ids,
+                    new_tokens,
+                    attention_mask=mask,
+                    pad_token_id=pretrained.PAD_ID,
+                    streamer=clock,
+                )
+                return out.sequences, clock
+
+            case = Case(FAST_NAMES[mode], batch, fast_run, cache)
+            case.compile_s = decoder.compile_seconds if mode != "static" else None
+            cases.append(case)
     return cases
+
+
+FAST_NAMES = {
+    "static": "ours, fast: static cache",
+    "compile": "ours, fast + torch.compile",
+    "freeze": "ours, fast + compile + freezing",
+}
+
+
+def copy_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth of a large tensor copy (read + write bytes / best time), in GB/s."""
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
 
 
 # ----------------------------------------------------------------------------- report
@@ -218,26 +262,38 @@ def machine(load: str | None) -> str:
     return "; ".join(parts)
 
 
-def report(cases: list[Case], new_tokens: int, rounds: int, load: str | None) -> str:
+def report(
+    cases: list[Case],
+    new_tokens: int,
+    rounds: int,
+    load: str | None,
+    weight_mib: float,
+    bandwidth: float,
+) -> str:
+    bound = bandwidth * 1e9 / (weight_mib * 2**20)
     best = {(c.name, c.batch): c.best(new_tokens) for c in cases}
     lines = [
-        "# Decoding with and without a KV cache, and transformers' `generate`",
+        "# Decoding with and without a KV cache, a fast path, and transformers' `generate`",
         "",
         f"SmolLM2-135M-Instruct (float32, from the same GGUF file), greedy, {new_tokens} new "
         f"tokens after chat-formatted prompts, no early stop; best of {rounds} interleaved "
         "rounds. Written by `benchmarks/generation.py`.",
         "",
         "| implementation | batch | time to first token (s) | decode tokens/s | "
-        "end-to-end tokens/s | KV cache (MiB) | peak RSS growth (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "end-to-end tokens/s | decode / transformers | KV cache (MiB) | "
+        "peak RSS growth (MiB) | compile (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in cases:
         b = best[(c.name, c.batch)]
+        hf = best[("transformers, KV cache", c.batch)]
         kv = "" if c.kv_bytes is None else f"{c.kv_bytes / 2**20:.1f}"
         peak = "n/a" if c.peak_mib is None else f"{c.peak_mib:.0f}"
+        compiled = "" if c.compile_s is None else f"{c.compile_s:.0f}"
         lines.append(
             f"| {c.name} | {c.batch} | {b['ttft']:.2f} | {b['decode']:.1f} | "
-            f"{b['total']:.1f} | {kv} | {peak} |"
+            f"{b['total']:.1f} | {b['decode'] / hf['decode']:.2f} | {kv} | {peak} | "
+            f"{compiled} |"
         )
     ours1, hf1 = best[("ours, KV cache", 1)], best[("transformers, KV cache", 1)]
     slow1 = best[("ours, no cache", 1)]
@@ -251,10 +307,17 @@ def report(cases: list[Case], new_tokens: int, rounds: int, load: str | None) ->
         )
         for batch in (1, 8)
     }
+    by_name = {(c.name, c.batch): c.sequences for c in cases}
     cached_equal = torch.equal(
         next(c for c in cases if c.name == "ours, no cache").sequences,
         next(c for c in cases if c.name == "ours, KV cache" and c.batch == 1).sequences,
     )
+    fast_same = [
+        f"{c.name}, batch {c.batch}: "
+        + ("yes" if torch.equal(c.sequences, by_name[("ours, KV cache", c.batch)]) else "NO")
+        for c in cases
+        if c.name in FAST_NAMES.values()
+    ]
     lines += [
         "",
         "Ratios of decode tokens/s (end-to-end in brackets):",
@@ -268,7 +331,17 @@ def report(cases: list[Case], new_tokens: int, rounds: int, load: str | None) ->
         "",
         "Same tokens as transformers: "
         f"batch 1 {'yes' if same[1] else 'NO'}, batch 8 {'yes' if same[8] else 'NO'}; "
-        f"with and without the cache: {'yes' if cached_equal else 'NO'}.",
+        f"with and without the cache: {'yes' if cached_equal else 'NO'}."
+        + (f" Fast paths, same tokens as ours: {'; '.join(fast_same)}." if fast_same else ""),
+        "",
+        "The fast paths are `inference.fast_decode.FastGreedyDecoder`: a static "
+        "(preallocated) cache written in place, stacked q/k/v and gate/up weights, SDPA "
+        "with `enable_gqa`, checks once per call; optionally `torch.compile` of the decoding "
+        "step (compiled once per batch size, before timing; its compile time is in the last "
+        "column) and inductor's weight freezing. Reading the weights bounds a step: "
+        f"{weight_mib:.0f} MiB of float32 weights per step at the copy bandwidth measured "
+        f"here ({bandwidth:.1f} GB/s) allows at most {bound:.0f} steps/s, i.e. "
+        f"{bound:.0f} tokens/s at batch 1 and {8 * bound:.0f} at batch 8.",
         "",
         "Peak RSS growth is how far the process's peak resident memory rose above its "
         "resident memory before the call (the 513 MiB of weights of each model are not "
@@ -289,6 +362,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--fast",
+        nargs="*",
+        choices=list(FAST_NAMES),
+        default=list(FAST_NAMES),
+        help="FastGreedyDecoder variants to time (compiling each takes a minute or more)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -296,17 +376,23 @@ def main() -> None:
 
     ours, tokenizer = pretrained.load_smollm2()
     hf = load_transformers()
-    cases = make_cases(ours, hf, tokenizer, args.new_tokens)
+    weight_mib = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**20
+    bandwidth = copy_bandwidth_gbs()
+    cases = make_cases(ours, hf, tokenizer, args.new_tokens, args.fast)
     warm = make_cases(ours, hf, tokenizer, 4)  # first calls allocate and pick kernels
     for case in warm:
         case.measure()
+    fast = [c for c in cases if c.name in FAST_NAMES.values()]
+    for case in fast:  # the fast paths' own first call
+        case.measure()
+        case.times.clear()
     by_key = {(c.name, c.batch): c for c in cases}
     pairs = [(by_key[("ours, KV cache", b)], by_key[("transformers, KV cache", b)]) for b in (1, 8)]
     for r in range(args.rounds):
         # Ours and transformers run back to back, in alternating order, so that both see the
-        # same machine; the long uncached run comes last.
+        # same machine; then the fast paths; the long uncached run comes last.
         order = [c for pair in pairs for c in (pair if r % 2 == 0 else pair[::-1])]
-        for case in [*order, by_key[("ours, no cache", 1)]]:
+        for case in [*order, *fast, by_key[("ours, no cache", 1)]]:
             case.measure()
             print(
                 f"round {r + 1}: {case.name}, batch {case.batch}: "
@@ -317,7 +403,7 @@ def main() -> None:
         load = None
         if load_start is not None:
             load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-        text = report(cases, args.new_tokens, r + 1, load)
+        text = report(cases, args.new_tokens, r + 1, load, weight_mib, bandwidth)
         if not args.no_write:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text)

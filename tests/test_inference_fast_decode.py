@@ -1,0 +1,132 @@
+"""FastGreedyDecoder: the same logits and tokens as the readable ``generate``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmfoundations.generate import generate_output
+from llmfoundations.inference.fast_decode import FastGreedyDecoder, check_fast_decodable
+from llmfoundations.models import DecoderLM, ModelConfig
+
+
+def _model(seed: int = 0, **overrides) -> DecoderLM:
+    torch.manual_seed(seed)
+    config = ModelConfig.llama(vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2)
+    return DecoderLM(dataclasses.replace(config, **overrides)).eval()
+
+
+def _prompts(seed: int, lengths: list[int]) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 97, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_every_step_logits_equal_the_models_own():
+    model = _model()
+    prompts = _prompts(1, [5, 2, 7])
+    ref = generate_output(model, prompts, 6, output_logits=True)
+    decoder = FastGreedyDecoder(model, 3, 16)
+    seen = []
+
+    def record(token):
+        seen.append(token.clone())
+
+    out = decoder.generate(prompts, 6, streamer=record)
+    assert torch.equal(out.sequences, ref.sequences)
+    assert torch.equal(out.attention_mask, ref.attention_mask)
+    assert torch.equal(torch.stack(seen, dim=1), ref.new_tokens)
+    # The logits of every step, recomputed by feeding the reference's tokens step by step.
+    decoder.valid.zero_()
+    ids, mask = ref.sequences, ref.attention_mask
+    t = ref.prompt_length
+    decoder.valid[:, :t] = mask[:, :t].bool()
+    positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+    with torch.no_grad():
+        logits = decoder._forward(ids[:, :t], decoder.columns[:t], positions[:, :t])
+        torch.testing.assert_close(logits, ref.logits[:, 0], rtol=1e-5, atol=1e-5)
+        for step in range(1, ref.steps):
+            col = decoder.columns[t + step - 1 : t + step]
+            logits = decoder._decode_step(ids[:, t + step - 1 : t + step], col, positions[:, col])
+            torch.testing.assert_close(logits, ref.logits[:, step], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 6])  # multi-query, grouped-query, multi-head
+def test_greedy_tokens_equal_generate_with_stops(kv_heads):
+    model = _model(seed=kv_heads, n_kv_heads=kv_heads)
+    prompts = _prompts(kv_heads, [4, 9, 1, 6])
+    ref = generate_output(model, prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2)
+    out = FastGreedyDecoder(model, 4, 19).generate(
+        prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2
+    )
+    for field in ("sequences", "attention_mask", "num_new_tokens", "stopped"):
+        assert torch.equal(getattr(out, field), getattr(ref, field)), field
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 8), min_size=1, max_size=3),
+    n=st.integers(0, 6),
+    seed=st.integers(0, 10_000),
+)
+def test_property_equals_generate_and_is_reusable(lengths, n, seed):
+    model = _model(seed % 3)
+    decoder = FastGreedyDecoder(model, len(lengths), 14)
+    for offset in range(2):  # a second call on the same decoder starts from a clean cache
+        prompts = _prompts(seed + offset, lengths)
+        ref = generate_output(model, prompts, n)
+        out = decoder.generate(prompts, n)
+        assert torch.equal(out.sequences, ref.sequences)
+        assert out.steps == ref.steps == n
+
+
+def test_interleaved_rope_layout():
+    model = _model(rope_interleaved=True)
+    prompts = _prompts(4, [3, 6])
+    ref = generate_output(model, prompts, 5)
+    assert torch.equal(
+        FastGreedyDecoder(model, 2, 11).generate(prompts, 5).sequences, ref.sequences
+    )
+
+
+@pytest.mark.slow
+def test_compiled_and_frozen_step_gives_the_same_tokens():
+    model = _model()
+    prompts = _prompts(7, [5, 2])
+    ref = generate_output(model, prompts, 8)
+    decoder = FastGreedyDecoder(model, 2, 13, compile=True, freeze=True)
+    assert decoder.compile_seconds > 0
+    assert torch.equal(decoder.generate(prompts, 8).sequences, ref.sequences)
+
+
+def test_rejects_models_and_arguments_it_cannot_run():
+    with pytest.raises(TypeError, match="DecoderLM"):
+        check_fast_decodable(torch.nn.Linear(2, 2))
+    gpt = DecoderLM(ModelConfig.gpt(vocab_size=50, d_model=32, n_layers=1, n_heads=4))
+    with pytest.raises(ValueError, match="positional"):
+        FastGreedyDecoder(gpt, 1, 8)
+    with pytest.raises(ValueError, match="bias"):
+        FastGreedyDecoder(_model(bias=True), 1, 8)
+    model = _model()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        FastGreedyDecoder(model, 1, model.config.max_seq_len + 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        FastGreedyDecoder(model, 0, 8)
+    with pytest.raises(ValueError, match="freeze=True needs compile=True"):
+        FastGreedyDecoder(model, 1, 8, freeze=True)
+    with pytest.raises(TypeError, match="compile"):
+        FastGreedyDecoder(model, 1, 8, compile="yes")
+    decoder = FastGreedyDecoder(model, 2, 8)
+    with pytest.raises(ValueError, match="batch_size=2 rows"):
+        decoder.generate([[1, 2, 3]], 2)
+    with pytest.raises(ValueError, match="max_length=8"):
+        decoder.generate([[1, 2, 3], [4, 5]], 6)
+    with pytest.raises(ValueError, match="vocab_size"):
+        decoder.generate([[1, 2, 300], [4, 5]], 2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decoder.generate([[1, 2], [4, 5]], -1)
+    with pytest.raises(TypeError, match="streamer"):
+        decoder.generate([[1, 2], [4, 5]], 1, streamer=3)
