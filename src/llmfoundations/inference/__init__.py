@@ -13,6 +13,8 @@ One concept per module:
 - ``paged_kv``, ``prefix_cache``, ``batching``: serving many requests: a KV cache in
   fixed-size blocks, reuse of shared prefixes, continuous batching.
 - ``parallel``: data, tensor and pipeline parallelism on ``torch.distributed``.
+- ``parallel_costs``: what each split stores and sends per rank (ring all-reduce, ZeRO
+  stages), and the GPipe timeline with its bubble.
 
 The KV cache itself is ``llmfoundations.kv_cache`` (chapter 1's models use it). Each
 module that re-implements something a well-kept library does (torchao, TRL,

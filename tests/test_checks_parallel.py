@@ -1,0 +1,88 @@
+"""Tests for checks.parallel: the Lab 06-8 checks pass correct answers, fail blanks and
+known mistakes with the right hint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmfoundations import checks
+
+
+def good_ring(n_bytes, world_size):
+    return 2 * (world_size - 1) / world_size * n_bytes
+
+
+def good_zero(n_params, world_size, stage):
+    weights, grads, optim = 2 * n_params, 2 * n_params, 12 * n_params
+    if stage >= 1:
+        optim /= world_size
+    if stage >= 2:
+        grads /= world_size
+    if stage >= 3:
+        weights /= world_size
+    return weights + grads + optim
+
+
+def test_ring_check_passes_correct_answers(capsys):
+    checks.check_ring_all_reduce_bytes(good_ring)
+    assert "✔ ring_bytes: all 6 cases" in capsys.readouterr().out
+    # step by step: 2 (W - 1) steps of one chunk; and a tensor result
+    checks.check_ring_all_reduce_bytes(lambda s, w: sum(s / w for _ in range(2 * (w - 1))))
+    checks.check_ring_all_reduce_bytes(lambda s, w: torch.tensor(good_ring(s, w), dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda s, w: (w - 1) / w * s, "reduce-scatter half"),
+        (lambda s, w: 2 * (w - 1) * s, "not the whole tensor"),
+        (lambda s, w: 2.0 * s, "never sends its own chunk"),
+        (lambda s, w: float(s), "count both phases"),
+        (lambda s, w: "1000", "must return a number"),
+    ],
+)
+def test_ring_check_rejects_wrong_answers(wrong, hint):
+    with pytest.raises(AssertionError, match="ring_bytes") as err:
+        checks.check_ring_all_reduce_bytes(wrong)
+    assert hint in str(err.value)
+
+
+def test_zero_check_passes_correct_answers(capsys):
+    checks.check_zero_bytes_per_rank(good_zero)
+    assert "✔ zero_bytes: all 8 cases" in capsys.readouterr().out
+    # per parameter, the shards of each stage in a list (an integer Psi times a float)
+    def per_param(p, w, s):
+        return p * sum(b / (w if s >= level else 1) for b, level in ((2, 3), (2, 2), (12, 1)))
+
+    checks.check_zero_bytes_per_rank(per_param)
+
+
+def _staged(p, w, s, wb=2, gb=2, k=12, shift=0):
+    s += shift
+    return wb * p / (w if s >= 3 else 1) + gb * p / (w if s >= 2 else 1) + k * p / (w if s >= 1 else 1)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda p, w, s: _staged(p, w, s, shift=1), "off by one"),
+        (lambda p, w, s: 16 * p / (w if s >= 1 else 1), "stage 1 shards only the optimizer state"),
+        (lambda p, w, s: _staged(p, w, s, k=0), "optimizer state is missing"),
+        (lambda p, w, s: _staged(p, w, s, gb=4), "fp16"),
+        (lambda p, w, s: [1.0], "must return a number"),
+    ],
+)
+def test_zero_check_rejects_wrong_answers(wrong, hint):
+    with pytest.raises(AssertionError, match="zero_bytes") as err:
+        checks.check_zero_bytes_per_rank(wrong)
+    assert hint in str(err.value)
+
+
+@pytest.mark.parametrize("check", [checks.check_ring_all_reduce_bytes, checks.check_zero_bytes_per_rank])
+def test_blank_answers_are_not_attempted(check):
+    def blank(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError, match="not attempted yet"):
+        check(blank)
