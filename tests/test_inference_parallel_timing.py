@@ -1,0 +1,78 @@
+"""Tests for inference.parallel_timing: every strategy's trained weights and losses equal one
+process's (one spawn of 2 ranks runs them all), and its bookkeeping is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmfoundations.inference import parallel_timing as pt
+from llmfoundations.inference.parallel import run_workers
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _data(d_model: int = 8, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(batch, d_model, generator=g), torch.randn(batch, d_model, generator=g)
+
+
+def test_every_strategy_trains_like_one_process():
+    model, (x, y) = pt.mlp_stack(8, 16, 2), _data()
+    steps = 3
+    single = pt.train_single(model, x, y, steps)
+    results = run_workers(
+        pt.timed_steps_worker, 2, pt.STRATEGIES, model, x, y, 2, 1, 1e-3, 2, timeout=120
+    )
+    for strategy in pt.STRATEGIES:
+        ranks = [r[strategy] for r in results]
+        params = {**ranks[0]["params"], **ranks[1]["params"]}
+        assert params.keys() == single["params"].keys(), strategy
+        for name, p in single["params"].items():
+            torch.testing.assert_close(params[name], p, **TOL, msg=f"{strategy} {name}")
+        seen = [[r["losses"][i] for r in ranks if r["losses"][i] is not None] for i in range(steps)]
+        losses = [sum(s) / len(s) for s in seen]  # equal shards: the mean is the full loss
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(single["losses"]), **TOL)
+        assert all(len(r["times"]) == 2 for r in ranks)
+    # model state per rank: sharded strategies hold half of the weights (biases aside)
+    whole = single["bytes"]
+    n_params = sum(p.numel() for p in model.parameters())
+    assert whole == {"params": 4 * n_params, "grads": 4 * n_params, "optim": 8 * n_params}
+    for r in results:
+        assert r["ddp"]["bytes"] == whole
+        assert sum(b["fsdp2"]["bytes"]["params"] for b in results) == whole["params"]
+        assert r["pipeline_by_hand"]["bytes"]["params"] == whole["params"] // 2
+        bias = 4 * 8 * 2  # the down_proj biases (2 layers x 8) are held whole by both ranks
+        assert r["tp_by_hand"]["bytes"]["params"] == (whole["params"] - bias) // 2 + bias
+        # counted traffic: DDP by hand is one ring all-reduce of every gradient
+        assert r["ddp_by_hand"]["sent"] == pytest.approx(4 * n_params)
+        assert r["ddp"]["sent"] == 0  # DDP calls its collectives below the Python API
+
+
+def test_train_single_leaves_the_model_alone():
+    model, (x, y) = pt.mlp_stack(4, 8, 1), _data(4, 2)
+    before = [p.clone() for p in model.parameters()]
+    out = pt.train_single(model, x, y, 2)
+    assert len(out["times"]) == len(out["losses"]) == 2
+    for a, b in zip(before, model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bad_arguments_are_named():
+    model, (x, y) = pt.mlp_stack(4, 8, 2), _data(4, 4)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        pt.timed_steps_worker(0, 2, ["zero"], model, x, y, 1)
+    with pytest.raises(TypeError, match="strategies"):
+        pt.timed_steps_worker(0, 2, "ddp", model, x, y, 1)
+    with pytest.raises(TypeError, match="model"):
+        pt.train_single(torch.nn.Linear(4, 4), x, y, 1)
+    with pytest.raises(ValueError, match="x and y"):
+        pt.train_single(model, x, y[:, :2], 1)
+    with pytest.raises(ValueError, match="n_microbatches"):
+        pt.timed_steps_worker(0, 2, ["pipeline_by_hand"], model, x, y, 1, n_microbatches=3)
+    with pytest.raises(ValueError, match="n_layers"):
+        pt.timed_steps_worker(0, 2, ["pipeline_gpipe"], pt.mlp_stack(4, 8, 3), x, y, 1)
+    with pytest.raises(ValueError, match="steps"):
+        pt.train_single(model, x, y, 0)
+    with pytest.raises(ValueError, match="d_model"):
+        pt.mlp_stack(0, 8, 1)
