@@ -105,7 +105,7 @@ def reading(best: dict[str, float], args: argparse.Namespace, weight_bytes: int)
         f"{args.batch} x {args.d_model} activation per block, far less than a gradient here "
         "(the batch is small). Each rank also computes half of every matrix product. The "
         f"DTensor version takes {b['tp_dtensor'] / b['tp_by_hand']:.2f}x the by-hand "
-        "time: on matrices this small the per-operation dispatch of DTensor weighs.",
+        "time: most likely the per-operation dispatch of DTensor, which weighs on matrices this small.",
         "- **Pipeline** sends least (one activation forward, one gradient back) but each "
         f"rank idles part of the step: GPipe's bubble with {WORLD} stages and "
         f"{args.microbatches} microbatches is {100 * bubble:.0f} % "
@@ -114,7 +114,8 @@ def reading(best: dict[str, float], args: argparse.Namespace, weight_bytes: int)
         f"batch. `ScheduleGPipe` takes {b['pipeline_gpipe'] / b['pipeline_by_hand']:.2f}x "
         "the by-hand time.",
         "",
-        "Timings on a shared 2-core machine move by 10-20 % between runs; the byte counts, "
+        "Timings on a shared 2-core machine move between runs (by 10-40 % in shorter "
+        "development runs); the byte counts, "
         "the state per rank and the agreement with one process do not.",
     ]
 
