@@ -15,6 +15,8 @@ One concept per module:
 - ``parallel``: data, tensor and pipeline parallelism on ``torch.distributed``.
 - ``parallel_costs``: what each split stores and sends per rank (ring all-reduce, ZeRO
   stages), and the GPipe timeline with its bubble.
+- ``parallel_timing``: many timed training steps of each strategy side by side, for
+  ``benchmarks/parallelism.py``.
 
 The KV cache itself is ``llmfoundations.kv_cache`` (chapter 1's models use it). Each
 module that re-implements something a well-kept library does (torchao, TRL,
