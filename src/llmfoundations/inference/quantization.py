@@ -105,7 +105,8 @@ routers ``gate`` (tiny, and a rounding error there changes which experts run). P
 
 Left out: computing with the codes without dequantizing them (int8 or int4 matrix kernels
 such as ``torch._weight_int4pack_mm_for_cpu``: this module trades speed for a readable
-forward pass, so it saves memory but is not faster), activation quantization (W8A8,
+forward pass, so it saves memory but is slower than float32; ``benchmarks/quantization.py``
+runs the same codes through those kernels for comparison), activation quantization (W8A8,
 SmoothQuant), GPTQ's act-order (quantizing columns by decreasing ``diag H``), the loop
 that calibrates a whole model (``benchmarks/quantization.py`` has one: block by block,
 each block's ``H`` from the outputs of the blocks before it, already quantized), AWQ, NF4
