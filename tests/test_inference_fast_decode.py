@@ -130,3 +130,22 @@ def test_rejects_models_and_arguments_it_cannot_run():
         decoder.generate([[1, 2], [4, 5]], -1)
     with pytest.raises(TypeError, match="streamer"):
         decoder.generate([[1, 2], [4, 5]], 1, streamer=3)
+
+
+@pytest.mark.slow
+def test_compiled_step_writes_the_cache_in_place():
+    # A write into a slice of one (L, B, Hkv, T_max, D) cache made inductor copy each layer's
+    # cache at every step; with one buffer per layer, no cache-sized buffer is allocated.
+    from torch._inductor.utils import run_and_get_code
+
+    model = _model()
+    decoder = FastGreedyDecoder(model, 2, 13)
+    b, g, t, d = decoder.layers[0].k_cache.shape
+    token = torch.tensor([[5], [6]])
+    col = decoder.columns[3:4]
+    with torch.no_grad():
+        expected = decoder._decode_step(token, col, col.expand(2, 1))
+        compiled = torch.compile(decoder._decode_step, fullgraph=True, dynamic=False)
+        logits, codes = run_and_get_code(compiled, token, col, col.expand(2, 1))
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert f"empty_strided_cpu(({b}, {g}, {t}, {d})," not in "".join(codes)

@@ -10,8 +10,13 @@ At batch 1-8 a decoding step is bound by reading the weights (about 540 MB per s
 SmolLM2-135M in float32), not by arithmetic, so every change below removes overhead around
 those reads rather than arithmetic:
 
-- the KV cache is allocated once at its final length, ``(L, B, Hkv, T_max, D)``, and each
-  step writes one column in place (no ``torch.cat`` per layer per step);
+- the KV cache is allocated once at its final length, one ``(B, Hkv, T_max, D)`` key and
+  value buffer per layer, and each step writes one column in place (no ``torch.cat`` per
+  layer per step). One buffer per layer rather than one ``(L, B, Hkv, T_max, D)`` tensor
+  matters for ``torch.compile``: inductor writes the column into a whole buffer in place, but
+  a write into a slice (``cache[i]``) of a larger buffer it turns into copies of that layer's
+  cache at every step, which cost more than the compiled step saves at batch 8 (measured in
+  ``benchmarks/results/generation.md``);
 - q, k and v come from one matrix multiply with the three weights stacked, and so do the
   gate and up projections of the feed-forward network;
 - attention is one ``scaled_dot_product_attention`` call with ``enable_gqa=True``: the
@@ -83,9 +88,10 @@ def check_fast_decodable(model: object) -> DecoderLM:
 
 
 class _Layer(nn.Module):
-    """One block's weights, stacked for fewer, larger matrix multiplies (frozen copies)."""
+    """One block's weights, stacked for fewer, larger matrix multiplies (frozen copies), and
+    its own static key/value cache ``(B, Hkv, T_max, D)`` each."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: nn.Module, cache_shape: tuple[int, int, int, int]) -> None:
         super().__init__()
         attn, ffn = block.attn, block.ffn
 
@@ -99,6 +105,9 @@ class _Layer(nn.Module):
         self.down = frozen(ffn.down_proj.weight)  # (C, F)
         self.norm1 = frozen(block.norm1.weight)  # (C,)
         self.norm2 = frozen(block.norm2.weight)  # (C,)
+        new = self.o.new_zeros
+        self.register_buffer("k_cache", new(cache_shape), persistent=False)  # (B, Hkv, T_max, D)
+        self.register_buffer("v_cache", new(cache_shape), persistent=False)  # (B, Hkv, T_max, D)
 
 
 class FastGreedyDecoder(nn.Module):
@@ -108,7 +117,7 @@ class FastGreedyDecoder(nn.Module):
         model: the model whose weights are copied in (later changes to it are not seen).
         batch_size: rows per call (``B``); prompts must come in batches of exactly this size.
         max_length: prompt + new tokens per call, at most the model's ``max_seq_len``; the
-            cache is ``(L, B, Hkv, max_length, D)``.
+            cache is ``(B, Hkv, max_length, D)`` keys and values per layer.
         compile: compile the decoding step with ``torch.compile`` (once, at construction:
             ``compile_seconds`` says how long it took). The prefill pass stays eager.
         freeze: with ``compile``, let inductor treat the weights as constants.
@@ -147,10 +156,8 @@ class FastGreedyDecoder(nn.Module):
         self.embed = frozen(weight)  # (V, C)
         self.lm_head = frozen(model.lm_head.weight)  # (V, C); the same tensor when tied
         self.final_norm = frozen(model.norm.weight)  # (C,)
-        self.layers = nn.ModuleList(_Layer(block) for block in model.blocks)
-        cache_shape = (c.n_layers, batch_size, c.kv_heads, max_length, c.head_dim)
-        self.register_buffer("k_cache", weight.new_zeros(cache_shape), persistent=False)
-        self.register_buffer("v_cache", weight.new_zeros(cache_shape), persistent=False)
+        cache_shape = (batch_size, c.kv_heads, max_length, c.head_dim)
+        self.layers = nn.ModuleList(_Layer(block, cache_shape) for block in model.blocks)
         # valid[b, j]: column j of row b holds a real token (not prompt padding, not unwritten)
         self.register_buffer(
             "valid", torch.zeros(batch_size, max_length, dtype=torch.bool, device=weight.device)
@@ -184,7 +191,7 @@ class FastGreedyDecoder(nn.Module):
         mask = (causal & self.valid[:, None, :]) | itself  # (B, T, T_max)
         mask = mask[:, None]  # (B, 1, T, T_max)
         interleaved = self.config.rope_interleaved
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             qkv = F.linear(_rms_norm(x, layer.norm1, eps), layer.qkv)  # (B, T, (H + 2Hkv) D)
             q, k, v = qkv.split((h * d, g * d, g * d), dim=-1)
             q = rearrange(q, "b t (h d) -> b h t d", h=h)  # (B, H, T, D)
@@ -192,10 +199,10 @@ class FastGreedyDecoder(nn.Module):
             v = rearrange(v, "b t (g d) -> b g t d", g=g)  # (B, Hkv, T, D)
             q = rotate_pairs(q, cos, sin, interleaved)
             k = rotate_pairs(k, cos, sin, interleaved)
-            self.k_cache[i].index_copy_(2, cols, k)  # (B, Hkv, T_max, D)
-            self.v_cache[i].index_copy_(2, cols, v)
+            layer.k_cache.index_copy_(2, cols, k)  # (B, Hkv, T_max, D)
+            layer.v_cache.index_copy_(2, cols, v)
             a = F.scaled_dot_product_attention(
-                q, self.k_cache[i], self.v_cache[i], attn_mask=mask, enable_gqa=g != h
+                q, layer.k_cache, layer.v_cache, attn_mask=mask, enable_gqa=g != h
             )  # (B, H, T, D)
             x = x + F.linear(rearrange(a, "b h t d -> b t (h d)"), layer.o)  # (B, T, C)
             gate, up = F.linear(_rms_norm(x, layer.norm2, eps), layer.gate_up).chunk(2, dim=-1)
