@@ -314,7 +314,9 @@ class Engine:
         check_int("max_new_tokens", max_new_tokens, minimum=1)
         stop_ids = frozenset(_check_stop_ids(stop_token_ids, self.vocab_size))
         if sampling is not None and not isinstance(sampling, SamplingConfig):
-            raise TypeError(f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}")
+            raise TypeError(
+                f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}"
+            )
         _check_generator(generator)
         if on_token is not None and not callable(on_token):
             raise TypeError(f"on_token must be callable or None, got {type(on_token).__name__}")
@@ -348,7 +350,9 @@ class Engine:
             if isinstance(t, bool) or not isinstance(t, int):
                 raise TypeError(f"prompt must hold ints, got {type(t).__name__} ({t!r})")
             if not 0 <= t < self.vocab_size:
-                raise ValueError(f"prompt holds token {t}, outside [0, vocab_size={self.vocab_size})")
+                raise ValueError(
+                    f"prompt holds token {t}, outside [0, vocab_size={self.vocab_size})"
+                )
         return list(prompt)
 
     def _check_schedulable(self, request: Request) -> None:
@@ -381,7 +385,9 @@ class Engine:
         if isinstance(request_id, bool) or not isinstance(request_id, int):
             raise TypeError(f"request_id must be an int, got {type(request_id).__name__}")
         if request_id not in self.requests:
-            raise ValueError(f"request_id {request_id} is unknown (ids 0 .. {self._next_id - 1} were given)")
+            raise ValueError(
+                f"request_id {request_id} is unknown (ids 0 .. {self._next_id - 1} were given)"
+            )
         return self.requests[request_id]
 
     def output(self, request_id: int) -> list[int]:
@@ -422,7 +428,8 @@ class Engine:
 
     def _forward(self, ids: torch.Tensor, seq_ids: list[int]) -> torch.Tensor:
         """Next-token logits (B, V) for rows of ``ids`` (B, T) through the paged cache."""
-        view = self.cache.view(seq_ids)
+        # A planned view: blocks reserved, slots computed once for all layers (paged_kv).
+        view = self.cache.view(seq_ids, num_new_tokens=ids.shape[1])
         # Rows of different lengths are left-padded in the attention; the mask masks the
         # padding and gives every token its own position (cumsum of the mask - 1).
         mask = view.padding_mask(ids.shape[1], device=self._device) if len(seq_ids) > 1 else None
@@ -442,7 +449,9 @@ class Engine:
         requests = [self.requests[i] for i in request_ids]
         last = torch.tensor([[r.output[-1]] for r in requests], device=self._device)  # (B, 1)
         logits = self._forward(last, [r.seq_id for r in requests])  # (B, V)
-        return {r.request_id: self._choose(r, logits[row : row + 1]) for row, r in enumerate(requests)}
+        return {
+            r.request_id: self._choose(r, logits[row : row + 1]) for row, r in enumerate(requests)
+        }
 
     def _run_prefill_chunk(self, request_id: int, n: int) -> dict[int, int]:
         """Feed the next ``n`` prompt tokens; the chunk that ends the prompt gives a token."""
