@@ -252,6 +252,12 @@ class Scheduler:
             request.seq_id = None
 
 
+def _keep_last_position(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the output layer sees only the last position of ``x`` (B, T, C)."""
+    x, *rest = args
+    return (x[:, -1:], *rest)
+
+
 class Engine:
     """A continuous-batching engine over a ``DecoderLM`` and a paged KV cache.
 
@@ -434,7 +440,17 @@ class Engine:
         # padding and gives every token its own position (cumsum of the mask - 1).
         mask = view.padding_mask(ids.shape[1], device=self._device) if len(seq_ids) > 1 else None
         forward = getattr(self.model, "forward_unchecked", self.model)
-        logits = forward(ids, attention_mask=mask, kv_cache=view).logits[:, -1].float()  # (B, V)
+        # Only the last position's logits are needed: a pre-hook on the output layer keeps
+        # its last input position (transformers' logits_to_keep=1), so a prefill chunk of
+        # T tokens does not compute T - 1 rows of vocabulary-sized logits for nothing.
+        head = getattr(self.model, "lm_head", None)
+        hook = head.register_forward_pre_hook(_keep_last_position) if head is not None else None
+        try:
+            out = forward(ids, attention_mask=mask, kv_cache=view)
+        finally:
+            if hook is not None:
+                hook.remove()
+        logits = out.logits[:, -1].float()  # (B, V)
         if not bool(torch.isfinite(logits.amax(dim=-1)).all()):  # one check for all rows
             raise ValueError(
                 f"the model's logits for sequences {seq_ids} hold NaN or +inf, or a row of "
