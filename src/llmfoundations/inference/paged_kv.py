@@ -32,7 +32,10 @@ This module holds:
 - ``PagedKVView`` / ``PagedLayerView``: some sequences of the pool seen as a batch by
   ``models.DecoderLM(ids, kv_cache=view)``; each layer view is an
   ``attention.KVCacheLike`` (``update(k, v)`` and ``length``), like
-  ``kv_cache.LayerKVCache``;
+  ``kv_cache.LayerKVCache``. A plain view reads row by row (the reference); a *planned*
+  view (``cache.view(ids, num_new_tokens=n)``, for one forward pass) computes the slots
+  once and reads all rows with one ``index_select`` per layer (what ``inference.batching``
+  uses);
 - ``gather_blocks`` and ``paged_attention``: attention of each sequence's new queries
   over its cached keys, reading them through the block table (the readable reference).
 
@@ -45,7 +48,7 @@ minimum over layers. The cache is for inference, under ``torch.no_grad()``.
 Left out: real paged-attention kernels read the blocks in place, inside the attention
 kernel (vLLM's layout splits the head dimension for vectorised loads); here the blocks
 are gathered into a dense copy and the course's attention runs on it, which costs a copy
-of the keys and values per layer and step. Also left out: copy-on-write of a partly
+of the keys and values per layer and step (one ``index_select`` in a planned view). Also left out: copy-on-write of a partly
 filled shared block (beam search and parallel sampling in vLLM), swapping blocks to CPU
 memory, sliding windows, and a scheduler (``inference.batching``).
 """
