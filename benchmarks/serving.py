@@ -250,8 +250,10 @@ def run_transformers(hf, requests: list[Request], max_batch: int, budget: int) -
             raise RuntimeError(f"request {i}: {result.error}")
         run.tokens[i] = list(result.generated_tokens)
         run.times[i] = [t - t0 for t in result.timestamps]
-    # Steps that produced a token (its timestamps are per step); prefill-only steps unseen.
-    run.steps = len({t for times in run.times.values() for t in times})
+    # Steps that produced a token: its timestamps are per token, those of one step lie
+    # within a millisecond, steps tens of milliseconds apart. Prefill-only steps unseen.
+    stamps = sorted(t for times in run.times.values() for t in times)
+    run.steps = 1 + sum(b - a > 0.005 for a, b in zip(stamps, stamps[1:], strict=False))
     return run
 
 
@@ -344,11 +346,52 @@ def report(
             f"{s['e2e_mean']:.2f} | {s['steps']} | {run.kv_allocated / mib:.1f} | "
             f"{run.kv_peak_used / mib:.1f} | {ok}/{n} |"
         )
+    static, ours = best["static"][0], best["ours, continuous"][0]
+    ratio = ours["throughput"] / hf["throughput"]
+    verdict = "ahead of" if ratio > 1.02 else "behind" if ratio < 0.98 else "level with"
     lines += [
         "",
         f"Contiguous cache of the longest request for {args.max_batch} rows "
         f"({max(len(r.prompt) + r.max_new for r in requests)} positions each): "
         f"{contiguous / mib:.1f} MiB.",
+        "",
+        "Columns. Per-token latency: the gaps between a request's consecutive tokens, pooled "
+        "over all requests. Steps: static, `generate` steps; ours, engine steps (each is one "
+        "batched decode pass plus one pass per prefill chunk); transformers, steps that "
+        "produced a token, counted from its per-token timestamps (`generate_batch` and its "
+        "manager return tokens when a request ends, not as a stream, but "
+        "`record_timestamps=True` stamps each token when its step makes it, so TTFT and "
+        "per-token latency are measured for it too). KV allocated: static, the largest "
+        "`KVCache` one `generate` call reserved (rows x (longest prompt + longest answer) of "
+        "its batch); ours and transformers, the block pool (both sized for the "
+        f"{args.max_batch} longest requests; transformers rounds it up to its own "
+        "sectors). KV peak used: positions written (static) or blocks handed out (paged).",
+        "",
+        f"Reading. Continuous batching beats static batching here: "
+        f"{ours['throughput'] / static['throughput']:.2f}x the throughput and "
+        f"{static['ttft_mean'] / ours['ttft_mean']:.1f}x lower mean TTFT, because a request "
+        "that arrives while a static batch runs waits for the whole batch, and a static "
+        "row keeps its slot after its answer is done. Our engine is "
+        f"{verdict} transformers on throughput ({ratio:.2f}x) and its mean TTFT is "
+        f"{ours['ttft_mean'] / hf['ttft_mean']:.2f}x transformers'. What still separates "
+        "them: transformers packs every scheduled token of a step (decodes and prefill "
+        "chunks together) into one forward pass, so the weights are read once per step; ours "
+        "runs one batched decode pass plus one pass per prefill chunk, so a step that "
+        "admits a request reads the weights twice, which shows in TTFT and in the p95 "
+        "per-token latency of the requests decoding beside it. Packing with a dense mask "
+        "is not free either: on this CPU, masked attention over every row's keys cost "
+        "about 3.5x the padded per-row attention for an 8-row decode (1.2 vs 0.33 ms per "
+        "layer), so ours keeps decode rows padded and prefills apart. Two changes made in "
+        "`inference` for this benchmark: a *planned* paged view (one `index_copy_` and "
+        "one `index_select` per pool and layer, slots computed once per pass, instead of "
+        "gathering and padding each row's blocks in every layer; the row-by-row gather "
+        "stays as the reference), and logits for the last position only (a prefill chunk "
+        "of T tokens computed T rows of 49152-way logits). Before them, on this trace, "
+        "one round: ours 23.2 tokens/s vs transformers 30.3 (0.77x), mean TTFT 3.85 vs "
+        "2.34 s. Memory: both paged caches hold only written positions (plus the "
+        "partly filled last block), about half of the contiguous reservation for "
+        f"{args.max_batch} rows of the longest request; static `generate` reserves every "
+        "row up to the longest prompt plus the longest answer of its batch.",
         "",
         f"Machine: {machine()}; 1-minute load average {load}.",
         "",
