@@ -315,6 +315,7 @@ def report(
     args: argparse.Namespace,
     contiguous: int,
     load: str,
+    model_layers: int,
 ) -> str:
     mib = 2**20
     prompt_lens = [len(r.prompt) for r in requests]
@@ -379,16 +380,18 @@ def report(
         "runs one batched decode pass plus one pass per prefill chunk, so a step that "
         "admits a request reads the weights twice, which shows in TTFT and in the p95 "
         "per-token latency of the requests decoding beside it. Packing with a dense mask "
-        "is not free either: on this CPU, masked attention over every row's keys cost "
-        "about 3.5x the padded per-row attention for an 8-row decode (1.2 vs 0.33 ms per "
-        "layer), so ours keeps decode rows padded and prefills apart. Two changes made in "
+        "is not free either: without a varlen kernel every packed query is scored against "
+        f"every row's keys; measured here, one layer's attention for {args.max_batch} "
+        f"decode rows of {args.attn_keys} keys costs {args.attn[0]:.2f} ms padded per row "
+        f"and {args.attn[1]:.2f} ms packed with a block mask (x{model_layers} layers per "
+        "step), so ours keeps decode rows padded and prefills apart. Two changes made in "
         "`inference` for this benchmark: a *planned* paged view (one `index_copy_` and "
         "one `index_select` per pool and layer, slots computed once per pass, instead of "
         "gathering and padding each row's blocks in every layer; the row-by-row gather "
         "stays as the reference), and logits for the last position only (a prefill chunk "
-        "of T tokens computed T rows of 49152-way logits). Before them, on this trace, "
-        "one round: ours 23.2 tokens/s vs transformers 30.3 (0.77x), mean TTFT 3.85 vs "
-        "2.34 s. Memory: both paged caches hold only written positions (plus the "
+        "of T tokens computed T rows of 49152-way logits). Before them (this script at "
+        "commit 3a405f8, one round, same machine): ours 23.2 tokens/s vs transformers 30.3 "
+        "(0.77x), mean TTFT 3.85 vs 2.34 s. Memory: both paged caches hold only written positions (plus the "
         "partly filled last block), about half of the contiguous reservation for "
         f"{args.max_batch} rows of the longest request; static `generate` reserves every "
         "row up to the longest prompt plus the longest answer of its batch.",
@@ -398,6 +401,34 @@ def report(
         f"Command: `python benchmarks/serving.py{' ' + args.extra if args.extra else ''}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def attention_costs(model, rows: int, keys: int, repeats: int = 30) -> tuple[float, float]:
+    """Milliseconds of one layer's decode attention for ``rows`` rows of ``keys`` cached
+    positions each: padded per row (B, H, 1, D) x (B, H, keys, D), as our engine runs it,
+    vs packed into one row with a block mask, (1, H, B, D) x (1, H, B * keys, D), as a
+    single packed pass over every scheduled token runs it."""
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    h, d = c.n_heads, c.head_dim
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    q, k, v = randn(rows, h, 1, d), randn(rows, h, keys, d), randn(rows, h, keys, d)
+    pad = torch.ones(rows, 1, 1, keys, dtype=torch.bool)
+    qp, kp, vp = randn(1, h, rows, d), randn(1, h, rows * keys, d), randn(1, h, rows * keys, d)
+    block = torch.block_diag(*[torch.ones(1, keys, dtype=torch.bool)] * rows)[None, None]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    best = []
+    for args in ((q, k, v, pad), (qp, kp, vp, block)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sdpa(*args[:3], attn_mask=args[3])
+            times.append(time.perf_counter() - start)
+        best.append(1e3 * min(times))
+    return best[0], best[1]
 
 
 def load_transformers():
@@ -474,7 +505,9 @@ def main() -> None:
     longest = max(len(r.prompt) + r.max_new for r in requests)
     contiguous = args.max_batch * longest * position_bytes(ours)
     load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-    text = report(requests, best, same, args, contiguous, load)
+    args.attn_keys = longest
+    args.attn = attention_costs(ours, args.max_batch, longest)
+    text = report(requests, best, same, args, contiguous, load, ours.config.n_layers)
     print(text)
     if not args.no_write:
         args.out.write_text(text)
