@@ -406,3 +406,21 @@ def test_nan_logits_raise_a_clear_error():
     engine.add_request([1, 2], 2)
     with pytest.raises(ValueError, match="NaN"):
         engine.step()
+
+
+def test_engine_computes_logits_for_the_last_position_only():
+    """A prefill chunk of T tokens asks the output layer for one position (not T), and the
+    hook that does it is gone after each step: the model's own forward is unchanged."""
+    model = _model()  # shared (cached): the recording hook is removed below
+    rows: list[int] = []
+    handle = model.lm_head.register_forward_hook(lambda _m, _a, out: rows.append(out.shape[1]))
+    try:
+        engine = Engine(model, num_blocks=8, block_size=4)
+        engine.add_request(_prompt(7, seed=1), max_new_tokens=3)
+        engine.add_request(_prompt(2, seed=2), max_new_tokens=2)
+        engine.run()
+    finally:
+        handle.remove()
+    assert rows and set(rows) == {1}
+    with torch.no_grad():
+        assert model(torch.tensor([_prompt(7, seed=1)])).logits.shape == (1, 7, V)
