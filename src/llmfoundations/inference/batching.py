@@ -265,6 +265,11 @@ class Engine:
         model: a ``DecoderLM`` (eval mode is set during each step, then restored).
         num_blocks, block_size: the pool of the ``PagedKVCache`` built for the model.
         config: the scheduler's limits (default ``SchedulerConfig()``).
+        fast: ``False`` (default) runs the readable reference: each layer gathers every
+            row's blocks into a padded dense copy, and the model computes logits for every
+            fed position. ``True`` reads the pool through *planned* views (slots computed
+            once per pass, one ``index_select`` per layer; ``PagedKVCache.view``) and
+            computes logits for the last position only. The tokens are the same.
 
     Use: ``add_request`` (any time, returns an id), ``step`` (one scheduled forward step,
     returns its :class:`TokenEvent` s), ``stream`` (steps until nothing is left, yielding
@@ -286,7 +291,12 @@ class Engine:
         num_blocks: int,
         block_size: int,
         config: SchedulerConfig | None = None,
+        *,
+        fast: bool = False,
     ) -> None:
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
+        self.fast = fast
         self.vocab_size = _check_model(model)
         self.model = model
         self.cache = PagedKVCache.for_model(model, num_blocks=num_blocks, block_size=block_size)
@@ -434,8 +444,8 @@ class Engine:
 
     def _forward(self, ids: torch.Tensor, seq_ids: list[int]) -> torch.Tensor:
         """Next-token logits (B, V) for rows of ``ids`` (B, T) through the paged cache."""
-        # A planned view: blocks reserved, slots computed once for all layers (paged_kv).
-        view = self.cache.view(seq_ids, num_new_tokens=ids.shape[1])
+        # fast: a planned view (blocks reserved, slots computed once for all layers).
+        view = self.cache.view(seq_ids, num_new_tokens=ids.shape[1] if self.fast else None)
         # Rows of different lengths are left-padded in the attention; the mask masks the
         # padding and gives every token its own position (cumsum of the mask - 1).
         mask = view.padding_mask(ids.shape[1], device=self._device) if len(seq_ids) > 1 else None
@@ -443,7 +453,7 @@ class Engine:
         # Only the last position's logits are needed: a pre-hook on the output layer keeps
         # its last input position (transformers' logits_to_keep=1), so a prefill chunk of
         # T tokens does not compute T - 1 rows of vocabulary-sized logits for nothing.
-        head = getattr(self.model, "lm_head", None)
+        head = getattr(self.model, "lm_head", None) if self.fast else None
         hook = head.register_forward_pre_hook(_keep_last_position) if head is not None else None
         try:
             out = forward(ids, attention_mask=mask, kv_cache=view)
