@@ -98,7 +98,9 @@ def run_static(model: DecoderLM, trace: Trace, max_batch: int) -> Timing:
 def run_continuous(model: DecoderLM, trace: Trace, budget: int, max_batch: int) -> Timing:
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(trace.prompts, trace.max_new, strict=True))
     engine = Engine(
-        model, num_blocks=blocks, block_size=16,
+        model,
+        num_blocks=blocks,
+        block_size=16,
         config=SchedulerConfig(token_budget=budget, max_running=max_batch),
         fast=True,
     )
