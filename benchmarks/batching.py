@@ -9,7 +9,7 @@ and produce the same tokens (checked):
   run ``generate`` on the left-padded batch until its longest answer is done, repeat.
   A request's tokens are timed by ``generate``'s streamer, so a short answer in a long
   batch counts as done when its last token comes, not when the batch ends;
-- **continuous**: ``inference.batching.Engine`` (token budget ``--budget``, paged cache
+- **continuous**: ``inference.batching.Engine(fast=True)`` (token budget ``--budget``, paged cache
   in blocks of 16): requests join at the next step and leave when done.
 
 Time is simulated as measured compute time: each server's clock advances by the wall
@@ -98,8 +98,11 @@ def run_static(model: DecoderLM, trace: Trace, max_batch: int) -> Timing:
 def run_continuous(model: DecoderLM, trace: Trace, budget: int, max_batch: int) -> Timing:
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(trace.prompts, trace.max_new, strict=True))
     engine = Engine(
-        model, num_blocks=blocks, block_size=16,
+        model,
+        num_blocks=blocks,
+        block_size=16,
         config=SchedulerConfig(token_budget=budget, max_running=max_batch),
+        fast=True,
     )
     timing, clock, ids, nxt = Timing(), 0.0, {}, 0
     while nxt < len(trace.arrival) or engine.has_work:
@@ -211,13 +214,17 @@ def main() -> None:
         "every running request, and no row idles in a batch after its answer has ended) "
         "and a request joins at the next step instead of waiting for the running batch to "
         "end. Whether the fewer steps pay depends on what one step costs. Here an engine "
-        "step does more than a `generate` step: the reference paged view "
-        "(`inference.paged_kv`) gathers every row's blocks of every layer into a dense copy "
-        "at each step, every prompt gets its own prefill pass, and each request's token is "
-        "chosen on its own; on a tiny model on a CPU that per-row work is a large part of "
-        "a step. Servers remove it with a paged-attention kernel that reads the blocks in "
-        "place and one packed forward pass for all scheduled tokens (vLLM v1), on a GPU "
-        "where a decode step costs about the same for 1 or 8 rows.",
+        "step does more than a `generate` step: it reads every row's keys and values out "
+        "of the block pool into a padded copy (one `index_select` per layer, through a "
+        "planned view of `inference.paged_kv`: `Engine(fast=True)`) where `generate` writes "
+        "into a preallocated "
+        "cache, every prompt gets its own prefill pass, each request's token is chosen on "
+        "its own, and the scheduler's bookkeeping runs in Python at every step; on a tiny "
+        "model on a CPU that fixed work is a large part of a step. Servers remove it with a "
+        "paged-attention kernel that reads the blocks in place and one packed forward pass "
+        "for all scheduled tokens (vLLM v1), on a GPU where a decode step costs about the "
+        "same for 1 or 8 rows. On SmolLM2-135M, where a step's arithmetic dominates, see "
+        "`benchmarks/results/serving.md`.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

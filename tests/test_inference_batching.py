@@ -406,3 +406,38 @@ def test_nan_logits_raise_a_clear_error():
     engine.add_request([1, 2], 2)
     with pytest.raises(ValueError, match="NaN"):
         engine.step()
+
+
+def test_fast_engine_computes_logits_for_the_last_position_only():
+    """fast=True: a prefill chunk of T tokens asks the output layer for one position (not T), and the
+    hook that does it is gone after each step: the model's own forward is unchanged."""
+    model = _model()  # shared (cached): the recording hook is removed below
+    rows: list[int] = []
+    handle = model.lm_head.register_forward_hook(lambda _m, _a, out: rows.append(out.shape[1]))
+    try:
+        engine = Engine(model, num_blocks=8, block_size=4, fast=True)
+        engine.add_request(_prompt(7, seed=1), max_new_tokens=3)
+        engine.add_request(_prompt(2, seed=2), max_new_tokens=2)
+        engine.run()
+    finally:
+        handle.remove()
+    assert rows and set(rows) == {1}
+    with torch.no_grad():
+        assert model(torch.tensor([_prompt(7, seed=1)])).logits.shape == (1, 7, V)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt"])
+def test_fast_engine_gives_the_reference_engines_tokens(kind):
+    """fast=True (planned views, last-position logits) vs the reference engine: the same
+    tokens, steps and blocks, on ragged prompts with chunked prefill."""
+    model = _model(kind)
+    runs = []
+    for fast in (False, True):
+        config = SchedulerConfig(token_budget=6, max_running=3)
+        engine = Engine(model, num_blocks=20, block_size=4, config=config, fast=fast)
+        for n, new in ((5, 4), (9, 3), (2, 6), (4, 2)):
+            engine.add_request(_prompt(n, seed=n), max_new_tokens=new)
+        runs.append((engine.run(), engine.step_count, engine.cache.num_free_blocks))
+    assert runs[0] == runs[1]
+    with pytest.raises(TypeError, match="fast must be a bool"):
+        Engine(model, num_blocks=4, block_size=4, fast=1)

@@ -276,6 +276,68 @@ def test_ragged_batch_decoding_equals_each_sequence_alone():
     assert outs == refs
 
 
+@pytest.mark.parametrize("name", ["llama", "mqa", "gpt"])
+@pytest.mark.parametrize("block_size", [1, 3, 4])
+def test_planned_views_equal_the_reference_views(name, block_size):
+    """Ragged prefills, then ragged passes of 1 and 2 new tokens per row: a planned view
+    (one index_copy_ / index_select per layer) gives the reference view's logits and
+    leaves the same block tables, lengths and pool contents."""
+    model = _model(name)
+    g = torch.Generator().manual_seed(block_size)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 8, 1)]
+    feeds = [torch.randint(0, V, (3, t), generator=g) for t in (1, 2, 1, 3)]
+
+    def run(planned: bool) -> tuple[list[torch.Tensor], PagedKVCache, list[int]]:
+        cache = PagedKVCache.for_model(model, num_blocks=40, block_size=block_size)
+        seqs, outs = [cache.add_sequence() for _ in prompts], []
+        with torch.no_grad():
+            for seq, p in zip(seqs, prompts, strict=True):
+                view = cache.view(seq, num_new_tokens=len(p) if planned else None)
+                outs.append(model(torch.tensor([p]), kv_cache=view).logits)
+            for feed in feeds:
+                view = cache.view(seqs, num_new_tokens=feed.shape[1] if planned else None)
+                mask = view.padding_mask(feed.shape[1])
+                outs.append(model(feed, kv_cache=view, attention_mask=mask).logits)
+        return outs, cache, seqs
+
+    ref, ref_cache, seqs = run(planned=False)
+    fast, fast_cache, _ = run(planned=True)
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    for seq in seqs:
+        assert fast_cache.block_table(seq) == ref_cache.block_table(seq)
+        assert fast_cache.length(seq) == ref_cache.length(seq)
+        for layer in range(ref_cache.n_layers):
+            for fast_kv, ref_kv in zip(
+                fast_cache.gather(layer, seq), ref_cache.gather(layer, seq), strict=True
+            ):
+                torch.testing.assert_close(fast_kv, ref_kv, **TOL)
+
+
+def test_planned_view_reserves_up_front_and_serves_one_pass():
+    model = _model("llama")
+    cache = PagedKVCache.for_model(model, num_blocks=3, block_size=2)
+    seq = cache.add_sequence()
+    view = cache.view(seq, num_new_tokens=3)
+    assert len(cache.block_table(seq)) == 2 and cache.length(seq) == 0  # reserved, not written
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long), kv_cache=view)
+        with pytest.raises(RuntimeError, match="one forward pass"):
+            model(torch.zeros(1, 3, dtype=torch.long), kv_cache=view)
+    with pytest.raises(OutOfBlocks):  # 3 + 4 positions need 4 blocks: before any compute
+        cache.view(seq, num_new_tokens=4)
+    with pytest.raises(ValueError, match="planned for 1 new token"):
+        cache.view(seq, num_new_tokens=1).layers[0].update(
+            torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8)
+        )
+    with pytest.raises(ValueError, match="num_new_tokens"):
+        cache.view(seq, num_new_tokens=0)
+    other = cache.add_sequence()
+    cache.append(0, other, torch.zeros(2, 1, 8), torch.zeros(2, 1, 8))  # layer 0 only
+    with pytest.raises(ValueError, match="middle of a forward pass"):
+        cache.view(other, num_new_tokens=1)
+
+
 def test_padding_mask_marks_each_rows_positions():
     cache = PagedKVCache(1, 8, 2, 1, 2)
     a, b = cache.add_sequence(), cache.add_sequence()

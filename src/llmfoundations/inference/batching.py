@@ -252,6 +252,12 @@ class Scheduler:
             request.seq_id = None
 
 
+def _keep_last_position(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the output layer sees only the last position of ``x`` (B, T, C)."""
+    x, *rest = args
+    return (x[:, -1:], *rest)
+
+
 class Engine:
     """A continuous-batching engine over a ``DecoderLM`` and a paged KV cache.
 
@@ -259,6 +265,11 @@ class Engine:
         model: a ``DecoderLM`` (eval mode is set during each step, then restored).
         num_blocks, block_size: the pool of the ``PagedKVCache`` built for the model.
         config: the scheduler's limits (default ``SchedulerConfig()``).
+        fast: ``False`` (default) runs the readable reference: each layer gathers every
+            row's blocks into a padded dense copy, and the model computes logits for every
+            fed position. ``True`` reads the pool through *planned* views (slots computed
+            once per pass, one ``index_select`` per layer; ``PagedKVCache.view``) and
+            computes logits for the last position only. The tokens are the same.
 
     Use: ``add_request`` (any time, returns an id), ``step`` (one scheduled forward step,
     returns its :class:`TokenEvent` s), ``stream`` (steps until nothing is left, yielding
@@ -280,7 +291,12 @@ class Engine:
         num_blocks: int,
         block_size: int,
         config: SchedulerConfig | None = None,
+        *,
+        fast: bool = False,
     ) -> None:
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
+        self.fast = fast
         self.vocab_size = _check_model(model)
         self.model = model
         self.cache = PagedKVCache.for_model(model, num_blocks=num_blocks, block_size=block_size)
@@ -314,7 +330,9 @@ class Engine:
         check_int("max_new_tokens", max_new_tokens, minimum=1)
         stop_ids = frozenset(_check_stop_ids(stop_token_ids, self.vocab_size))
         if sampling is not None and not isinstance(sampling, SamplingConfig):
-            raise TypeError(f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}")
+            raise TypeError(
+                f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}"
+            )
         _check_generator(generator)
         if on_token is not None and not callable(on_token):
             raise TypeError(f"on_token must be callable or None, got {type(on_token).__name__}")
@@ -348,7 +366,9 @@ class Engine:
             if isinstance(t, bool) or not isinstance(t, int):
                 raise TypeError(f"prompt must hold ints, got {type(t).__name__} ({t!r})")
             if not 0 <= t < self.vocab_size:
-                raise ValueError(f"prompt holds token {t}, outside [0, vocab_size={self.vocab_size})")
+                raise ValueError(
+                    f"prompt holds token {t}, outside [0, vocab_size={self.vocab_size})"
+                )
         return list(prompt)
 
     def _check_schedulable(self, request: Request) -> None:
@@ -381,7 +401,9 @@ class Engine:
         if isinstance(request_id, bool) or not isinstance(request_id, int):
             raise TypeError(f"request_id must be an int, got {type(request_id).__name__}")
         if request_id not in self.requests:
-            raise ValueError(f"request_id {request_id} is unknown (ids 0 .. {self._next_id - 1} were given)")
+            raise ValueError(
+                f"request_id {request_id} is unknown (ids 0 .. {self._next_id - 1} were given)"
+            )
         return self.requests[request_id]
 
     def output(self, request_id: int) -> list[int]:
@@ -422,12 +444,23 @@ class Engine:
 
     def _forward(self, ids: torch.Tensor, seq_ids: list[int]) -> torch.Tensor:
         """Next-token logits (B, V) for rows of ``ids`` (B, T) through the paged cache."""
-        view = self.cache.view(seq_ids)
+        # fast: a planned view (blocks reserved, slots computed once for all layers).
+        view = self.cache.view(seq_ids, num_new_tokens=ids.shape[1] if self.fast else None)
         # Rows of different lengths are left-padded in the attention; the mask masks the
         # padding and gives every token its own position (cumsum of the mask - 1).
         mask = view.padding_mask(ids.shape[1], device=self._device) if len(seq_ids) > 1 else None
         forward = getattr(self.model, "forward_unchecked", self.model)
-        logits = forward(ids, attention_mask=mask, kv_cache=view).logits[:, -1].float()  # (B, V)
+        # Only the last position's logits are needed: a pre-hook on the output layer keeps
+        # its last input position (transformers' logits_to_keep=1), so a prefill chunk of
+        # T tokens does not compute T - 1 rows of vocabulary-sized logits for nothing.
+        head = getattr(self.model, "lm_head", None) if self.fast else None
+        hook = head.register_forward_pre_hook(_keep_last_position) if head is not None else None
+        try:
+            out = forward(ids, attention_mask=mask, kv_cache=view)
+        finally:
+            if hook is not None:
+                hook.remove()
+        logits = out.logits[:, -1].float()  # (B, V)
         if not bool(torch.isfinite(logits.amax(dim=-1)).all()):  # one check for all rows
             raise ValueError(
                 f"the model's logits for sequences {seq_ids} hold NaN or +inf, or a row of "
@@ -442,7 +475,9 @@ class Engine:
         requests = [self.requests[i] for i in request_ids]
         last = torch.tensor([[r.output[-1]] for r in requests], device=self._device)  # (B, 1)
         logits = self._forward(last, [r.seq_id for r in requests])  # (B, V)
-        return {r.request_id: self._choose(r, logits[row : row + 1]) for row, r in enumerate(requests)}
+        return {
+            r.request_id: self._choose(r, logits[row : row + 1]) for row, r in enumerate(requests)
+        }
 
     def _run_prefill_chunk(self, request_id: int, n: int) -> dict[int, int]:
         """Feed the next ``n`` prompt tokens; the chunk that ends the prompt gives a token."""

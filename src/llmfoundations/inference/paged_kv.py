@@ -32,7 +32,10 @@ This module holds:
 - ``PagedKVView`` / ``PagedLayerView``: some sequences of the pool seen as a batch by
   ``models.DecoderLM(ids, kv_cache=view)``; each layer view is an
   ``attention.KVCacheLike`` (``update(k, v)`` and ``length``), like
-  ``kv_cache.LayerKVCache``;
+  ``kv_cache.LayerKVCache``. A plain view reads row by row (the reference); a *planned*
+  view (``cache.view(ids, num_new_tokens=n)``, for one forward pass) computes the slots
+  once and reads all rows with one ``index_select`` per layer (what ``inference.batching``
+  uses);
 - ``gather_blocks`` and ``paged_attention``: attention of each sequence's new queries
   over its cached keys, reading them through the block table (the readable reference).
 
@@ -45,7 +48,7 @@ minimum over layers. The cache is for inference, under ``torch.no_grad()``.
 Left out: real paged-attention kernels read the blocks in place, inside the attention
 kernel (vLLM's layout splits the head dimension for vectorised loads); here the blocks
 are gathered into a dense copy and the course's attention runs on it, which costs a copy
-of the keys and values per layer and step. Also left out: copy-on-write of a partly
+of the keys and values per layer and step (one ``index_select`` in a planned view). Also left out: copy-on-write of a partly
 filled shared block (beam search and parallel sampling in vLLM), swapping blocks to CPU
 memory, sliding windows, and a scheduler (``inference.batching``).
 """
@@ -408,11 +411,14 @@ class PagedKVCache:
 
     # ------------------------------------------------------------------ keys and values
 
-    def _slots(self, seq_id: int, start: int, end: int, device: torch.device) -> Tensor:
-        """Flat slot ``block * P + offset`` of positions ``start .. end-1`` (unchecked)."""
+    def _slot_list(self, seq_id: int, start: int, end: int) -> list[int]:
+        """Flat slots ``block * P + offset`` of positions ``start .. end-1`` (unchecked)."""
         table, p = self._tables[seq_id], self.block_size
-        slots = [table[pos // p] * p + pos % p for pos in range(start, end)]
-        return torch.tensor(slots, dtype=torch.long, device=device)  # (T_new,)
+        return [table[pos // p] * p + pos % p for pos in range(start, end)]
+
+    def _slots(self, seq_id: int, start: int, end: int, device: torch.device) -> Tensor:
+        """:meth:`_slot_list` as a long tensor ``(T_new,)``."""
+        return torch.tensor(self._slot_list(seq_id, start, end), dtype=torch.long, device=device)
 
     def _append(self, layer: int, seq_id: int, k: Tensor, v: Tensor) -> None:
         """Unchecked core of :meth:`append`: ``k``, ``v`` (Hkv, T_new, D)."""
@@ -439,7 +445,9 @@ class PagedKVCache:
                     f"{self.head_dim}, got {tuple(t.shape)}"
                 )
         if k.shape != v.shape:
-            raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+            raise ValueError(
+                f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}"
+            )
         if k.dtype != self.k_pools[0].dtype or v.dtype != self.k_pools[0].dtype:
             raise TypeError(
                 f"k and v must have the pool's dtype {self.k_pools[0].dtype} (it would cast "
@@ -472,9 +480,16 @@ class PagedKVCache:
             _gather_blocks(self.v_pools[layer], table, length),
         )
 
-    def view(self, seq_ids: int | Sequence[int]) -> PagedKVView:
+    def view(self, seq_ids: int | Sequence[int], num_new_tokens: int | None = None) -> PagedKVView:
         """The sequences ``seq_ids`` (one id, or a list: the rows of a batch) as a
-        ``kv_cache`` for ``DecoderLM``; see :class:`PagedKVView`."""
+        ``kv_cache`` for ``DecoderLM``; see :class:`PagedKVView`.
+
+        ``num_new_tokens``: the tokens every row brings in the *next* forward pass. Given,
+        the view is *planned* for that one pass: the blocks for the new tokens are reserved
+        now (``OutOfBlocks`` before any compute), and the slots to write and to read are
+        computed once for all layers, so each layer writes with one ``index_copy_`` and
+        reads every row with one ``index_select`` instead of gathering row by row.
+        """
         ids = [seq_ids] if isinstance(seq_ids, int) and not isinstance(seq_ids, bool) else seq_ids
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:
             raise ValueError(f"seq_ids must be an id or a non-empty list of ids, got {seq_ids!r}")
@@ -482,7 +497,15 @@ class PagedKVCache:
             self._check_seq(s)
         if len(set(ids)) != len(ids):
             raise ValueError(f"seq_ids must be distinct, got {list(ids)}")
-        return PagedKVView(self, list(ids))
+        if num_new_tokens is not None:
+            check_int("num_new_tokens", num_new_tokens, minimum=1)
+            for s in ids:
+                if len(set(self._lengths[s])) != 1:
+                    raise ValueError(
+                        f"sequence {s} is in the middle of a forward pass (its layers hold "
+                        f"{self._lengths[s]} positions): a planned view starts between passes"
+                    )
+        return PagedKVView(self, list(ids), num_new_tokens)
 
     # ------------------------------------------------------------------ accounting
 
@@ -525,11 +548,20 @@ class PagedLayerView:
     ``length`` is the longest row's cached length in this layer; ``update(k, v)`` with
     ``k``, ``v`` (B, Hkv, T_new, D) appends each row's new positions to its sequence and
     returns every row's keys and values ``(B, Hkv, length + T_new, D)``, shorter rows
-    left-padded with zeros (mask them: :meth:`PagedKVView.padding_mask`).
+    left-padded (mask them: :meth:`PagedKVView.padding_mask`).
+
+    Two paths, same result. The reference (a plain view): row by row, write through the
+    block table, gather the row's blocks into a dense copy, pad it with zeros, stack the
+    rows. The planned path (a view built with ``num_new_tokens``): one ``index_copy_``
+    writes every row's new positions at slots computed once per pass, and one
+    ``index_select`` reads the ``(B, W)`` slots of all rows at once; a padding slot reads
+    one of the row's own positions instead of a zero (the mask hides it either way).
     """
 
-    def __init__(self, cache: PagedKVCache, seq_ids: list[int], layer: int) -> None:
-        self.cache, self.seq_ids, self.layer = cache, seq_ids, layer
+    def __init__(self, view: PagedKVView, layer: int) -> None:
+        self.view, self.layer = view, layer
+        self.cache, self.seq_ids = view.cache, view.seq_ids
+        self._used = False
 
     @property
     def length(self) -> int:
@@ -544,6 +576,8 @@ class PagedLayerView:
                 f"k and v must have B = {len(self.seq_ids)} rows (one per sequence of the "
                 f"view), got {tuple(k.shape)}"
             )
+        if self.view.num_new_tokens is not None:
+            return self._update_planned(k, v)
         for row, seq_id in enumerate(self.seq_ids):
             cache._append(self.layer, seq_id, k[row], v[row])
         ks, vs = [], []
@@ -557,6 +591,33 @@ class PagedLayerView:
         v_all = torch.stack([F.pad(t, (0, 0, width - t.shape[1], 0)) for t in vs])  # (B, Hkv, T, D)
         return k_all, v_all
 
+    def _update_planned(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The planned path: one write and one read per pool, at the view's slots."""
+        view, cache = self.view, self.cache
+        b, hkv, t_new, d = k.shape
+        if t_new != view.num_new_tokens:
+            raise ValueError(
+                f"this view was planned for {view.num_new_tokens} new token(s) per row, got "
+                f"k of shape {tuple(k.shape)}"
+            )
+        if self._used:
+            raise RuntimeError(
+                "a planned view serves one forward pass: build a new view for the next one"
+            )
+        self._used = True
+        write, read = view._slot_tensors(k.device)  # (B * T_new,), (B * W,)
+        flat = (-1, hkv, d)
+        for pool, new in ((cache.k_pools[self.layer], k), (cache.v_pools[self.layer], v)):
+            pool.view(flat).index_copy_(0, write, new.transpose(1, 2).reshape(b * t_new, hkv, d))
+        for seq_id in self.seq_ids:
+            cache._lengths[seq_id][self.layer] += t_new
+        width = read.numel() // b
+        k_all = cache.k_pools[self.layer].view(flat).index_select(0, read)  # (B * W, Hkv, D)
+        v_all = cache.v_pools[self.layer].view(flat).index_select(0, read)
+        k_all = k_all.view(b, width, hkv, d).transpose(1, 2)  # (B, Hkv, W, D)
+        v_all = v_all.view(b, width, hkv, d).transpose(1, 2)
+        return k_all, v_all
+
 
 class PagedKVView:
     """Sequences of a :class:`PagedKVCache` as the rows of a batch, for ``DecoderLM``.
@@ -568,12 +629,43 @@ class PagedKVView:
     number ``T_new`` of real tokens and the call must pass
     ``attention_mask=view.padding_mask(T_new)``: shorter rows are left-padded in the
     attention (and the mask gives every token its own position).
+
+    ``num_new_tokens`` (from ``PagedKVCache.view``): a *planned* view for one forward pass
+    of that many new tokens per row; its blocks are reserved here and the slots are
+    computed once, when the first layer asks for them.
     """
 
-    def __init__(self, cache: PagedKVCache, seq_ids: list[int]) -> None:
+    def __init__(
+        self, cache: PagedKVCache, seq_ids: list[int], num_new_tokens: int | None = None
+    ) -> None:
         self.cache, self.seq_ids = cache, seq_ids
-        self.layers = [PagedLayerView(cache, seq_ids, i) for i in range(cache.n_layers)]
+        self.num_new_tokens = num_new_tokens
         self.batch_size = len(seq_ids)
+        self._slots: tuple[Tensor, Tensor] | None = None
+        if num_new_tokens is not None:
+            lengths = [cache.length(s) for s in seq_ids]
+            for s in seq_ids:
+                cache.reserve(s, num_new_tokens)  # OutOfBlocks now, not mid-pass
+            width = max(lengths) + num_new_tokens
+            write: list[int] = []
+            read: list[int] = []
+            for s, length in zip(seq_ids, lengths, strict=True):
+                total = length + num_new_tokens
+                write += cache._slot_list(s, length, total)
+                own = cache._slot_list(s, 0, total)
+                read += own[:1] * (width - total) + own  # left padding reads position 0
+            self._slot_lists = (write, read)
+        self.layers = [PagedLayerView(self, i) for i in range(cache.n_layers)]
+
+    def _slot_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The planned write slots ``(B * T_new,)`` and read slots ``(B * W,)``."""
+        if self._slots is None:
+            write, read = self._slot_lists
+            self._slots = (
+                torch.tensor(write, dtype=torch.long, device=device),
+                torch.tensor(read, dtype=torch.long, device=device),
+            )
+        return self._slots
 
     @property
     def length(self) -> int:

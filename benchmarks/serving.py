@@ -1,0 +1,526 @@
+"""Serving SmolLM2-135M on a fixed arrival trace: static batching, our continuous
+batching, and transformers' continuous batching (the engine behind ``generate_batch``).
+
+The trace (fixed in this file, the same on every machine): 16 chat requests, prompts of
+31-190 tokens (chat template with SmolLM2's default system prompt), answers of 8-48
+tokens, arriving at fixed times over 3 s. No request stops early (no end-of-sequence
+token), so every server produces exactly the tokens asked for. Three servers, greedy,
+float32, the same GGUF weights:
+
+- **static**: when idle, take every request that has arrived (at most ``--max-batch``),
+  run the course's ``generate`` on the left-padded batch until its longest answer is
+  done, repeat. Each token is timed by ``generate``'s streamer, so a short answer counts
+  as done when its last token comes, not when the batch ends; requests that arrive
+  meanwhile wait for the whole batch;
+- **ours, continuous**: ``inference.batching.Engine(fast=True)`` (paged cache in blocks of 16,
+  at most ``--max-batch`` requests at once, token budget ``--budget``): a request joins
+  at the next step and leaves when done; tokens timed as the engine emits them;
+- **transformers, continuous**: ``transformers``' ``ContinuousBatchingManager``, the
+  engine that ``model.generate_batch`` runs (paged cache, one packed forward pass per
+  step for every scheduled token). ``generate_batch`` itself takes every prompt at once
+  and one ``max_new_tokens`` for all, so the trace drives the manager it opens
+  (``continuous_batching_context_manager``, then ``add_request`` at each arrival, with
+  the request's own ``max_new_tokens``). Same limits: pages of 16 tokens, the same
+  number of blocks, ``--max-batch`` requests and ``--budget`` tokens per step; prefix
+  sharing off (ours has none). Its tokens are timed by ``record_timestamps=True``.
+
+Every server runs on the wall clock: the driver sleeps until the next arrival when the
+server is idle. Metrics, per server (best round by makespan): throughput = new tokens /
+(last token - first arrival); time to first token (TTFT) = first token - arrival; per-token
+latency = the gaps between a request's consecutive tokens, pooled over requests (p50,
+p95); end-to-end latency = last token - arrival. KV memory: what each server allocates,
+and the peak it holds (blocks in use times bytes per block, sampled after every step; for
+transformers, sampled every few milliseconds from its cache), beside a contiguous cache
+of ``--max-batch`` rows of the longest request (prompt + answer), which is what a
+server without paging would reserve. Tokens: each request's tokens are compared with
+the course's ``generate`` run on that request alone.
+
+    python benchmarks/serving.py                 # writes benchmarks/results/serving.md
+    python benchmarks/serving.py --rounds 1 --no-write   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from _machine import cpu_name
+from transformers import GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+from llmfoundations import pretrained
+from llmfoundations.generate import generate
+from llmfoundations.inference.batching import Engine, SchedulerConfig
+from llmfoundations.kv_cache import kv_cache_bytes
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serving.md"
+BLOCK = 16  # tokens per block (page) in both paged caches
+
+# (arrival s, max_new_tokens, question): fixed; prompts are the chat template around them.
+PARAGRAPH = (
+    "The Transformer replaced recurrence with attention: every token looks at every "
+    "earlier token at once, so training runs in parallel over the whole sequence. "
+    "Decoding is still sequential, one token per step, and each step must read all the "
+    "weights and the keys and values of every earlier token, which is why servers batch "
+    "many requests together and keep those keys and values in a cache."
+)
+TRACE: list[tuple[float, int, str]] = [
+    (0.00, 32, "What is the capital of France?"),
+    (0.00, 16, "Hi!"),
+    (0.15, 48, "Write a haiku about the sea."),
+    (0.30, 8, "What is 12 + 7?"),
+    (0.45, 24, f"Summarise this paragraph in one sentence:\n\n{PARAGRAPH}"),
+    (0.60, 40, "Explain in one sentence why the sky is blue."),
+    (0.80, 12, "Translate 'good morning' into French and Spanish."),
+    (1.00, 48, "Give me three tips for learning to play the guitar, each in one short sentence."),
+    (1.20, 20, "Name two planets of the solar system and say which one is larger."),
+    (1.40, 36, f"List three key ideas of this text:\n\n{PARAGRAPH} {PARAGRAPH}"),
+    (1.60, 8, "Is 17 a prime number?"),
+    (1.90, 28, "Write a short greeting for a birthday card."),
+    (2.20, 44, "What does a compiler do? Answer in two sentences."),
+    (2.50, 16, "Spell the word 'banana' backwards."),
+    (2.75, 32, f"Answer briefly: why do servers batch requests?\n\n{PARAGRAPH}"),
+    (3.00, 12, "Say goodbye in Italian."),
+]
+
+
+@dataclass
+class Request:
+    arrival: float
+    prompt: list[int]
+    max_new: int
+
+
+@dataclass
+class Run:
+    """One server's pass over the trace: per request, its token times and tokens."""
+
+    times: dict[int, list[float]] = field(default_factory=dict)  # seconds since the start
+    tokens: dict[int, list[int]] = field(default_factory=dict)
+    steps: int = 0  # forward steps (static: generate steps; continuous: engine steps)
+    kv_allocated: int = 0  # bytes reserved (peak over the run)
+    kv_peak_used: int = 0  # bytes holding written positions or handed-out blocks (peak)
+
+
+def make_requests(tokenizer) -> list[Request]:
+    out = []
+    for arrival, max_new, question in TRACE:
+        text = pretrained.apply_chat_template([{"role": "user", "content": question}])
+        out.append(Request(arrival, tokenizer.encode(text), max_new))
+    return out
+
+
+def position_bytes(model) -> int:
+    """KV bytes of one position of one sequence (all layers, keys and values)."""
+    c = model.config
+    return kv_cache_bytes(c.n_layers, 1, c.kv_heads, c.head_dim, 1, torch.float32)
+
+
+def wait_until(t0: float, when: float) -> None:
+    delay = t0 + when - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def run_static(model, requests: list[Request], max_batch: int) -> Run:
+    run, pending = Run(), list(range(len(requests)))
+    per_position = position_bytes(model)
+    t0 = time.perf_counter()
+    while pending:
+        wait_until(t0, requests[pending[0]].arrival)
+        now = time.perf_counter() - t0
+        batch = [i for i in pending if requests[i].arrival <= now][:max_batch]
+        pending = [i for i in pending if i not in batch]
+        width = max(len(requests[i].prompt) for i in batch)
+        steps: list[float] = []
+        out = generate(
+            model,
+            [requests[i].prompt for i in batch],
+            max(requests[i].max_new for i in batch),
+            pad_token_id=pretrained.PAD_ID,
+            streamer=lambda _tokens, steps=steps: steps.append(time.perf_counter() - t0),
+        )
+        for row, i in enumerate(batch):
+            n = requests[i].max_new
+            run.times[i] = steps[:n]
+            run.tokens[i] = out[row, width : width + n].tolist()
+        run.steps += len(steps)
+        # generate reserves (B, width + longest answer) positions; the real ones at the end:
+        reserved = len(batch) * (width + len(steps)) * per_position
+        used = sum(len(requests[i].prompt) + requests[i].max_new for i in batch) * per_position
+        run.kv_allocated = max(run.kv_allocated, reserved)
+        run.kv_peak_used = max(run.kv_peak_used, used)
+    return run
+
+
+def num_blocks_for(requests: list[Request], max_batch: int) -> int:
+    """A pool that holds the ``max_batch`` longest requests at once (admission never waits
+    for memory, only for a slot)."""
+    need = sorted((-(-(len(r.prompt) + r.max_new) // BLOCK) for r in requests), reverse=True)
+    return sum(need[:max_batch])
+
+
+def run_ours(model, requests: list[Request], max_batch: int, budget: int) -> Run:
+    engine = Engine(
+        model,
+        num_blocks=num_blocks_for(requests, max_batch),
+        block_size=BLOCK,
+        config=SchedulerConfig(token_budget=budget, max_running=max_batch),
+        fast=True,
+    )
+    cache = engine.cache
+    run, ids, nxt = Run(), {}, 0
+    run.kv_allocated = cache.memory_bytes()
+    t0 = time.perf_counter()
+    while nxt < len(requests) or engine.has_work:
+        if not engine.has_work:
+            wait_until(t0, requests[nxt].arrival)
+        now = time.perf_counter() - t0
+        while nxt < len(requests) and requests[nxt].arrival <= now:
+            ids[engine.add_request(requests[nxt].prompt, requests[nxt].max_new)] = nxt
+            nxt += 1
+        run.kv_peak_used = max(run.kv_peak_used, cache.num_used_blocks * cache.bytes_per_block())
+        events = engine.step()
+        stamp = time.perf_counter() - t0
+        run.kv_peak_used = max(run.kv_peak_used, cache.num_used_blocks * cache.bytes_per_block())
+        run.steps += 1
+        for e in events:
+            i = ids[e.request_id]
+            run.times.setdefault(i, []).append(stamp)
+            run.tokens.setdefault(i, []).append(e.token)
+    return run
+
+
+def run_transformers(hf, requests: list[Request], max_batch: int, budget: int) -> Run:
+    config = GenerationConfig(
+        max_new_tokens=max(r.max_new for r in requests),
+        do_sample=False,
+        eos_token_id=-1,  # never stop early: as many tokens as asked
+        pad_token_id=pretrained.PAD_ID,
+    )
+    cb_config = ContinuousBatchingConfig(
+        page_size=BLOCK,
+        num_blocks=num_blocks_for(requests, max_batch),
+        max_batch_tokens=budget,
+        max_requests_per_batch=max_batch,
+        allow_block_sharing=False,  # no prefix caching: ours has none in the engine
+    )
+    run, names, results = Run(), {}, {}
+    with hf.continuous_batching_context_manager(
+        generation_config=config, continuous_batching_config=cb_config, block=True, timeout=10
+    ) as manager:
+        t0 = time.perf_counter()
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_hf_cache, args=(manager, run, stop), daemon=True)
+        sampler.start()
+        for i, r in enumerate(requests):
+            wait_until(t0, r.arrival)
+            name = manager.add_request(
+                r.prompt,
+                request_id=f"r{i}",
+                max_new_tokens=r.max_new,
+                record_timestamps=True,
+                eos_token_id=-1,
+            )
+            names[name] = i
+        while len(results) < len(requests):
+            result = manager.get_result(timeout=1)
+            if result is not None and result.is_finished():
+                results[names[result.request_id]] = result
+            elif result is None and not manager.is_running():
+                raise RuntimeError("transformers' generation thread stopped")
+        stop.set()
+        sampler.join()
+        cache = manager.batch_processor.cache
+        run.kv_allocated = cache.cache_tensor.numel() * cache.cache_tensor.element_size()
+    for i, result in results.items():
+        if result.error is not None:
+            raise RuntimeError(f"request {i}: {result.error}")
+        run.tokens[i] = list(result.generated_tokens)
+        run.times[i] = [t - t0 for t in result.timestamps]
+    # Steps that produced a token: its timestamps are per token, those of one step lie
+    # within a millisecond, steps tens of milliseconds apart. Prefill-only steps unseen.
+    stamps = sorted(t for times in run.times.values() for t in times)
+    run.steps = 1 + sum(b - a > 0.005 for a, b in zip(stamps, stamps[1:], strict=False))
+    return run
+
+
+def _sample_hf_cache(manager, run: Run, stop: threading.Event) -> None:
+    """Peak bytes of transformers' cache in use, sampled every 5 ms (a side thread)."""
+    while not stop.wait(0.005):
+        processor = manager.batch_processor
+        if processor is None:
+            continue
+        cache = processor.cache
+        used = cache.compute_free_capacity(relative=False)
+        total = cache.num_sectors * cache.bytes_per_sector
+        run.kv_peak_used = max(run.kv_peak_used, total - used)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, linear between order statistics."""
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(requests: list[Request], run: Run) -> dict[str, float]:
+    n = range(len(requests))
+    end = max(t[-1] for t in run.times.values())
+    gaps = [b - a for i in n for a, b in zip(run.times[i], run.times[i][1:], strict=False)]
+    ttft = [run.times[i][0] - requests[i].arrival for i in n]
+    e2e = [run.times[i][-1] - requests[i].arrival for i in n]
+    return {
+        "makespan": end,
+        "throughput": sum(r.max_new for r in requests) / (end - requests[0].arrival),
+        "ttft_mean": statistics.mean(ttft),
+        "ttft_p95": percentile(ttft, 0.95),
+        "tpot_p50": percentile(gaps, 0.50),
+        "tpot_p95": percentile(gaps, 0.95),
+        "e2e_mean": statistics.mean(e2e),
+        "steps": run.steps,
+    }
+
+
+def machine() -> str:
+    return (
+        f"CPU: {cpu_name()}, {os.cpu_count()} cores visible, torch threads "
+        f"{torch.get_num_threads()}; Python {platform.python_version()}, torch "
+        f"{torch.__version__}, transformers {transformers.__version__}; "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def report(
+    requests: list[Request],
+    best: dict[str, tuple[dict[str, float], Run]],
+    same: dict[str, tuple[int, int]],
+    args: argparse.Namespace,
+    contiguous: int,
+    load: str,
+    model_layers: int,
+) -> str:
+    mib = 2**20
+    prompt_lens = [len(r.prompt) for r in requests]
+    total = sum(r.max_new for r in requests)
+    hf = best["transformers, continuous"][0]
+    lines = [
+        "# Serving SmolLM2-135M on an arrival trace: static vs continuous batching vs transformers",
+        "",
+        f"SmolLM2-135M-Instruct, float32, greedy, from the same GGUF file. Trace (fixed in "
+        f"`benchmarks/serving.py`): {len(requests)} chat requests arriving over "
+        f"{requests[-1].arrival:g} s, prompts of {min(prompt_lens)}-{max(prompt_lens)} "
+        f"tokens, answers of {min(r.max_new for r in requests)}-"
+        f"{max(r.max_new for r in requests)} tokens ({total} new tokens in all), no early "
+        f"stop. At most {args.max_batch} requests at once in every server; token budget "
+        f"{args.budget} per step and blocks of {BLOCK} in both continuous servers. "
+        f"Wall clock, best of {args.rounds} interleaved rounds (by makespan).",
+        "",
+        "| server | makespan (s) | tokens/s | / transformers | mean TTFT (s) | p95 TTFT (s) "
+        "| p50 per-token (ms) | p95 per-token (ms) | mean latency (s) | steps "
+        "| KV allocated (MiB) | KV peak used (MiB) | same tokens as solo `generate` |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, (s, run) in best.items():
+        ok, n = same[name]
+        lines.append(
+            f"| {name} | {s['makespan']:.2f} | {s['throughput']:.1f} | "
+            f"{s['throughput'] / hf['throughput']:.2f} | {s['ttft_mean']:.2f} | "
+            f"{s['ttft_p95']:.2f} | {1e3 * s['tpot_p50']:.0f} | {1e3 * s['tpot_p95']:.0f} | "
+            f"{s['e2e_mean']:.2f} | {s['steps']} | {run.kv_allocated / mib:.1f} | "
+            f"{run.kv_peak_used / mib:.1f} | {ok}/{n} |"
+        )
+    static, ours = best["static"][0], best["ours, continuous"][0]
+    ratio = ours["throughput"] / hf["throughput"]
+    verdict = "ahead of" if ratio > 1.02 else "behind" if ratio < 0.98 else "level with"
+    lines += [
+        "",
+        f"Contiguous cache of the longest request for {args.max_batch} rows "
+        f"({max(len(r.prompt) + r.max_new for r in requests)} positions each): "
+        f"{contiguous / mib:.1f} MiB.",
+        "",
+        "Columns. Per-token latency: the gaps between a request's consecutive tokens, pooled "
+        "over all requests. Steps: static, `generate` steps; ours, engine steps (each is one "
+        "batched decode pass plus one pass per prefill chunk); transformers, steps that "
+        "produced a token, counted from its per-token timestamps (`generate_batch` and its "
+        "manager return tokens when a request ends, not as a stream, but "
+        "`record_timestamps=True` stamps each token when its step makes it, so TTFT and "
+        "per-token latency are measured for it too). KV allocated: static, the largest "
+        "`KVCache` one `generate` call reserved (rows x (longest prompt + longest answer) of "
+        "its batch); ours and transformers, the block pool (both sized for the "
+        f"{args.max_batch} longest requests; transformers rounds it up to its own "
+        "sectors). KV peak used: positions written (static) or blocks handed out (paged).",
+        "",
+        f"Reading. Continuous batching beats static batching here: "
+        f"{ours['throughput'] / static['throughput']:.2f}x the throughput and "
+        f"{static['ttft_mean'] / ours['ttft_mean']:.1f}x lower mean TTFT, because a request "
+        "that arrives while a static batch runs waits for the whole batch, and a static "
+        "row keeps its slot after its answer is done. Our engine is "
+        f"{verdict} transformers on throughput ({ratio:.2f}x) and its mean TTFT is "
+        f"{ours['ttft_mean'] / hf['ttft_mean']:.2f}x transformers'. Its decode steps also "
+        f"cost more than a `generate` step (p50 per-token {1e3 * ours['tpot_p50']:.0f} ms "
+        f"against {1e3 * static['tpot_p50']:.0f} ms for static batches of up to "
+        f"{args.max_batch} rows): each step plans the view in Python (slot lists for "
+        "every row), builds a padding mask, copies every row's keys and values out of the "
+        "pool into a padded batch where `generate` writes into a preallocated cache, and "
+        "chooses each row's token on its own. The bigger difference: transformers packs every scheduled token of a step (decodes and prefill "
+        "chunks together) into one forward pass, so the weights are read once per step; ours "
+        "runs one batched decode pass plus one pass per prefill chunk, so a step that "
+        "admits a request reads the weights twice, which shows in TTFT and in the p95 "
+        "per-token latency of the requests decoding beside it. Packing with a dense mask "
+        "is not free either: without a varlen kernel every packed query is scored against "
+        f"every row's keys; measured here, one layer's attention for {args.max_batch} "
+        f"decode rows of {args.attn_keys} keys costs {args.attn[0]:.2f} ms padded per row "
+        f"and {args.attn[1]:.2f} ms packed with a block mask (x{model_layers} layers per "
+        "step), so ours keeps decode rows padded and prefills apart. Two changes made in "
+        "`inference` for this benchmark, switched on by `Engine(fast=True)` (the default "
+        "engine keeps the readable reference path): a *planned* paged view (one `index_copy_` and "
+        "one `index_select` per pool and layer, slots computed once per pass, instead of "
+        "gathering and padding each row's blocks in every layer; the row-by-row gather "
+        "stays as the reference), and logits for the last position only (a prefill chunk "
+        "of T tokens computed T rows of 49152-way logits). Before them (this script at "
+        "commit 3a405f8, one round, same machine): ours 23.2 tokens/s vs transformers 30.3 "
+        "(0.77x), mean TTFT 3.85 vs 2.34 s; indicative only, as the shared machine's speed "
+        "varied between runs (static took 24.6 s then). Memory: both paged caches hold only written positions (plus the "
+        "partly filled last block), about half of the contiguous reservation for "
+        f"{args.max_batch} rows of the longest request; static `generate` reserves every "
+        "row up to the longest prompt plus the longest answer of its batch.",
+        "",
+        f"Machine: {machine()}; 1-minute load average {load}.",
+        "",
+        f"Command: `python benchmarks/serving.py{' ' + args.extra if args.extra else ''}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def attention_costs(model, rows: int, keys: int, repeats: int = 30) -> tuple[float, float]:
+    """Milliseconds of one layer's decode attention for ``rows`` rows of ``keys`` cached
+    positions each: padded per row (B, H, 1, D) x (B, H, keys, D), as our engine runs it,
+    vs packed into one row with a block mask, (1, H, B, D) x (1, H, B * keys, D), as a
+    single packed pass over every scheduled token runs it."""
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    h, d = c.n_heads, c.head_dim
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    q, k, v = randn(rows, h, 1, d), randn(rows, h, keys, d), randn(rows, h, keys, d)
+    pad = torch.ones(rows, 1, 1, keys, dtype=torch.bool)
+    qp, kp, vp = randn(1, h, rows, d), randn(1, h, rows * keys, d), randn(1, h, rows * keys, d)
+    block = torch.block_diag(*[torch.ones(1, keys, dtype=torch.bool)] * rows)[None, None]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    best = []
+    for args in ((q, k, v, pad), (qp, kp, vp, block)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sdpa(*args[:3], attn_mask=args[3])
+            times.append(time.perf_counter() - start)
+        best.append(1e3 * min(times))
+    return best[0], best[1]
+
+
+def load_transformers():
+    path = pretrained.smollm2_gguf_path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--budget", type=int, default=256, help="tokens per continuous step")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=len(TRACE), help="first N of the trace")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--servers", nargs="+", default=["static", "ours", "transformers"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    args.extra = ""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    load_start = os.getloadavg()[0]
+
+    ours, tokenizer = pretrained.load_smollm2()
+    hf = load_transformers() if "transformers" in args.servers else None
+    requests = make_requests(tokenizer)[: args.requests]
+    servers: dict[str, Callable[[list[Request]], Run]] = {
+        "static": lambda reqs: run_static(ours, reqs, args.max_batch),
+        "ours, continuous": lambda reqs: run_ours(ours, reqs, args.max_batch, args.budget),
+        "transformers, continuous": lambda reqs: run_transformers(
+            hf, reqs, args.max_batch, args.budget
+        ),
+    }
+    keys = {
+        "static": "static",
+        "ours": "ours, continuous",
+        "transformers": "transformers, continuous",
+    }
+    servers = {keys[k]: servers[keys[k]] for k in args.servers}
+
+    with torch.inference_mode():
+        solo = [
+            generate(ours, [r.prompt], r.max_new)[0, len(r.prompt) :].tolist() for r in requests
+        ]
+    warm = [Request(0.0, r.prompt[:20], 2) for r in requests[:3]]
+    for serve in servers.values():  # first calls allocate and pick kernels
+        serve(warm)
+
+    best: dict[str, tuple[dict[str, float], Run]] = {}
+    same: dict[str, tuple[int, int]] = {}
+    names = list(servers)
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        for name in order:
+            run = servers[name](requests)
+            stats = summarize(requests, run)
+            ok = sum(run.tokens[i] == solo[i] for i in range(len(requests)))
+            same[name] = (min(ok, same.get(name, (ok, 0))[0]), len(requests))
+            print(
+                f"round {r + 1}: {name}: {stats['throughput']:.1f} tokens/s, makespan "
+                f"{stats['makespan']:.2f} s, same tokens {ok}/{len(requests)}",
+                flush=True,
+            )
+            if name not in best or stats["makespan"] < best[name][0]["makespan"]:
+                best[name] = (stats, run)
+    if "transformers, continuous" not in best:
+        print({k: v[0] for k, v in best.items()})
+        return
+    best = {k: best[k] for k in names}
+    longest = max(len(r.prompt) + r.max_new for r in requests)
+    contiguous = args.max_batch * longest * position_bytes(ours)
+    load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    args.attn_keys = longest
+    args.attn = attention_costs(ours, args.max_batch, longest)
+    text = report(requests, best, same, args, contiguous, load, ours.config.n_layers)
+    print(text)
+    if not args.no_write:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
