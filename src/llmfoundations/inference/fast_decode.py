@@ -217,14 +217,17 @@ class FastGreedyDecoder(nn.Module):
         return self._forward(token, col, positions)
 
     def _compile(self, freeze: bool) -> None:
-        import torch._inductor.config as inductor_config
-
-        compiled = torch.compile(self._decode_step, fullgraph=True, dynamic=False)
+        # Freezing goes in the compile options, not in a patched global setting: dynamo
+        # reuses a compiled step for a backend that compares equal, and the options are
+        # part of that comparison, so a frozen and a plain decoder get their own graphs.
+        compiled = torch.compile(
+            self._decode_step, fullgraph=True, dynamic=False, options={"freezing": freeze}
+        )
         b, dev = self.batch_size, self.valid.device
         token = torch.zeros(b, 1, dtype=torch.long, device=dev)
         col = torch.zeros(1, dtype=torch.long, device=dev)
         start = time.perf_counter()
-        with torch.no_grad(), inductor_config.patch(freezing=freeze):
+        with torch.no_grad():
             compiled(token, col, col.expand(b, 1))  # compiles now, not in the first call
         self.compile_seconds = time.perf_counter() - start
         self._step = compiled
