@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from _machine import cpu_name
+from _machine import cpu_name, publish
 
 from llmfoundations.generate import generate
 from llmfoundations.inference.batching import Engine, SchedulerConfig
@@ -226,11 +226,7 @@ def main() -> None:
         "same for 1 or 8 rows. On SmolLM2-135M, where a step's arithmetic dominates, see "
         "`benchmarks/results/serving.md`.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        RESULTS.write_text(text)
-        print(f"wrote {RESULTS}")
+    publish(lines, RESULTS, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from _machine import cpu_name
+from _machine import cpu_name, publish
 
 from llmfoundations.inference.parallel import run_workers
 from llmfoundations.inference.parallel_costs import bubble_fraction, ring_all_reduce_bytes
@@ -231,11 +231,7 @@ def main() -> None:
         *reading(best, args, weight_bytes),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        RESULTS.write_text(text)
-        print(f"wrote {RESULTS}")
+    publish(lines, RESULTS, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _machine import cpu_name
+from _machine import cpu_name, publish
 
 from llmfoundations.inference.prefix_cache import PrefixCache, prefill
 from llmfoundations.pretrained import apply_chat_template, load_smollm2, smollm2_gguf_path
@@ -347,11 +347,7 @@ def main() -> None:
             "bookkeeping (hashes, block tables) and of its unoptimized paged attention.",
         ]
     lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        RESULTS.write_text(text)
-        print(f"wrote {RESULTS}")
+    publish(lines, RESULTS, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _machine import cpu_name
+from _machine import cpu_name, publish
 from torch import nn
 
 from llmfoundations import pretrained
@@ -443,11 +443,7 @@ def main() -> None:
             + " (Leviathan et al., eq. 1).",
         ]
     lines += ["", "## Reading", "", *reading(copy_rows, chat_rows, costs)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        RESULTS.write_text(text)
-        print(f"wrote {RESULTS}")
+    publish(lines, RESULTS, write=not args.no_write)
 
 
 if __name__ == "__main__":
