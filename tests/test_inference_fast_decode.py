@@ -54,12 +54,16 @@ def test_every_step_logits_equal_the_models_own():
             torch.testing.assert_close(logits, ref.logits[:, step], rtol=1e-5, atol=1e-5)
 
 
+_ONEDNN = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN")
+
+
+@pytest.mark.parametrize("prepack", [False, pytest.param(True, marks=_ONEDNN)])
 @pytest.mark.parametrize("kv_heads", [1, 2, 6])  # multi-query, grouped-query, multi-head
-def test_greedy_tokens_equal_generate_with_stops(kv_heads):
+def test_greedy_tokens_equal_generate_with_stops(kv_heads, prepack):
     model = _model(seed=kv_heads, n_kv_heads=kv_heads)
     prompts = _prompts(kv_heads, [4, 9, 1, 6])
     ref = generate_output(model, prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2)
-    out = FastGreedyDecoder(model, 4, 19).generate(
+    out = FastGreedyDecoder(model, 4, 19, prepack=prepack).generate(
         prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2
     )
     for field in ("sequences", "attention_mask", "num_new_tokens", "stopped"):
@@ -110,6 +114,24 @@ def test_compiled_and_frozen_step_gives_the_same_tokens():
     assert torch.equal(decoder.generate(prompts, 8).sequences, ref.sequences)
 
 
+@_ONEDNN
+def test_prepacked_logits_equal_plain_ones_eager_and_compiled():
+    model = _model(seed=3)
+    prompts = _prompts(8, [6, 3])
+    plain = FastGreedyDecoder(model, 2, 13)
+    packed = FastGreedyDecoder(model, 2, 13, prepack=True)
+    assert packed.head_packed is not None and len(packed.layers[0].packed) == 4
+    for decoder in (plain, packed):
+        decoder.valid[:, :2] = True
+    token, col, pos = torch.tensor([[5], [6]]), plain.columns[2:3], torch.tensor([[2], [2]])
+    with torch.no_grad():
+        expected = plain._decode_step(token, col, pos)
+        torch.testing.assert_close(packed._decode_step(token, col, pos), expected, rtol=1e-5, atol=1e-5)
+    ref = generate_output(model, prompts, 7)
+    compiled = FastGreedyDecoder(model, 2, 13, prepack=True, compile=True)
+    assert torch.equal(compiled.generate(prompts, 7).sequences, ref.sequences)
+
+
 def test_rejects_models_and_arguments_it_cannot_run():
     with pytest.raises(TypeError, match="DecoderLM"):
         check_fast_decodable(torch.nn.Linear(2, 2))
@@ -125,6 +147,12 @@ def test_rejects_models_and_arguments_it_cannot_run():
         FastGreedyDecoder(model, 0, 8)
     with pytest.raises(ValueError, match="freeze=True needs compile=True"):
         FastGreedyDecoder(model, 1, 8, freeze=True)
+    with pytest.raises(ValueError, match="choose one"):
+        FastGreedyDecoder(model, 1, 8, compile=True, freeze=True, prepack=True)
+    with pytest.raises(ValueError, match="prepack=True needs float32"):
+        FastGreedyDecoder(_model().double(), 1, 8, prepack=True)
+    with pytest.raises(TypeError, match="prepack"):
+        FastGreedyDecoder(model, 1, 8, prepack=1)
     with pytest.raises(TypeError, match="compile"):
         FastGreedyDecoder(model, 1, 8, compile="yes")
     decoder = FastGreedyDecoder(model, 2, 8)
