@@ -44,6 +44,7 @@ from _machine import cpu_name
 from llmfoundations import pretrained
 from llmfoundations.generate import generate
 from llmfoundations.inference.fast_decode import FastGreedyDecoder
+from llmfoundations.inference.prepack import prepack_linears
 from llmfoundations.kv_cache import kv_cache_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.md"
@@ -152,7 +153,7 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     return [tokenizer.encode(pretrained.apply_chat_template(c)) for c in chats]
 
 
-def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=()) -> list[Case]:
+def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=(), hf_packed=None) -> list[Case]:
     config = ours.config
     cases = []
     for batch in (1, 8):
@@ -182,7 +183,7 @@ def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=()) -> list[Case
             )
             return out, clock
 
-        def hf_run(ids=ids, mask=mask):
+        def hf_run(ids=ids, mask=mask, hf=hf):
             clock = StepClock(hf=True)
             with torch.inference_mode():
                 out = hf.generate(
@@ -201,13 +202,17 @@ def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=()) -> list[Case
         if batch == 1:
             cases.append(Case("ours, no cache", batch, lambda f=ours_run: f(False), None))
         cases.append(Case("transformers, KV cache", batch, hf_run, cache))
+        if hf_packed is not None:  # the same library change applied to transformers' model
+            run = lambda f=hf_run, m=hf_packed[batch]: f(hf=m)  # noqa: E731
+            cases.append(Case(HF_PACKED, batch, run, cache))
         for mode in fast_modes:
             decoder = FastGreedyDecoder(
                 ours,
                 batch,
                 width + new_tokens,
-                compile=mode != "static",
+                compile=mode in ("compile", "freeze", "prepack-compile"),
                 freeze=mode == "freeze",
+                prepack=mode.startswith("prepack"),
             )
 
             def fast_run(decoder=decoder, ids=ids, mask=mask):
@@ -222,15 +227,18 @@ def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=()) -> list[Case
                 return out.sequences, clock
 
             case = Case(FAST_NAMES[mode], batch, fast_run, cache)
-            case.compile_s = decoder.compile_seconds if mode != "static" else None
+            case.compile_s = decoder.compile_seconds if decoder.compile_seconds else None
             cases.append(case)
     return cases
 
 
+HF_PACKED = "transformers, oneDNN-packed weights"
 FAST_NAMES = {
     "static": "ours, fast: static cache",
     "compile": "ours, fast + torch.compile",
     "freeze": "ours, fast + compile + freezing",
+    "prepack": "ours, fast + oneDNN-packed weights",
+    "prepack-compile": "ours, fast + packed weights + compile",
 }
 
 
@@ -316,7 +324,7 @@ def report(
         f"{c.name}, batch {c.batch}: "
         + ("yes" if torch.equal(c.sequences, by_name[("ours, KV cache", c.batch)]) else "NO")
         for c in cases
-        if c.name in FAST_NAMES.values()
+        if c.name in (*FAST_NAMES.values(), HF_PACKED)
     ]
     lines += [
         "",
@@ -338,7 +346,12 @@ def report(
         "(preallocated) cache written in place, stacked q/k/v and gate/up weights, SDPA "
         "with `enable_gqa`, checks once per call; optionally `torch.compile` of the decoding "
         "step (compiled once per batch size, before timing; its compile time is in the last "
-        "column) and inductor's weight freezing. Reading the weights bounds a step: "
+        "column) and inductor's weight freezing (which packs float32 weights for MKL); or "
+        "every matrix multiply from weights packed once for oneDNN "
+        "(`inference.prepack`), eager or compiled. The row *transformers, oneDNN-packed "
+        "weights* is transformers' own model with every `nn.Linear` swapped by "
+        "`prepack_linears`: how much of the gain is the matrix-multiply library, which "
+        "any model can use. Reading the weights bounds a step: "
         f"{weight_mib:.0f} MiB of float32 weights per step at the copy bandwidth measured "
         f"here ({bandwidth:.1f} GB/s) allows at most {bound:.0f} steps/s, i.e. "
         f"{bound:.0f} tokens/s at batch 1 and {8 * bound:.0f} at batch 8.",
@@ -369,6 +382,12 @@ def main() -> None:
         default=list(FAST_NAMES),
         help="FastGreedyDecoder variants to time (compiling each takes a minute or more)",
     )
+    parser.add_argument(
+        "--no-hf-packed",
+        dest="hf_packed",
+        action="store_false",
+        help="skip the row of transformers' model with prepack_linears applied",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -376,13 +395,18 @@ def main() -> None:
 
     ours, tokenizer = pretrained.load_smollm2()
     hf = load_transformers()
+    hf_packed = None
+    if args.hf_packed:  # one copy per batch size: the packing is tuned for its row count
+        hf_packed = {b: load_transformers() for b in (1, 8)}
+        for b, model in hf_packed.items():
+            prepack_linears(model, rows=b)
     weight_mib = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**20
     bandwidth = copy_bandwidth_gbs()
-    cases = make_cases(ours, hf, tokenizer, args.new_tokens, args.fast)
+    cases = make_cases(ours, hf, tokenizer, args.new_tokens, args.fast, hf_packed)
     warm = make_cases(ours, hf, tokenizer, 4)  # first calls allocate and pick kernels
     for case in warm:
         case.measure()
-    fast = [c for c in cases if c.name in FAST_NAMES.values()]
+    fast = [c for c in cases if c.name in (*FAST_NAMES.values(), HF_PACKED)]
     for case in fast:  # the fast paths' own first call
         case.measure()
         case.times.clear()

@@ -250,12 +250,14 @@ class FastGreedyDecoder(nn.Module):
         compiled = torch.compile(
             self._decode_step, fullgraph=True, dynamic=False, options={"freezing": freeze}
         )
+        # Arguments laid out as `generate` passes them (strides included: dynamo guards on
+        # them, and an expanded positions tensor here once made every decoder compile twice).
         b, dev = self.batch_size, self.valid.device
-        token = torch.zeros(b, 1, dtype=torch.long, device=dev)
-        col = torch.zeros(1, dtype=torch.long, device=dev)
+        token = torch.zeros(b, dtype=torch.long, device=dev)[:, None]  # (B, 1)
+        positions = torch.zeros(b, 1, dtype=torch.long, device=dev)  # (B, 1)
         start = time.perf_counter()
         with torch.no_grad():
-            compiled(token, col, col.expand(b, 1))  # compiles now, not in the first call
+            compiled(token, self.columns[:1], positions)  # compiles now, not in the first call
         self.compile_seconds = time.perf_counter() - start
         self._step = compiled
 
