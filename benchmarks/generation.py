@@ -8,6 +8,12 @@ One process loads SmolLM2-135M-Instruct twice from the same GGUF file, both in f
   forward pass over the whole sequence at every step);
 - **transformers**: ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)``, run by its
   ``generate`` (greedy, ``use_cache=True``, no end-of-sequence token, so it never stops early).
+- **ours, fast**: ``inference.fast_decode.FastGreedyDecoder`` (``--fast`` picks the
+  variants): a static cache; ``torch.compile`` of the decoding step; inductor's weight
+  freezing; weights packed once for oneDNN (``prepack=True``), eager and compiled;
+- **transformers, oneDNN-packed weights**: transformers' model with every ``nn.Linear``
+  swapped by ``inference.prepack.prepack_linears`` (one copy per batch size), to separate
+  what the matrix-multiply library gives from what the rest of the fast path gives.
 
 Every run generates 128 new tokens after chat-formatted prompts: batch 1, and batch 8
 (prompts of different lengths, left-padded, same ids and mask for both). The runs are
