@@ -92,6 +92,8 @@ def test_bad_input_is_refused():
         prepack_linears("not a model")
     with pytest.raises(RuntimeError, match="torch.no_grad"):  # else weights get no gradient
         layer(torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="x requires grad"):
+        packed_linear(torch.randn(2, 4, requires_grad=True), pack_weight(torch.randn(3, 4)))
 
 
 def test_doctests():

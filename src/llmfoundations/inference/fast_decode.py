@@ -6,9 +6,12 @@ module does the same arithmetic for Llama-style models (SmolLM2) in the order a 
 engine would, and is tested against it: the same logits within float32 rounding and the same
 greedy tokens. ``benchmarks/generation.py`` times both beside transformers' ``generate``.
 
-At batch 1-8 a decoding step is bound by reading the weights (about 540 MB per step for
-SmolLM2-135M in float32), not by arithmetic, so every change below removes overhead around
-those reads rather than arithmetic:
+At batch 1-8 a decoding step reads every weight once (about 540 MB per step for
+SmolLM2-135M in float32) for only 2 floating-point operations per weight and row.
+Reading them would allow some 60 steps per second on the 2-core CPU of
+``benchmarks/results/generation.md``; the readable path reaches about a fifth of that,
+lost to overheads around the reads and to matrix-multiply kernels badly suited to 1-8
+rows. Every change below removes such overhead, none changes the arithmetic:
 
 - the KV cache is allocated once at its final length, one ``(B, Hkv, T_max, D)`` key and
   value buffer per layer, and each step writes one column in place (no ``torch.cat`` per

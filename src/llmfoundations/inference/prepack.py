@@ -8,17 +8,17 @@ more than the arithmetic. oneDNN (the library behind ``torch.backends.mkldnn``) 
 weight once, ahead of time, into its own blocked layout and multiply from that at every
 call. Inductor does this for frozen graphs too, but for float32 on x86 it packs for MKL.
 
-Measured on an AMD EPYC with 2 threads (``benchmarks/results/generation.md`` has the
-end-to-end numbers): the 121 matrix multiplies of one SmolLM2-135M decoding step take
-60 ms through ``F.linear`` and 29 ms through oneDNN with packed weights at 8 rows (22 vs
-14 ms at 1 row); the 49152 x 576 output head alone 24.5 vs 8.7 ms. On other CPUs the gap
-differs: measure before relying on it.
+Measured on an AMD EPYC with 2 threads (``benchmarks/results/matmul_packing.md``; the
+end-to-end decoding numbers are in ``generation.md`` beside it): the 121 matrix multiplies
+of one SmolLM2-135M decoding step take 65 ms through ``F.linear`` and 29 ms through oneDNN
+with packed weights at 8 rows; at 1 row the two are close (24 vs 22 ms). On other CPUs the
+gap differs: measure before relying on it.
 
 - ``pack_weight(weight, rows)``: a float32 ``(N, K)`` weight in oneDNN's layout (an opaque
   ``torch._mkldnn`` tensor; ``rows`` is a hint of how many input rows to tune for);
-- ``packed_linear(x, packed, bias)``: ``x @ W.T + b`` from a packed weight, as a custom
-  op (``llmfoundations::onednn_linear``), so ``torch.compile`` calls it without tracing
-  into oneDNN;
+- ``packed_linear(x, packed, bias)``: ``x @ W.T + b`` from a packed weight, through an
+  operator of our own (``llmfoundations::onednn_linear``), so ``torch.compile`` calls it
+  without tracing into oneDNN;
 - ``PackedLinear``: an ``nn.Linear`` whose weight is packed; ``prepack_linears(model)``
   swaps every ``nn.Linear`` of a model for one.
 
@@ -63,12 +63,23 @@ def pack_weight(weight: Tensor, rows: int = 1) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
 
 
-@torch.library.custom_op("llmfoundations::onednn_linear", mutates_args=())
+# An operator of our own wraps oneDNN's, so that torch.compile puts one opaque call in its
+# graph (inductor cannot take the packed tensor as a graph input). It is declared through
+# the plain operator registry rather than ``torch.library.custom_op``, whose Python wrapper
+# cost about 30 microseconds per call here: 121 calls per decoding step.
+_LIB = torch.library.Library("llmfoundations", "FRAGMENT")
+_LIB.define("onednn_linear(Tensor x, Tensor packed, Tensor? bias) -> Tensor")
+
+
 def _onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-@_onednn_linear.register_fake
+for _key in ("CPU", "MkldnnCPU"):  # the packed tensor's own dispatch key comes first
+    _LIB.impl("onednn_linear", _onednn_linear, _key)
+
+
+@torch.library.register_fake("llmfoundations::onednn_linear", lib=_LIB)
 def _(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty(*x.shape[:-1], packed.shape[0])  # (..., N)
 
@@ -76,8 +87,11 @@ def _(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
 def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x`` (..., K) times a packed weight (N, K), plus ``bias`` (N,): (..., N).
 
-    The shapes are checked by oneDNN; the caller keeps ``x`` float32."""
-    return _onednn_linear(x.contiguous(), packed, bias)
+    The shapes are checked by oneDNN; the caller keeps ``x`` float32. Inference only: an
+    ``x`` that needs a gradient is refused (the product has no backward)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("packed_linear is for inference: x requires grad (use torch.no_grad())")
+    return torch.ops.llmfoundations.onednn_linear(x.contiguous(), packed, bias)
 
 
 class PackedLinear(nn.Module):

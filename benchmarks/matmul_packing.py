@@ -1,0 +1,137 @@
+"""The matrix multiplies of one SmolLM2-135M decoding step, by CPU library and weight layout.
+
+A decoding step multiplies 1-8 rows by every weight matrix: per block q/k/v stacked
+(960 x 576), the output projection (576 x 576), gate/up stacked (3072 x 576) and down
+(576 x 1536), 30 blocks, then the 49152 x 576 output head: 121 products. Each is timed,
+float32, in three ways side by side:
+
+- ``F.linear``: the row-major weight handed to the BLAS (MKL on x86 builds), which packs it
+  into its own panels at every call;
+- MKL, pre-packed: ``torch.ops.mkl._mkl_linear`` from a weight packed once by
+  ``mkl._mkl_reorder_linear_weight``, what inductor's freezing emits for float32 on x86;
+- oneDNN, pre-packed: ``inference.prepack.packed_linear`` from a weight packed once for
+  oneDNN (what ``FastGreedyDecoder(prepack=True)`` and ``prepack_linears`` use).
+
+Random weights and inputs (the speed does not depend on the values); each product is
+checked against ``F.linear`` first. Best of ``--repeats`` rounds of ``--iters`` calls. The
+weights of one step (513 MiB) do not fit in any cache, but a single product's weight
+does, except the head's: products timed one at a time read their weight from cache, so
+the per-step sum is a lower bound of the time they take inside a real step.
+
+    python benchmarks/matmul_packing.py       # writes benchmarks/results/matmul_packing.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _machine import cpu_name, publish
+
+from llmfoundations.inference.prepack import pack_weight, packed_linear
+
+RESULTS = Path(__file__).resolve().parent / "results" / "matmul_packing.md"
+# name: (out features N, in features K, products per step)
+SHAPES = {
+    "q/k/v stacked": (960, 576, 30),
+    "attention output": (576, 576, 30),
+    "gate/up stacked": (3072, 576, 30),
+    "down": (576, 1536, 30),
+    "output head": (49152, 576, 1),
+}
+
+
+def best_ms(fn, iters: int, repeats: int) -> float:
+    """Best mean milliseconds per call over ``repeats`` rounds of ``iters`` calls."""
+    for _ in range(3):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        best = min(best, (time.perf_counter() - start) / iters)
+    return best * 1e3
+
+
+def time_shape(n: int, k: int, rows: int, iters: int, repeats: int) -> dict[str, float]:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n, k, generator=g) / k**0.5  # (N, K)
+    x = torch.randn(rows, k, generator=g)  # (M, K)
+    mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, rows) if torch._C.has_mkl else None
+    onednn = pack_weight(w, rows)
+    calls = {
+        "F.linear": lambda: F.linear(x, w),
+        "MKL, pre-packed": (lambda: torch.ops.mkl._mkl_linear(x, mkl, w, None, rows))
+        if mkl is not None
+        else None,
+        "oneDNN, pre-packed": lambda: packed_linear(x, onednn),
+    }
+    expected = F.linear(x, w)
+    out = {}
+    for name, fn in calls.items():
+        if fn is None:
+            continue
+        torch.testing.assert_close(fn(), expected, rtol=1e-4, atol=1e-4)
+        heavy = n * k > 10_000_000  # the head: fewer calls
+        out[name] = best_ms(fn, max(5, iters // 20) if heavy else iters, repeats)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = [
+        "# The matrix multiplies of one SmolLM2-135M decoding step: F.linear vs pre-packed weights",
+        "",
+        "Float32, milliseconds per product (best of "
+        f"{args.repeats} rounds), and per step (x products per step). Written by "
+        "`benchmarks/matmul_packing.py`; every product checked against `F.linear` first.",
+        "",
+    ]
+    for rows in args.rows:
+        totals: dict[str, float] = {}
+        table = []
+        for label, (n, k, count) in SHAPES.items():
+            ms = time_shape(n, k, rows, args.iters, args.repeats)
+            for name, value in ms.items():
+                totals[name] = totals.get(name, 0.0) + value * count
+            table.append((label, n, k, count, ms))
+        names = list(table[0][4])
+        lines += [
+            f"## {rows} row{'s' if rows > 1 else ''} per product",
+            "",
+            "| product | N x K | per step | " + " | ".join(f"{n} (ms)" for n in names) + " |",
+            "| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |",
+        ]
+        for label, n, k, count, ms in table:
+            cells = " | ".join(f"{ms[name]:.3f}" for name in names)
+            lines.append(f"| {label} | {n} x {k} | {count} | {cells} |")
+        cells = " | ".join(f"**{totals[name]:.1f}**" for name in names)
+        lines.append(f"| **one step** | | 121 | {cells} |")
+        base = totals["F.linear"]
+        ratios = ", ".join(f"{name} {base / totals[name]:.2f}x" for name in names[1:])
+        lines += ["", f"Speed-up over `F.linear` per step: {ratios}.", ""]
+    lines += [
+        f"Machine: CPU: {cpu_name()}, torch threads {torch.get_num_threads()}; Python "
+        f"{platform.python_version()}, torch {torch.__version__} (MKL "
+        f"{'yes' if torch._C.has_mkl else 'no'}, oneDNN "
+        f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}).",
+        "",
+        "Command: `python benchmarks/matmul_packing.py`",
+    ]
+    publish(lines, RESULTS, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
