@@ -103,3 +103,22 @@ def test_doctests():
 
     for module in (prepack, fast_decode):
         assert doctest.testmod(module).failed == 0
+
+
+def test_serving_engine_on_a_prepacked_model_gives_the_same_tokens():
+    # benchmarks/serving.py runs the continuous-batching engine on a prepack_linears model.
+    from llmfoundations.inference.batching import Engine, SchedulerConfig
+
+    torch.manual_seed(1)
+    config = ModelConfig.llama(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
+    model = DecoderLM(config).eval()
+    packed = DecoderLM(config).eval()
+    packed.load_state_dict(model.state_dict())
+    prepack_linears(packed, rows=3)
+    runs = []
+    for m in (model, packed):
+        engine = Engine(m, num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=6, max_running=3), fast=True)
+        for n, new in ((5, 4), (9, 3), (2, 6)):
+            engine.add_request(list(range(1, n + 1)), max_new_tokens=new)
+        runs.append(engine.run())
+    assert runs[0] == runs[1]
