@@ -111,6 +111,7 @@ class Run:
     times: dict[int, list[float]] = field(default_factory=dict)  # seconds since the start
     tokens: dict[int, list[int]] = field(default_factory=dict)
     steps: int = 0  # forward steps (static: generate steps; continuous: engine steps)
+    decode_only_steps: int = 0  # ours: engine steps that prefilled nothing
     kv_allocated: int = 0  # bytes reserved (peak over the run)
     kv_peak_used: int = 0  # bytes holding written positions or handed-out blocks (peak)
 
@@ -200,6 +201,7 @@ def run_ours(model, requests: list[Request], max_batch: int, budget: int) -> Run
         stamp = time.perf_counter() - t0
         run.kv_peak_used = max(run.kv_peak_used, cache.num_used_blocks * cache.bytes_per_block())
         run.steps += 1
+        run.decode_only_steps += not engine.last_plan.prefill
         for e in events:
             i = ids[e.request_id]
             run.times.setdefault(i, []).append(stamp)
@@ -354,6 +356,7 @@ def report(
     static, ours = best["static"][0], best["ours, continuous"][0]
     ratio = ours["throughput"] / hf["throughput"]
     verdict = "ahead of" if ratio > 1.02 else "behind" if ratio < 0.98 else "level with"
+    decode_only = best["ours, continuous"][1].decode_only_steps
     lines += [
         "",
         f"Contiguous cache of the longest request for {args.max_batch} rows "
@@ -411,7 +414,12 @@ def report(
         f"{args.attn_keys} keys costs {args.attn[0]:.2f} ms padded per row and "
         f"{args.attn[1]:.2f} ms packed with a block mask (x{model_layers} layers per step). "
         "The packed prefill pass pays that dense attention too (each chunk's queries scored "
-        "against every running row's keys), which is small beside its matrix products. "
+        "against every running row's keys); the step times above include it. What is left "
+        f"is in the decode-only steps ({decode_only} of our {ours['steps']}): p50 per-token "
+        f"{1e3 * ours['tpot_p50']:.0f} ms against transformers' {1e3 * hf['tpot_p50']:.0f} "
+        "ms. Transformers' decode step was not profiled here; ours costs 5-14% more than a "
+        "pass over a contiguous cache of the same rows, in the pool's `index_select`, the "
+        "padding mask and the copies around them, beside the same matrix multiplications. "
         "Earlier changes behind `Engine(fast=True)` (the default engine keeps the readable "
         "reference path): a *planned* paged view (one `index_copy_` and "
         "one `index_select` per pool and layer, slots computed once per pass, instead of "
