@@ -50,9 +50,7 @@ def _prompt(n: int, seed: int) -> list[int]:
 def _reference(model, prompt, n, stop=(), sampling=None, seed=None) -> list[int]:
     """The request's new tokens from ``generate`` alone (the stop token included)."""
     gen = None if seed is None else torch.Generator().manual_seed(seed)
-    out = generate_output(
-        model, [prompt], n, stop_token_ids=stop, sampling=sampling, generator=gen
-    )
+    out = generate_output(model, [prompt], n, stop_token_ids=stop, sampling=sampling, generator=gen)
     return out.new_tokens[0, : int(out.num_new_tokens[0])].tolist()
 
 
@@ -119,14 +117,21 @@ def test_each_request_equals_its_own_generate(
         )
 
     plain = [reference(i) for i in range(len(requests))]
-    stops = [(ref[k],) if 0 <= k < len(ref) else () for ref, (*_, k, _) in zip(plain, requests, strict=True)]
+    stops = [
+        (ref[k],) if 0 <= k < len(ref) else ()
+        for ref, (*_, k, _) in zip(plain, requests, strict=True)
+    ]
     refs = [reference(i, stop=stops[i]) for i in range(len(requests))]
-    worst = max(-(-(len(p) + m - 1) // block_size) for p, (_, m, *_) in zip(prompts, requests, strict=True))
+    worst = max(
+        -(-(len(p) + m - 1) // block_size) for p, (_, m, *_) in zip(prompts, requests, strict=True)
+    )
     engine = Engine(
         model,
         num_blocks=worst + spare_blocks,  # tight pools make requests wait for blocks
         block_size=block_size,
-        config=SchedulerConfig(token_budget=budget, max_running=max_running, chunked_prefill=chunked),
+        config=SchedulerConfig(
+            token_budget=budget, max_running=max_running, chunked_prefill=chunked
+        ),
     )
     streamed: dict[int, list[TokenEvent]] = {}
     ids: dict[int, int] = {}  # index in `requests` -> request id
@@ -176,7 +181,9 @@ def test_sampled_requests_equal_generate_with_the_same_generator(kind):
         SamplingConfig(top_p=0.9),
     ]
     prompts = [_prompt(n, 10 + n) for n in (4, 7, 2, 9)]
-    engine = Engine(model, num_blocks=40, block_size=4, config=SchedulerConfig(token_budget=6, max_running=4))
+    engine = Engine(
+        model, num_blocks=40, block_size=4, config=SchedulerConfig(token_budget=6, max_running=4)
+    )
     ids = []
     for i, (p, cfg) in enumerate(zip(prompts, configs, strict=True)):
         gen = torch.Generator().manual_seed(100 + i)
@@ -192,7 +199,9 @@ def test_gpt_model_with_learned_positions_equals_generate():
     """Learned position embeddings: every row's positions must come from its own length."""
     model = _model("gpt")
     prompts = [_prompt(n, n) for n in (1, 6, 11)]
-    engine = Engine(model, num_blocks=30, block_size=3, config=SchedulerConfig(token_budget=5, max_running=3))
+    engine = Engine(
+        model, num_blocks=30, block_size=3, config=SchedulerConfig(token_budget=5, max_running=3)
+    )
     ids = [engine.add_request(p, 9) for p in prompts]
     outs = engine.run()
     assert [outs[i] for i in ids] == [_reference(model, p, 9) for p in prompts]
@@ -203,7 +212,9 @@ def test_gpt_model_with_learned_positions_equals_generate():
 
 def test_long_prompt_is_prefilled_in_chunks_beside_decodes():
     model = _model()
-    engine = Engine(model, num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=4, max_running=2))
+    engine = Engine(
+        model, num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=4, max_running=2)
+    )
     a = engine.add_request(_prompt(2, 1), 8)
     engine.step()  # a: prefill of 2 tokens, first token
     b = engine.add_request(_prompt(10, 2), 3)
@@ -223,7 +234,12 @@ def test_long_prompt_is_prefilled_in_chunks_beside_decodes():
 
 
 def test_without_chunking_a_prompt_waits_for_a_step_with_room():
-    engine = Engine(_model(), num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=6, max_running=3, chunked_prefill=False))
+    engine = Engine(
+        _model(),
+        num_blocks=20,
+        block_size=4,
+        config=SchedulerConfig(token_budget=6, max_running=3, chunked_prefill=False),
+    )
     a = engine.add_request(_prompt(3, 1), 5)
     b = engine.add_request(_prompt(4, 2), 5)
     engine.step()
@@ -247,7 +263,9 @@ def test_admission_waits_for_blocks_and_a_finished_request_frees_them():
         steps_a_running += 1
         if engine.requests[a].status == "running":
             assert engine.requests[b].status == "waiting"
-            assert engine.cache.num_used_blocks == -(-engine.cache.length(engine.requests[a].seq_id) // p)
+            assert engine.cache.num_used_blocks == -(
+                -engine.cache.length(engine.requests[a].seq_id) // p
+            )
     assert steps_a_running == 6 and engine.cache.num_free_blocks == 3  # a's blocks came back
     engine.step()
     assert engine.last_plan.admitted == [b]
@@ -256,7 +274,9 @@ def test_admission_waits_for_blocks_and_a_finished_request_frees_them():
 
 
 def test_running_limit_and_budget_hold_with_many_requests():
-    engine = Engine(_model(), num_blocks=64, block_size=2, config=SchedulerConfig(token_budget=5, max_running=3))
+    engine = Engine(
+        _model(), num_blocks=64, block_size=2, config=SchedulerConfig(token_budget=5, max_running=3)
+    )
     for i in range(7):
         engine.add_request(_prompt(1 + i, i), 1 + i % 4)
     steps = 0
@@ -286,7 +306,9 @@ def test_stream_yields_every_token_and_cancel_frees_blocks():
 
 
 def test_cancel_a_waiting_request_and_cancel_from_a_callback():
-    engine = Engine(_model(), num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=4, max_running=1))
+    engine = Engine(
+        _model(), num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=4, max_running=1)
+    )
     a = engine.add_request(_prompt(3, 1), 5, on_token=lambda e: engine.cancel(b))
     b = engine.add_request(_prompt(2, 2), 5)
     c = engine.add_request(_prompt(2, 3), 2)
@@ -316,7 +338,12 @@ def test_training_mode_is_restored():
 
 
 def test_bad_requests_raise_clear_errors():
-    engine = Engine(_model(), num_blocks=4, block_size=4, config=SchedulerConfig(token_budget=8, chunked_prefill=False))
+    engine = Engine(
+        _model(),
+        num_blocks=4,
+        block_size=4,
+        config=SchedulerConfig(token_budget=8, chunked_prefill=False),
+    )
     with pytest.raises(ValueError, match="prompt is empty"):
         engine.add_request([], 3)
     with pytest.raises(ValueError, match="max_seq_len=32"):
@@ -391,11 +418,15 @@ def test_equals_transformers_generate_batch(hf_llama_copy):
     )
     assert time.perf_counter() - start < 120
     theirs = {tuple(o.prompt_ids): list(o.generated_tokens) for o in out.values()}
-    engine = Engine(model, num_blocks=32, block_size=4, config=SchedulerConfig(token_budget=6, max_running=3))
+    engine = Engine(
+        model, num_blocks=32, block_size=4, config=SchedulerConfig(token_budget=6, max_running=3)
+    )
     ids = [engine.add_request(p, 8) for p in prompts]
     ours = engine.run()
     assert [ours[i] for i in ids] == [theirs[tuple(p)] for p in prompts]
-    assert [ours[i] for i in ids] == [generate(model, [p], 8)[0, len(p) :].tolist() for p in prompts]
+    assert [ours[i] for i in ids] == [
+        generate(model, [p], 8)[0, len(p) :].tolist() for p in prompts
+    ]
 
 
 def test_nan_logits_raise_a_clear_error():
@@ -410,10 +441,14 @@ def test_nan_logits_raise_a_clear_error():
 
 def test_fast_engine_computes_logits_for_the_last_position_only():
     """fast=True: a prefill chunk of T tokens asks the output layer for one position (not T), and the
-    hook that does it is gone after each step: the model's own forward is unchanged."""
+    hook that does it is gone after each step: the model's own forward is unchanged. The two
+    prompts are prefilled in one packed row: one position each (2, not 7 + 2); then decode
+    steps of one position per running row."""
     model = _model()  # shared (cached): the recording hook is removed below
-    rows: list[int] = []
-    handle = model.lm_head.register_forward_hook(lambda _m, _a, out: rows.append(out.shape[1]))
+    rows: list[tuple[int, ...]] = []
+    handle = model.lm_head.register_forward_hook(
+        lambda _m, _a, out: rows.append(tuple(out.shape[:2]))
+    )
     try:
         engine = Engine(model, num_blocks=8, block_size=4, fast=True)
         engine.add_request(_prompt(7, seed=1), max_new_tokens=3)
@@ -421,7 +456,7 @@ def test_fast_engine_computes_logits_for_the_last_position_only():
         engine.run()
     finally:
         handle.remove()
-    assert rows and set(rows) == {1}
+    assert rows == [(1, 2), (2, 1), (1, 1)]  # (rows, positions) per pass
     with torch.no_grad():
         assert model(torch.tensor([_prompt(7, seed=1)])).logits.shape == (1, 7, V)
 
@@ -441,3 +476,51 @@ def test_fast_engine_gives_the_reference_engines_tokens(kind):
     assert runs[0] == runs[1]
     with pytest.raises(TypeError, match="fast must be a bool"):
         Engine(model, num_blocks=4, block_size=4, fast=1)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt"])
+def test_fast_engine_packs_each_prefilling_step_into_one_pass(kind, monkeypatch):
+    """fast=True runs a step that prefills as one packed forward pass (decode rows and
+    prefill chunks together): one call of the output layer per step, every row's logits
+    equal the reference engine's for that step within fp32 rounding, and the same tokens
+    (greedy, sampled with a generator, and with a repetition penalty)."""
+    model = _model(kind)
+    seen: list[tuple[bool, int, int, torch.Tensor]] = []  # (fast, step, seq_id, logits row)
+    check = Engine._check_finite
+
+    def record(self, logits, seq_ids):
+        for row, seq_id in enumerate(seq_ids):
+            seen.append((self.fast, self.step_count, seq_id, logits[row].clone()))
+        check(self, logits, seq_ids)
+
+    monkeypatch.setattr(Engine, "_check_finite", record)
+    samplings = [
+        None,
+        SamplingConfig(temperature=0.8, top_k=10),
+        None,
+        SamplingConfig(do_sample=False, repetition_penalty=1.3),
+        None,
+    ]
+    outputs, passes = [], []
+    for fast in (False, True):
+        calls: list[int] = []
+        handle = model.lm_head.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        try:
+            config = SchedulerConfig(token_budget=7, max_running=4)
+            engine = Engine(model, num_blocks=24, block_size=3, config=config, fast=fast)
+            for i, (n, new) in enumerate(((5, 4), (9, 3), (2, 6), (4, 5), (11, 2))):
+                gen = torch.Generator().manual_seed(i) if samplings[i] else None
+                engine.add_request(
+                    _prompt(n, seed=n), max_new_tokens=new, sampling=samplings[i], generator=gen
+                )
+            outputs.append(engine.run())
+        finally:
+            handle.remove()
+        passes.append((len(calls), engine.step_count))
+    assert outputs[0] == outputs[1]
+    assert passes[1][0] == passes[1][1] < passes[0][0]  # one pass per step, fewer than before
+    ref = {(step, seq): row for fast, step, seq, row in seen if not fast}
+    got = {(step, seq): row for fast, step, seq, row in seen if fast}
+    assert ref.keys() == got.keys()
+    for key, row in got.items():
+        torch.testing.assert_close(row, ref[key], atol=1e-5, rtol=1e-5)

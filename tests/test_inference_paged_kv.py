@@ -478,3 +478,89 @@ def test_smollm2_greedy_through_the_paged_cache_equals_generate(smollm2_path):
     ref = generate(model, [prompt], 16)[0].tolist()
     cache = PagedKVCache.for_model(model, num_blocks=-(-(len(prompt) + 16) // 16), block_size=16)
     assert _greedy_paged(model, cache, prompt, 16) == ref
+
+
+@pytest.mark.parametrize("name", ["llama", "mqa", "gpt"])
+@pytest.mark.parametrize("block_size", [1, 3, 4])
+def test_packed_view_equals_each_sequence_through_the_reference_view(name, block_size):
+    """Sequences with different cached lengths (0 included) and different numbers of new
+    tokens, packed into one row: each sequence's logits equal its own pass through a
+    plain view, and the pool ends up with the same keys and values."""
+    model = _model(name)
+    g = torch.Generator().manual_seed(block_size)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 8, 1, 0)]
+    feeds = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 4, 2, 5)]
+
+    def prefill(cache: PagedKVCache) -> list[int]:
+        seqs = [cache.add_sequence() for _ in prompts]
+        with torch.no_grad():
+            for seq, p in zip(seqs, prompts, strict=True):
+                if p:
+                    model(torch.tensor([p]), kv_cache=cache.view(seq))
+        return seqs
+
+    ref_cache = PagedKVCache.for_model(model, num_blocks=40, block_size=block_size)
+    ref_seqs = prefill(ref_cache)
+    with torch.no_grad():
+        refs = [
+            model(torch.tensor([f]), kv_cache=ref_cache.view(s)).logits[0]
+            for s, f in zip(ref_seqs, feeds, strict=True)
+        ]  # each (n_i, V)
+    cache = PagedKVCache.for_model(model, num_blocks=40, block_size=block_size)
+    seqs = prefill(cache)
+    view = cache.packed_view(seqs, [len(f) for f in feeds])
+    ids = torch.tensor([[t for f in feeds for t in f]])  # (1, T)
+    with torch.no_grad():
+        out = model.forward_unchecked(
+            ids, attention_mask=view.attention_mask(), positions=view.positions(), kv_cache=view
+        ).logits[0]  # (T, V)
+    torch.testing.assert_close(out, torch.cat(refs), **TOL)
+    assert view.last_indices() == [0, 4, 6, 11]
+    for seq, ref_seq in zip(seqs, ref_seqs, strict=True):
+        assert cache.length(seq) == ref_cache.length(ref_seq)
+        for layer in range(cache.n_layers):
+            for kv, ref_kv in zip(
+                cache.gather(layer, seq), ref_cache.gather(layer, ref_seq), strict=True
+            ):
+                torch.testing.assert_close(kv, ref_kv, **TOL)
+
+
+def test_packed_view_mask_positions_and_refusals():
+    model = _model("llama")
+    cache = PagedKVCache.for_model(model, num_blocks=6, block_size=2)
+    a, b = cache.add_sequence(), cache.add_sequence()
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache.view(a))
+    view = cache.packed_view([a, b], [1, 2])
+    assert view.positions().tolist() == [[3, 0, 1]]
+    # keys: a's 3 cached, then the new ones: a's 1, b's 2
+    assert view.attention_mask()[0, 0].int().tolist() == [
+        [1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0],
+        [0, 0, 0, 0, 1, 1],
+    ]
+    assert cache.length(a) == 3 and len(cache.block_table(a)) == 2  # reserved, not written
+    with pytest.raises(ValueError, match=r"\(1, Hkv, 3, D\)"):
+        view.layers[0].update(torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8))
+    with torch.no_grad():
+        kw = dict(attention_mask=view.attention_mask(), positions=view.positions())
+        model.forward_unchecked(torch.tensor([[4, 5, 6]]), kv_cache=view, **kw)
+        with pytest.raises(RuntimeError, match="one forward pass"):
+            model.forward_unchecked(torch.tensor([[4, 5, 6]]), kv_cache=view, **kw)
+    with pytest.raises(OutOfBlocks):
+        cache.packed_view([a, b], [1, 9])
+    with pytest.raises(ValueError, match="one count per sequence"):
+        cache.packed_view([a, b], [1])
+    with pytest.raises(ValueError, match="num_new_tokens"):
+        cache.packed_view([a], [0])
+    with pytest.raises(ValueError, match="distinct"):
+        cache.packed_view([a, a], [1, 1])
+    with pytest.raises(ValueError, match="non-empty"):
+        cache.packed_view([], [])
+    with pytest.raises(TypeError, match="list of ints"):
+        cache.packed_view([a], 1)
+    with pytest.raises(KeyError):
+        cache.packed_view([99], [1])
+    cache.append(0, b, torch.zeros(2, 1, 8), torch.zeros(2, 1, 8))  # layer 0 only
+    with pytest.raises(ValueError, match="middle of a forward pass"):
+        cache.packed_view([b], [1])

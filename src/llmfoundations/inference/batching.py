@@ -22,7 +22,10 @@ One engine step here:
 2. **Run** it (``Engine.step``): one forward pass for all decoding rows together, through a
    ``PagedKVView`` with its padding mask (rows of different lengths, one new token each),
    and one forward pass per prefill chunk. The chunk that ends a prompt gives the
-   request's first token; it decodes from the next step on.
+   request's first token; it decodes from the next step on. ``Engine(fast=True)`` runs a
+   step that prefills as *one* pass instead: the decoding rows' tokens and every prefill
+   chunk packed into one row (``PackedPagedKVView``, with a block mask), so the weights
+   are read once per step, as in vLLM and transformers' continuous batching.
 3. **Choose and stream** each request's token with its own ``SamplingConfig`` and
    ``torch.Generator``; each token becomes a ``TokenEvent`` (returned by ``step``, yielded
    by ``Engine.stream``, and passed to the request's ``on_token`` callback). A request
@@ -43,10 +46,11 @@ the same seeded generator): batching changes the schedule, not the arithmetic, u
 rounding of a batched matrix product (the tests check this against ``generate`` and
 against ``transformers``' ``generate_batch``).
 
-Left out (what vLLM and TGI also do): preemption, recomputation and swapping; one packed
-("varlen") forward pass for decodes and prefills together, without padding (vLLM v1
-flattens every scheduled token into one sequence and attends through the block tables;
-here prefills run one by one and decode rows are left-padded); CUDA graphs captured for
+Left out (what vLLM and TGI also do): preemption, recomputation and swapping; a varlen
+attention kernel for the packed pass (vLLM v1 flattens every scheduled token into one
+sequence and attends through the block tables; the fast path here packs the tokens too,
+but its attention is dense under a block mask, and a step of decodes alone stays
+left-padded, which is cheaper than a dense packed attention); CUDA graphs captured for
 fixed decode batch sizes; prefix caching inside the scheduler (``inference.prefix_cache``
 works one request at a time); priorities, fairness and other scheduling policies
 (TGI's waiting-served ratio, vLLM's priority scheduler); speculative decoding in the
@@ -269,7 +273,10 @@ class Engine:
             row's blocks into a padded dense copy, and the model computes logits for every
             fed position. ``True`` reads the pool through *planned* views (slots computed
             once per pass, one ``index_select`` per layer; ``PagedKVCache.view``) and
-            computes logits for the last position only. The tokens are the same.
+            computes logits for the last position only; a step that prefills runs its
+            decodes and prefill chunks in one packed pass (``PagedKVCache.packed_view``),
+            and plain greedy rows are chosen with one ``argmax``. The tokens are the same
+            (the logits up to float rounding).
 
     Use: ``add_request`` (any time, returns an id), ``step`` (one scheduled forward step,
     returns its :class:`TokenEvent` s), ``stream`` (steps until nothing is left, yielding
@@ -306,6 +313,9 @@ class Engine:
         self.last_plan: StepPlan | None = None
         self._next_id = 0
         self._device = next(model.parameters()).device
+        # The packed pass needs a model that takes a full attention mask and positions
+        # without checks (DecoderLM's forward_unchecked).
+        self._can_pack = hasattr(model, "forward_unchecked")
 
     # ------------------------------------------------------------------ requests
 
@@ -430,9 +440,12 @@ class Engine:
             self.model.eval()
         try:
             with torch.no_grad():
-                chosen = self._run_decodes(plan.decode)
-                for request_id, n in plan.prefill:
-                    chosen.update(self._run_prefill_chunk(request_id, n))
+                if self.fast and plan.prefill and self._can_pack:
+                    chosen = self._run_packed(plan)  # decodes and prefill chunks in one pass
+                else:
+                    chosen = self._run_decodes(plan.decode)
+                    for request_id, n in plan.prefill:
+                        chosen.update(self._run_prefill_chunk(request_id, n))
         finally:
             if was_training:
                 self.model.train()
@@ -461,12 +474,73 @@ class Engine:
             if hook is not None:
                 hook.remove()
         logits = out.logits[:, -1].float()  # (B, V)
+        self._check_finite(logits, seq_ids)
+        return logits
+
+    def _run_packed(self, plan: StepPlan) -> dict[int, int]:
+        """The fast path of a step that prefills: every decoding request's last token and
+        every prefill chunk, packed into one row, in one forward pass (the weights are read
+        once per step, as in transformers' and vLLM's engines). Returns the tokens of the
+        rows that end there (decodes, and chunks that end their prompt)."""
+        rows: list[tuple[Request, list[int]]] = [
+            (self.requests[i], [self.requests[i].output[-1]]) for i in plan.decode
+        ]
+        for request_id, n in plan.prefill:
+            r = self.requests[request_id]
+            rows.append((r, r.prompt[r.num_prefilled : r.num_prefilled + n]))
+        view = self.cache.packed_view([r.seq_id for r, _ in rows], [len(t) for _, t in rows])
+        ids = torch.tensor(
+            [[t for _, tokens in rows for t in tokens]], device=self._device
+        )  # (1, T)
+        last = view.last_indices()  # each row's last token in the packed row
+        head = getattr(self.model, "lm_head", None)
+        keep = torch.tensor(last, device=self._device)
+
+        def keep_rows(module: nn.Module, args: tuple) -> tuple:  # logits of those tokens only
+            x, *rest = args
+            return (x[:, keep], *rest)
+
+        hook = head.register_forward_pre_hook(keep_rows) if head is not None else None
+        try:
+            out = self.model.forward_unchecked(
+                ids,
+                attention_mask=view.attention_mask(self._device),
+                positions=view.positions(self._device),
+                kv_cache=view,
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
+        logits = out.logits[0] if hook is not None else out.logits[0, keep]  # (R, V)
+        logits = logits.float()
+        self._check_finite(logits, [r.seq_id for r, _ in rows])
+        for r, tokens in rows[len(plan.decode) :]:  # the prefill chunks
+            r.num_prefilled += len(tokens)
+        ready = [(row, r) for row, (r, _) in enumerate(rows) if not r.is_prefilling]
+        return self._choose_rows([r for _, r in ready], logits[[row for row, _ in ready]])
+
+    def _choose_rows(self, requests: list[Request], logits: torch.Tensor) -> dict[int, int]:
+        """Tokens for ``requests`` from their logits (R, V): plain greedy rows are chosen
+        together (one argmax, one copy to the host), the others one by one with
+        :meth:`_choose` (each with its own generator)."""
+        if not requests:
+            return {}
+        greedy = [row for row, r in enumerate(requests) if r.sampling == GREEDY]
+        chosen: dict[int, int] = {}
+        if greedy:
+            picks = GREEDY.choose_unchecked(logits[greedy]).tolist()  # (G,)
+            chosen = {requests[row].request_id: t for row, t in zip(greedy, picks, strict=True)}
+        for row, r in enumerate(requests):
+            if r.request_id not in chosen:
+                chosen[r.request_id] = self._choose(r, logits[row : row + 1])
+        return chosen
+
+    def _check_finite(self, logits: torch.Tensor, seq_ids: list[int]) -> None:
         if not bool(torch.isfinite(logits.amax(dim=-1)).all()):  # one check for all rows
             raise ValueError(
                 f"the model's logits for sequences {seq_ids} hold NaN or +inf, or a row of "
                 "only -inf: no token can be chosen (check the model's weights and inputs)"
             )
-        return logits
 
     def _run_decodes(self, request_ids: list[int]) -> dict[int, int]:
         """One forward pass for every decoding request: its last token in, one token out."""
@@ -475,6 +549,8 @@ class Engine:
         requests = [self.requests[i] for i in request_ids]
         last = torch.tensor([[r.output[-1]] for r in requests], device=self._device)  # (B, 1)
         logits = self._forward(last, [r.seq_id for r in requests])  # (B, V)
+        if self.fast:
+            return self._choose_rows(requests, logits)
         return {
             r.request_id: self._choose(r, logits[row : row + 1]) for row, r in enumerate(requests)
         }

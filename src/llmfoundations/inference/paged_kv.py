@@ -36,6 +36,9 @@ This module holds:
   view (``cache.view(ids, num_new_tokens=n)``, for one forward pass) computes the slots
   once and reads all rows with one ``index_select`` per layer (what ``inference.batching``
   uses);
+- ``PackedPagedKVView`` / ``PackedLayerView``: several sequences packed into one row for
+  one forward pass, each with its own number of new tokens (a decode row beside prefill
+  chunks), with a block mask and per-token positions (``cache.packed_view``);
 - ``gather_blocks`` and ``paged_attention``: attention of each sequence's new queries
   over its cached keys, reading them through the block table (the readable reference).
 
@@ -73,6 +76,8 @@ __all__ = [
     "PagedKVCache",
     "PagedKVView",
     "PagedLayerView",
+    "PackedPagedKVView",
+    "PackedLayerView",
     "gather_blocks",
     "paged_attention",
 ]
@@ -507,6 +512,39 @@ class PagedKVCache:
                     )
         return PagedKVView(self, list(ids), num_new_tokens)
 
+    def packed_view(
+        self, seq_ids: Sequence[int], num_new_tokens: Sequence[int]
+    ) -> PackedPagedKVView:
+        """Several sequences packed into *one* row, for one forward pass that feeds
+        ``num_new_tokens[i]`` new tokens of sequence ``seq_ids[i]`` (any counts >= 1):
+        a decode row and prefill chunks of different lengths share one pass, so the
+        weights are read once. See :class:`PackedPagedKVView` (call the model with its
+        ``attention_mask()`` and ``positions()``). Blocks are reserved here.
+        """
+        if isinstance(seq_ids, (str, bytes)) or not isinstance(seq_ids, Sequence) or not seq_ids:
+            raise ValueError(f"seq_ids must be a non-empty list of ids, got {seq_ids!r}")
+        if isinstance(num_new_tokens, (str, bytes)) or not isinstance(num_new_tokens, Sequence):
+            raise TypeError(
+                f"num_new_tokens must be a list of ints, got {type(num_new_tokens).__name__}"
+            )
+        if len(num_new_tokens) != len(seq_ids):
+            raise ValueError(
+                f"num_new_tokens must have one count per sequence ({len(seq_ids)}), got "
+                f"{len(num_new_tokens)}"
+            )
+        for s in seq_ids:
+            self._check_seq(s)
+            if len(set(self._lengths[s])) != 1:
+                raise ValueError(
+                    f"sequence {s} is in the middle of a forward pass (its layers hold "
+                    f"{self._lengths[s]} positions): a packed view starts between passes"
+                )
+        if len(set(seq_ids)) != len(seq_ids):
+            raise ValueError(f"seq_ids must be distinct, got {list(seq_ids)}")
+        for n in num_new_tokens:
+            check_int("num_new_tokens[i]", n, minimum=1)
+        return PackedPagedKVView(self, list(seq_ids), list(num_new_tokens))
+
     # ------------------------------------------------------------------ accounting
 
     @property
@@ -685,3 +723,135 @@ class PagedKVView:
 
     def __repr__(self) -> str:
         return f"PagedKVView(seq_ids={self.seq_ids}, length={self.length})"
+
+
+class PackedLayerView:
+    """One layer of a :class:`PackedPagedKVView`: an ``attention.KVCacheLike`` for a batch
+    of one packed row. ``update(k, v)`` with ``k``, ``v`` (1, Hkv, T, D) (every
+    sequence's new tokens, one after the other) writes them with one ``index_copy_`` per
+    pool and returns ``(1, Hkv, K, D)``: every sequence's cached positions, then the new
+    ones (one ``index_select`` per pool)."""
+
+    def __init__(self, view: PackedPagedKVView, layer: int) -> None:
+        self.view, self.layer, self.cache = view, layer, view.cache
+        self._used = False
+
+    @property
+    def length(self) -> int:
+        """Cached positions of all the packed sequences in this layer (their sum)."""
+        return sum(self.cache._lengths[s][self.layer] for s in self.view.seq_ids)
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k``, ``v`` (1, Hkv, T, D); return the packed keys and values (1, Hkv, K, D)."""
+        view, cache = self.view, self.cache
+        cache._check_kv(k, v, ndim=4)
+        if k.shape[0] != 1 or k.shape[2] != view.num_tokens:
+            raise ValueError(
+                f"a packed view takes k and v of shape (1, Hkv, {view.num_tokens}, D), got "
+                f"{tuple(k.shape)}"
+            )
+        if self._used:
+            raise RuntimeError(
+                "a packed view serves one forward pass: build a new view for the next one"
+            )
+        self._used = True
+        _, hkv, t, d = k.shape
+        write, read = view._slot_tensors(k.device)  # (T,), (K,)
+        flat = (-1, hkv, d)
+        for pool, new in ((cache.k_pools[self.layer], k), (cache.v_pools[self.layer], v)):
+            pool.view(flat).index_copy_(0, write, new[0].transpose(0, 1))  # (T, Hkv, D)
+        for seq_id, n in zip(view.seq_ids, view.num_new_tokens, strict=True):
+            cache._lengths[seq_id][self.layer] += n
+        k_all = cache.k_pools[self.layer].view(flat).index_select(0, read)  # (K, Hkv, D)
+        v_all = cache.v_pools[self.layer].view(flat).index_select(0, read)
+        return k_all.transpose(0, 1)[None], v_all.transpose(0, 1)[None]  # (1, Hkv, K, D)
+
+
+class PackedPagedKVView:
+    """Sequences of a :class:`PagedKVCache` packed into one row (batch size 1) for one
+    forward pass, as vLLM flattens every scheduled token of a step.
+
+    The pass feeds ``num_new_tokens[i]`` new tokens of ``seq_ids[i]``, the sequences'
+    tokens one after the other: ``ids`` (1, T) with ``T = sum(num_new_tokens)``. Each
+    layer attends over ``K`` keys: every sequence's cached positions (sequence by
+    sequence), then the ``T`` new ones in the order of the queries. The new keys come
+    last, so the model's bottom-right causal mask already keeps a query from the later
+    new keys; :meth:`attention_mask` (1, 1, T, K) adds the block structure: a query sees
+    only its own sequence's cached keys and its own sequence's new keys up to itself.
+    :meth:`positions` (1, T) gives every token its position in its own sequence. Call
+    ``model.forward_unchecked(ids, attention_mask=view.attention_mask(),
+    positions=view.positions(), kv_cache=view)``; the logits of sequence ``i``'s last
+    token are at :meth:`last_indices` ``[i]``.
+
+    Without a varlen kernel the attention is dense: every query is scored against all
+    ``K`` keys and the mask removes the other sequences' (``T x K`` scores instead of
+    ``sum(n_i x (L_i + n_i))``); the linear layers, which dominate a step on a CPU, see
+    the ``T`` tokens once.
+    """
+
+    def __init__(self, cache: PagedKVCache, seq_ids: list[int], num_new_tokens: list[int]) -> None:
+        self.cache, self.seq_ids, self.num_new_tokens = cache, seq_ids, num_new_tokens
+        self.batch_size = 1
+        self.num_tokens = sum(num_new_tokens)
+        self.cached = [cache.length(s) for s in seq_ids]  # before this pass
+        for s, n in zip(seq_ids, num_new_tokens, strict=True):
+            cache.reserve(s, n)  # OutOfBlocks now, not mid-pass
+        read: list[int] = []
+        write: list[int] = []
+        for s, length, n in zip(seq_ids, self.cached, num_new_tokens, strict=True):
+            read += cache._slot_list(s, 0, length)
+            write += cache._slot_list(s, length, length + n)
+        self._slot_lists = (write, read + write)
+        self._slots: tuple[Tensor, Tensor] | None = None
+        self.layers = [PackedLayerView(self, i) for i in range(cache.n_layers)]
+
+    def _slot_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Write slots ``(T,)`` and read slots ``(K,)``, made once for all layers."""
+        if self._slots is None:
+            write, read = self._slot_lists
+            self._slots = (
+                torch.tensor(write, dtype=torch.long, device=device),
+                torch.tensor(read, dtype=torch.long, device=device),
+            )
+        return self._slots
+
+    @property
+    def length(self) -> int:
+        """Cached positions in the packed row (every layer), the sum over sequences."""
+        return min(layer.length for layer in self.layers)
+
+    def _query_rows(self, device: torch.device | str | None) -> tuple[Tensor, Tensor]:
+        """Per new token: its sequence's index in the view and its index in its chunk (T,)."""
+        counts = torch.tensor(self.num_new_tokens, device=device)  # (S,)
+        rows = torch.repeat_interleave(torch.arange(len(self.seq_ids), device=device), counts)
+        starts = torch.cumsum(counts, 0) - counts  # (S,)
+        index = torch.arange(self.num_tokens, device=device) - starts[rows]  # (T,)
+        return rows, index
+
+    def positions(self, device: torch.device | str | None = None) -> Tensor:
+        """``(1, T)``: each new token's position in its own sequence."""
+        rows, index = self._query_rows(device)
+        cached = torch.tensor(self.cached, device=device)  # (S,)
+        return (cached[rows] + index)[None]
+
+    def attention_mask(self, device: torch.device | str | None = None) -> Tensor:
+        """``(1, 1, T, K)`` bool: query ``q`` of sequence ``i`` may see sequence ``i``'s
+        cached keys and its new keys up to ``q``."""
+        q_rows, q_index = self._query_rows(device)  # (T,), (T,)
+        cached = torch.tensor(self.cached, device=device)  # (S,)
+        seqs = torch.arange(len(self.seq_ids), device=device)
+        k_rows = torch.cat([torch.repeat_interleave(seqs, cached), q_rows])  # (K,)
+        k_index = torch.cat([torch.full((int(cached.sum()),), -1, device=device), q_index])  # (K,)
+        same = k_rows[None, :] == q_rows[:, None]  # (T, K)
+        return (same & (k_index[None, :] <= q_index[:, None]))[None, None]
+
+    def last_indices(self) -> list[int]:
+        """Index in the packed row of each sequence's last new token."""
+        out, end = [], 0
+        for n in self.num_new_tokens:
+            end += n
+            out.append(end - 1)
+        return out
+
+    def __repr__(self) -> str:
+        return f"PackedPagedKVView(seq_ids={self.seq_ids}, num_new_tokens={self.num_new_tokens})"
