@@ -40,6 +40,17 @@ def _model(name: str, seed: int = 0) -> DecoderLM:
     return DecoderLM(CONFIGS[name]).eval()
 
 
+def _assert_same_contents(cache, seqs, ref_cache, ref_seqs) -> None:
+    """Each sequence holds the same length and, in every layer, the same keys and values."""
+    for seq, ref_seq in zip(seqs, ref_seqs, strict=True):
+        assert cache.length(seq) == ref_cache.length(ref_seq)
+        for layer in range(ref_cache.n_layers):
+            for kv, ref_kv in zip(
+                cache.gather(layer, seq), ref_cache.gather(layer, ref_seq), strict=True
+            ):
+                torch.testing.assert_close(kv, ref_kv, **TOL)
+
+
 def _greedy_paged(model, cache, prompt: list[int], n: int) -> list[int]:
     """Greedy decoding, one sequence, every forward pass through the paged cache."""
     seq = cache.add_sequence()
@@ -306,12 +317,7 @@ def test_planned_views_equal_the_reference_views(name, block_size):
         torch.testing.assert_close(a, b, **TOL)
     for seq in seqs:
         assert fast_cache.block_table(seq) == ref_cache.block_table(seq)
-        assert fast_cache.length(seq) == ref_cache.length(seq)
-        for layer in range(ref_cache.n_layers):
-            for fast_kv, ref_kv in zip(
-                fast_cache.gather(layer, seq), ref_cache.gather(layer, seq), strict=True
-            ):
-                torch.testing.assert_close(fast_kv, ref_kv, **TOL)
+    _assert_same_contents(fast_cache, seqs, ref_cache, seqs)
 
 
 def test_planned_view_reserves_up_front_and_serves_one_pass():
@@ -516,13 +522,7 @@ def test_packed_view_equals_each_sequence_through_the_reference_view(name, block
         ).logits[0]  # (T, V)
     torch.testing.assert_close(out, torch.cat(refs), **TOL)
     assert view.last_indices() == [0, 4, 6, 11]
-    for seq, ref_seq in zip(seqs, ref_seqs, strict=True):
-        assert cache.length(seq) == ref_cache.length(ref_seq)
-        for layer in range(cache.n_layers):
-            for kv, ref_kv in zip(
-                cache.gather(layer, seq), ref_cache.gather(layer, ref_seq), strict=True
-            ):
-                torch.testing.assert_close(kv, ref_kv, **TOL)
+    _assert_same_contents(cache, seqs, ref_cache, ref_seqs)
 
 
 def test_packed_view_mask_positions_and_refusals():

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -256,10 +257,25 @@ class Scheduler:
             request.seq_id = None
 
 
-def _keep_last_position(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: the output layer sees only the last position of ``x`` (B, T, C)."""
-    x, *rest = args
-    return (x[:, -1:], *rest)
+@contextmanager
+def _head_sees(model: nn.Module, index: slice | torch.Tensor) -> Iterator[bool]:
+    """While open, the model's output layer (``lm_head``) sees only positions ``index`` of
+    its input ``x`` (B, T, C), through a forward pre-hook (transformers' ``logits_to_keep``):
+    logits are not computed for positions nobody reads. Yields whether there was a head."""
+    head = getattr(model, "lm_head", None)
+    if head is None:
+        yield False
+        return
+
+    def keep(module: nn.Module, args: tuple) -> tuple:
+        x, *rest = args
+        return (x[:, index], *rest)
+
+    hook = head.register_forward_pre_hook(keep)
+    try:
+        yield True
+    finally:
+        hook.remove()
 
 
 class Engine:
@@ -466,13 +482,8 @@ class Engine:
         # Only the last position's logits are needed: a pre-hook on the output layer keeps
         # its last input position (transformers' logits_to_keep=1), so a prefill chunk of
         # T tokens does not compute T - 1 rows of vocabulary-sized logits for nothing.
-        head = getattr(self.model, "lm_head", None) if self.fast else None
-        hook = head.register_forward_pre_hook(_keep_last_position) if head is not None else None
-        try:
+        with _head_sees(self.model, slice(-1, None)) if self.fast else nullcontext():
             out = forward(ids, attention_mask=mask, kv_cache=view)
-        finally:
-            if hook is not None:
-                hook.remove()
         logits = out.logits[:, -1].float()  # (B, V)
         self._check_finite(logits, seq_ids)
         return logits
@@ -492,26 +503,15 @@ class Engine:
         ids = torch.tensor(
             [[t for _, tokens in rows for t in tokens]], device=self._device
         )  # (1, T)
-        last = view.last_indices()  # each row's last token in the packed row
-        head = getattr(self.model, "lm_head", None)
-        keep = torch.tensor(last, device=self._device)
-
-        def keep_rows(module: nn.Module, args: tuple) -> tuple:  # logits of those tokens only
-            x, *rest = args
-            return (x[:, keep], *rest)
-
-        hook = head.register_forward_pre_hook(keep_rows) if head is not None else None
-        try:
+        keep = torch.tensor(view.last_indices(), device=self._device)  # each row's last token
+        with _head_sees(self.model, keep) as kept:  # logits of those tokens only
             out = self.model.forward_unchecked(
                 ids,
                 attention_mask=view.attention_mask(self._device),
                 positions=view.positions(self._device),
                 kv_cache=view,
             )
-        finally:
-            if hook is not None:
-                hook.remove()
-        logits = out.logits[0] if hook is not None else out.logits[0, keep]  # (R, V)
+        logits = out.logits[0] if kept else out.logits[0, keep]  # (R, V)
         logits = logits.float()
         self._check_finite(logits, [r.seq_id for r, _ in rows])
         for r, tokens in rows[len(plan.decode) :]:  # the prefill chunks

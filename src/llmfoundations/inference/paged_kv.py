@@ -580,6 +580,39 @@ class PagedKVCache:
         )
 
 
+def _write_then_read(
+    cache: PagedKVCache, layer: int, write: Tensor, read: Tensor, k: Tensor, v: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Write rows ``k``, ``v`` (N, Hkv, D) into the layer's pools at slots ``write`` (N,)
+    with one ``index_copy_`` each, then read slots ``read`` (M,) with one ``index_select``
+    each: ``(M, Hkv, D)`` keys and values."""
+    flat = (-1, *k.shape[1:])
+    out = []
+    for pool, new in ((cache.k_pools[layer], k), (cache.v_pools[layer], v)):
+        pool = pool.view(flat)
+        pool.index_copy_(0, write, new)
+        out.append(pool.index_select(0, read))
+    return out[0], out[1]
+
+
+class _PlannedSlots:
+    """The slots of a planned pass, as lists (``_slot_lists``: write, read) computed when the
+    view is built, made tensors once, when the first layer asks for them."""
+
+    _slot_lists: tuple[list[int], list[int]]
+    _slots: tuple[Tensor, Tensor] | None = None
+
+    def _slot_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The write slots and the read slots, as long tensors on ``device``."""
+        if self._slots is None:
+            write, read = self._slot_lists
+            self._slots = (
+                torch.tensor(write, dtype=torch.long, device=device),
+                torch.tensor(read, dtype=torch.long, device=device),
+            )
+        return self._slots
+
+
 class PagedLayerView:
     """One layer of a :class:`PagedKVView`: an ``attention.KVCacheLike``.
 
@@ -644,20 +677,18 @@ class PagedLayerView:
             )
         self._used = True
         write, read = view._slot_tensors(k.device)  # (B * T_new,), (B * W,)
-        flat = (-1, hkv, d)
-        for pool, new in ((cache.k_pools[self.layer], k), (cache.v_pools[self.layer], v)):
-            pool.view(flat).index_copy_(0, write, new.transpose(1, 2).reshape(b * t_new, hkv, d))
+        k_new, v_new = (t.transpose(1, 2).reshape(b * t_new, hkv, d) for t in (k, v))
+        # (B * W, Hkv, D) each:
+        k_all, v_all = _write_then_read(cache, self.layer, write, read, k_new, v_new)
         for seq_id in self.seq_ids:
             cache._lengths[seq_id][self.layer] += t_new
         width = read.numel() // b
-        k_all = cache.k_pools[self.layer].view(flat).index_select(0, read)  # (B * W, Hkv, D)
-        v_all = cache.v_pools[self.layer].view(flat).index_select(0, read)
         k_all = k_all.view(b, width, hkv, d).transpose(1, 2)  # (B, Hkv, W, D)
         v_all = v_all.view(b, width, hkv, d).transpose(1, 2)
         return k_all, v_all
 
 
-class PagedKVView:
+class PagedKVView(_PlannedSlots):
     """Sequences of a :class:`PagedKVCache` as the rows of a batch, for ``DecoderLM``.
 
     It has what ``DecoderLM`` reads from a ``KVCache``: ``layers`` (one
@@ -679,7 +710,6 @@ class PagedKVView:
         self.cache, self.seq_ids = cache, seq_ids
         self.num_new_tokens = num_new_tokens
         self.batch_size = len(seq_ids)
-        self._slots: tuple[Tensor, Tensor] | None = None
         if num_new_tokens is not None:
             lengths = [cache.length(s) for s in seq_ids]
             for s in seq_ids:
@@ -694,16 +724,6 @@ class PagedKVView:
                 read += own[:1] * (width - total) + own  # left padding reads position 0
             self._slot_lists = (write, read)
         self.layers = [PagedLayerView(self, i) for i in range(cache.n_layers)]
-
-    def _slot_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The planned write slots ``(B * T_new,)`` and read slots ``(B * W,)``."""
-        if self._slots is None:
-            write, read = self._slot_lists
-            self._slots = (
-                torch.tensor(write, dtype=torch.long, device=device),
-                torch.tensor(read, dtype=torch.long, device=device),
-            )
-        return self._slots
 
     @property
     def length(self) -> int:
@@ -755,19 +775,16 @@ class PackedLayerView:
                 "a packed view serves one forward pass: build a new view for the next one"
             )
         self._used = True
-        _, hkv, t, d = k.shape
         write, read = view._slot_tensors(k.device)  # (T,), (K,)
-        flat = (-1, hkv, d)
-        for pool, new in ((cache.k_pools[self.layer], k), (cache.v_pools[self.layer], v)):
-            pool.view(flat).index_copy_(0, write, new[0].transpose(0, 1))  # (T, Hkv, D)
+        k_all, v_all = _write_then_read(
+            cache, self.layer, write, read, k[0].transpose(0, 1), v[0].transpose(0, 1)
+        )  # new rows (T, Hkv, D) in; (K, Hkv, D) each out
         for seq_id, n in zip(view.seq_ids, view.num_new_tokens, strict=True):
             cache._lengths[seq_id][self.layer] += n
-        k_all = cache.k_pools[self.layer].view(flat).index_select(0, read)  # (K, Hkv, D)
-        v_all = cache.v_pools[self.layer].view(flat).index_select(0, read)
         return k_all.transpose(0, 1)[None], v_all.transpose(0, 1)[None]  # (1, Hkv, K, D)
 
 
-class PackedPagedKVView:
+class PackedPagedKVView(_PlannedSlots):
     """Sequences of a :class:`PagedKVCache` packed into one row (batch size 1) for one
     forward pass, as vLLM flattens every scheduled token of a step.
 
@@ -801,19 +818,8 @@ class PackedPagedKVView:
         for s, length, n in zip(seq_ids, self.cached, num_new_tokens, strict=True):
             read += cache._slot_list(s, 0, length)
             write += cache._slot_list(s, length, length + n)
-        self._slot_lists = (write, read + write)
-        self._slots: tuple[Tensor, Tensor] | None = None
+        self._slot_lists = (write, read + write)  # write (T,), read (K,)
         self.layers = [PackedLayerView(self, i) for i in range(cache.n_layers)]
-
-    def _slot_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Write slots ``(T,)`` and read slots ``(K,)``, made once for all layers."""
-        if self._slots is None:
-            write, read = self._slot_lists
-            self._slots = (
-                torch.tensor(write, dtype=torch.long, device=device),
-                torch.tensor(read, dtype=torch.long, device=device),
-            )
-        return self._slots
 
     @property
     def length(self) -> int:
