@@ -359,19 +359,24 @@ def main(argv=None) -> int:
             if flash and row["status"] == flash["status"] == "ok":
                 row["vs_sdpa_flash"] = row["tflops"] / flash["tflops"]
         rows += case_rows
+        if args.out:  # after every case, so a run stopped early keeps what it measured
+            write_json(args.out, env, rows)
     print(markdown(rows, args.impl))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        conventions = {
-            "flops": "4*B*H*T^2*D forward, halved when causal; fwd+bwd = 3.5 x forward",
-            "peak_mib": "max_memory_allocated during one call minus memory allocated before it",
-            "tokens": TOKENS,
-            "heads_times_head_dim": WIDTH,
-        }
-        payload = {"environment": env, "conventions": conventions, "rows": rows}
-        args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def write_json(path: Path, env: dict, rows: list[dict]) -> None:
+    conventions = {
+        "flops": "4*B*H*T^2*D forward, halved when causal; fwd+bwd = 3.5 x forward",
+        "peak_mib": "max_memory_allocated during one call minus memory allocated before it",
+        "tokens": TOKENS,
+        "heads_times_head_dim": WIDTH,
+    }
+    payload = {"environment": env, "conventions": conventions, "rows": rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":
