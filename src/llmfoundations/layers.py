@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmfoundations._pytree import pytree_dataclass
 from llmfoundations._validate import check_choice, check_int, check_positive, check_tensor
 from llmfoundations.attention import KVCacheLike, MultiHeadAttention
 
@@ -254,6 +255,7 @@ def _make_ffn(
 # ---------------------------------------------------------------------------- the block
 
 
+@pytree_dataclass
 @dataclass(frozen=True)
 class BlockOutput:
     """What :class:`TransformerBlock` returns.

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmfoundations._pytree import pytree_dataclass
 from llmfoundations._validate import (
     check_bool,
     check_choice,
@@ -306,6 +307,7 @@ class ModelConfig:
 # ------------------------------------------------------------------------------ outputs
 
 
+@pytree_dataclass
 @dataclass
 class LMOutput:
     """What ``DecoderLM`` and ``EncoderDecoder`` return.
@@ -327,6 +329,7 @@ class LMOutput:
     moe: tuple[MoEOutput, ...] | None = None
 
 
+@pytree_dataclass
 @dataclass
 class MLMOutput:
     """What ``EncoderMLM`` returns: ``logits`` (B, T, V), ``loss``, ``hidden_states``

@@ -49,6 +49,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from llmfoundations._pytree import pytree_dataclass
 from llmfoundations._validate import check_choice, check_int, check_positive, check_tensor
 from llmfoundations.layers import FeedForward, SwiGLU
 
@@ -101,6 +102,7 @@ def Expert(  # noqa: N802 - a factory named like the module it builds, as nn lay
 # ------------------------------------------------------------------------------ routing
 
 
+@pytree_dataclass
 @dataclass
 class Routing:
     """The router's decision for N tokens.
@@ -261,6 +263,7 @@ def _dispatch_order(
 # ---------------------------------------------------------------------------- the layer
 
 
+@pytree_dataclass
 @dataclass(frozen=True)
 class MoEOutput:
     """What :class:`MoELayer` returns: the output, the losses, and the routing.
