@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,10 +82,16 @@ def count_communication() -> Iterator[list[tuple[str, int]]]:
     originals = {name: getattr(dist, name) for name in _COUNTED}
 
     def wrap(name: str, fn: Any) -> Any:
-        def counted(tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
-            shard = args[0] if name in ("all_gather_into_tensor", "reduce_scatter_tensor") else tensor
-            log.append((name, tensor_bytes(shard)))
-            return fn(tensor, *args, **kwargs)
+        signature = inspect.signature(fn)
+        # the tensor that is sent: the input shard of the two *_tensor collectives (their
+        # second parameter), else the first parameter
+        which = 1 if name in ("all_gather_into_tensor", "reduce_scatter_tensor") else 0
+        sent = list(signature.parameters)[which]
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            # bound by name: FSDP2 in torch 2.11 passes the tensors as keywords
+            log.append((name, tensor_bytes(signature.bind(*args, **kwargs).arguments[sent])))
+            return fn(*args, **kwargs)
 
         return counted
 
