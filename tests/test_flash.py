@@ -43,6 +43,15 @@ def _inputs(shape_q, shape_kv, dtype=torch.float32, device="cpu", seed=0):
     return q, k, v, grad.to(device=device, dtype=dtype)
 
 
+def _kernel_module():
+    """flash_triton, or skip: no Triton here, or an interpreter that cannot run the kernels."""
+    flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
+    problem = flash_triton.interpreter_problem() if flash_triton.INTERPRET else None
+    if problem:
+        pytest.skip(problem)
+    return flash_triton
+
+
 def _run(fn, q, k, v, grad, **kwargs):
     """(out, dq, dk, dv) of fn, through autograd."""
     out = fn(q, k, v, **kwargs)
@@ -391,6 +400,20 @@ def test_errors_kernel_only(monkeypatch):
         flash_attention(*(t.to("meta") for t in (q, k, v)))
 
 
+def test_interpreter_problem_names_the_versions_that_fail(monkeypatch):
+    flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
+    problem = flash_triton.interpreter_problem("3.6.0", "2.4.6")
+    assert "3.6.0" in problem and "2.4.6" in problem and "numpy<2.4" in problem
+    for triton_version, numpy_version in (("3.7.0", "2.4.6"), ("3.6.0", "2.3.5"), ("3.9.0", "2.5.0"),
+                                          ("3.10.1", "2.4.0"), ("3.2.0", "1.26.4")):
+        assert flash_triton.interpreter_problem(triton_version, numpy_version) is None
+    if flash_triton.INTERPRET:  # the launch says so, instead of Triton's own TypeError
+        monkeypatch.setattr(flash_triton, "interpreter_problem", lambda: "Triton 3.6 cannot: use 3.7")
+        q, k, v = _qkv()
+        with pytest.raises(RuntimeError, match="Triton 3.6 cannot: use 3.7"):
+            flash_attention(q, k, v)
+
+
 def test_error_cpu_without_interpreter(monkeypatch):
     flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
     monkeypatch.setattr(flash_triton, "INTERPRET", False)
@@ -425,7 +448,7 @@ def _kernel_case(b, h, h_kv, tq, tk, d, dtype, seed=0):
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_kernel_matches_sdpa(case):
-    pytest.importorskip("triton")
+    _kernel_module()
     b, h, h_kv, tq, tk, d, is_causal, dtype = case
     q, k, v, grad = _kernel_case(b, h, h_kv, tq, tk, d, dtype, seed=tq + tk)
     got = _run(flash_attention, q, k, v, grad, is_causal=is_causal)
@@ -443,7 +466,7 @@ def test_kernel_bfloat16_upcast_path(is_causal):
     # float32 -> bf16 conversion truncates instead of rounding to nearest (up to one
     # unit in the last place, about twice SDPA's error). Hold the kernel to SDPA's
     # own bf16 error (both against float32) with that margin.
-    pytest.importorskip("triton")
+    _kernel_module()
     q, k, v, grad = _kernel_case(1, 2, 2, 65, 65, 32, torch.bfloat16)
     got = _run(flash_attention, q, k, v, grad, is_causal=is_causal)
     exact = _sdpa(q, k, v, grad, dtype=torch.float32, is_causal=is_causal)
@@ -455,7 +478,7 @@ def test_kernel_bfloat16_upcast_path(is_causal):
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
 def test_kernel_uneven_tiles(monkeypatch, blocks):
     # Tile sizes that differ between the two loops exercise every masked/unmasked split.
-    flash_triton = pytest.importorskip("llmfoundations.inference.flash_triton")
+    flash_triton = _kernel_module()
     if not flash_triton.INTERPRET:
         pytest.skip("tile sizes are autotuned on the GPU")
     monkeypatch.setattr(flash_triton, "INTERPRET_BLOCKS",
@@ -469,7 +492,7 @@ def test_kernel_uneven_tiles(monkeypatch, blocks):
 
 
 def test_kernel_strided_and_noncontiguous_inputs():
-    pytest.importorskip("triton")
+    _kernel_module()
     # q from a (B, T, H, D) projection viewed as (B, H, T, D): strided, last dim contiguous.
     q_bthd = torch.randn(1, 40, 2, 16, device=DEVICE)
     q = q_bthd.transpose(1, 2).requires_grad_()
@@ -484,7 +507,7 @@ def test_kernel_strided_and_noncontiguous_inputs():
 
 
 def test_kernel_saves_lse_not_scores():
-    pytest.importorskip("triton")
+    _kernel_module()
     q, k, v, _ = _kernel_case(1, 4, 2, 48, 64, 16, torch.float32)
     saved, out = _saved_by(lambda: flash_attention(q, k, v, is_causal=True))
     _check_saved(saved, out, q, k, v)
@@ -501,7 +524,7 @@ def test_kernel_saves_lse_not_scores():
     is_causal=st.booleans(),
 )
 def test_kernel_matches_reference_property(tq, tk, d, group, is_causal):
-    pytest.importorskip("triton")
+    _kernel_module()
     q, k, v, grad = _kernel_case(1, 2, 2 // group, tq, tk, d, torch.float32, seed=tq * tk)
     got = _run(flash_attention, q, k, v, grad, is_causal=is_causal)
     # The reference has no grouped heads: repeat k and v; autograd sums the group's gradients.
@@ -562,7 +585,7 @@ def test_benchmark_help_and_cpu_timing(repo_root, capsys):
 
 
 def test_benchmark_check_runs(repo_root, capsys):
-    pytest.importorskip("triton")
+    _kernel_module()
     bench = _load_benchmark(repo_root)
     device = DEVICE
     assert bench.check(device=device, shapes=[(1, 2, 1, 40, 16, True)])

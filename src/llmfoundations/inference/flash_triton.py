@@ -53,12 +53,37 @@ __all__ = [
     "INTERPRET_BLOCKS",
     "AUTOTUNE_SHAPES",
     "kept_shapes",
+    "interpreter_problem",
     "FlashAttentionTriton",
     "triton_forward",
     "triton_backward",
 ]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def interpreter_problem(triton_version: str | None = None, numpy_version: str | None = None) -> str | None:
+    """Why Triton's CPU interpreter cannot run these kernels here, or ``None`` if it can.
+
+    Triton 3.6 and older hand the interpreter's scalars (kernel arguments, loop bounds) to
+    ``int()`` as one-element NumPy arrays, which NumPy 2.4 turned from a deprecation warning
+    into an error ("only 0-dimensional arrays can be converted to Python scalars"). Seen with
+    torch 2.11's Triton 3.6; Triton 3.7 and NumPy 2.3 each work. Compiled kernels on a GPU
+    are not affected.
+    """
+    import numpy
+
+    tv, nv = triton_version or triton.__version__, numpy_version or numpy.__version__
+    if _major_minor(tv) <= (3, 6) and _major_minor(nv) >= (2, 4):
+        return (f"Triton {tv}'s CPU interpreter cannot run with NumPy {nv}: use Triton >= 3.7 "
+                f"or NumPy < 2.4 (pip install 'numpy<2.4') to run the kernels on the CPU")
+    return None
+
 
 # Tile sizes used in the interpreter, where autotuning would be pointless. Tests
 # may change them to put several tiles into a short sequence.
@@ -539,6 +564,9 @@ def _launch(name: str, grid_size, args: tuple, kwargs: dict) -> None:
     """
     kernel, tile_names = _KERNELS[name]
     if INTERPRET:
+        problem = interpreter_problem()
+        if problem:
+            raise RuntimeError(problem)
         tiles = dict(zip(tile_names, INTERPRET_BLOCKS[name], strict=True))
         kernel[(grid_size(tiles),)](*args, **kwargs, **tiles)
     else:
