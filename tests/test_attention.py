@@ -237,6 +237,34 @@ def test_gqa_equals_mha_with_repeated_kv_heads(n_kv_heads):
     torch.testing.assert_close(gqa(x), full(x), **TOL)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("causal", [True, False])
+def test_native_gqa_path_equals_the_repeated_heads_to_the_bit(monkeypatch, masked, causal):
+    """On the CPU the fused path lets SDPA share key/value heads (enable_gqa) instead of
+    copying them; it must give what copying gives, exactly, or lab outputs would move."""
+    import llmfoundations.attention as attention
+
+    if not attention._native_gqa(torch.zeros(1)):
+        pytest.skip("torch < 2.5: no enable_gqa")
+    mha = _mha(48, 6, 2, causal=causal, rope_theta=10000.0).eval()
+    x = torch.randn(3, 9, 48)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, :4] = False  # left padding: some rows see no key at all
+    kwargs = {"attn_mask": mask} if masked else {}
+    native = mha(x, **kwargs)
+    monkeypatch.setattr(attention, "_native_gqa", lambda q: False)
+    copied = mha(x, **kwargs)
+    assert torch.equal(native, copied)
+    cached = LayerKVCache(3, 2, 8, max_len=16)
+    mha(x[:, :5], kv_cache=cached, **({"attn_mask": mask[:, :5]} if masked else {}))
+    step_copied = mha(x[:, 5:6], kv_cache=cached, **({"attn_mask": mask[:, :6]} if masked else {}))
+    monkeypatch.undo()
+    cached = LayerKVCache(3, 2, 8, max_len=16)
+    mha(x[:, :5], kv_cache=cached, **({"attn_mask": mask[:, :5]} if masked else {}))
+    step_native = mha(x[:, 5:6], kv_cache=cached, **({"attn_mask": mask[:, :6]} if masked else {}))
+    assert torch.equal(step_native, step_copied)
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     t=st.integers(2, 8),

@@ -251,6 +251,20 @@ def _cache_length(cache: object) -> int:
     return length
 
 
+_TORCH_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def _native_gqa(q: Tensor) -> bool:
+    """Whether to let ``F.scaled_dot_product_attention(enable_gqa=True)`` share key/value heads.
+
+    Only on the CPU (torch >= 2.5): there it returns the repeated-heads result to the bit and
+    saves copying the keys and values H / Hkv times, which for a long cache costs more than the
+    attention itself. On a GPU torch documents ``enable_gqa`` for its flash and math backends
+    only, so a masked call could fall back to the slow math backend: there the copy stays.
+    """
+    return _TORCH_HAS_GQA and q.device.type == "cpu"
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with grouped-query / multi-query variants, RoPE and a KV cache.
 
@@ -386,21 +400,33 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """``q`` (B, H, Tq, D), ``k``/``v`` (B, Hkv, Tk, D) -> (B, H, Tq, D) and the weights."""
         groups = self.n_heads // self.n_kv_heads
+        p = self.dropout if self.training else 0.0
+        if groups > 1 and self.fused and not need_weights and p == 0 and _native_gqa(q):
+            # torch shares each key/value head with its query heads itself, without the copy
+            # below; on the CPU the result is the same to the bit.
+            return self._fused(q, k, v, mask, is_causal, p, enable_gqa=True), None
         k = repeat(k, "b g s d -> b (g r) s d", r=groups)  # (B, H, Tk, D)
         v = repeat(v, "b g s d -> b (g r) s d", r=groups)  # (B, H, Tk, D)
-        p = self.dropout if self.training else 0.0
         if need_weights or not self.fused:
             weights = attention_weights(q, k, mask=mask, is_causal=is_causal)  # (B, H, Tq, Tk)
             dropped = F.dropout(weights, p=p, training=True) if p > 0 else weights
             return dropped @ v, weights
+        return self._fused(q, k, v, mask, is_causal, p), None
+
+    @staticmethod
+    def _fused(
+        q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, p: float,
+        **gqa: bool,
+    ) -> Tensor:
+        """torch's fused attention, (B, H, Tq, D); ``gqa``: ``enable_gqa=True`` or nothing."""
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=p), None
+            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=p, **gqa)
         # Never hand torch a row with no allowed key: let such rows see everything, then
         # zero their output, which is what the reference returns for them.
         has_key = mask.any(dim=-1, keepdim=True)  # (B|1, H|1, Tq, 1)
         safe = mask | ~has_key
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=p)
-        return out.masked_fill(~has_key, 0.0), None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=p, **gqa)
+        return out.masked_fill(~has_key, 0.0)
 
     def forward(
         self,
