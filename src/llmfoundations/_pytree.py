@@ -3,11 +3,11 @@
 Blocks and models here return dataclasses (:class:`~llmfoundations.layers.BlockOutput`,
 :class:`~llmfoundations.models.LMOutput`, ...). To ``torch.utils._pytree`` an unregistered
 dataclass is one opaque leaf, and some of torch finds a module's output tensors that way.
-FSDP2 (``fully_shard``) up to torch 2.12 hooks each sharded block's backward on the tensors
-it finds in the block's output; finding none, it never gathers the block's weights again
-for the backward, which then fails with "setStorage: ... out of bounds for storage of size
-0" (torch 2.13 also looks inside dataclasses). Colab ships such a torch, so the course
-registers its output dataclasses: their fields flatten in declaration order, ``None`` stays
+FSDP2 (``fully_shard``) in torch 2.11, the version Colab ships, hooks each sharded block's
+backward on the tensors it finds in the block's output; finding none, it never gathers the
+block's weights again for the backward, which then fails with "setStorage: ... out of bounds
+for storage of size 0" (torch 2.13 also looks inside dataclasses). So the course registers
+its output dataclasses: their fields flatten in declaration order, ``None`` stays
 ``None``, and unflattening rebuilds the same dataclass.
 
     >>> import torch
