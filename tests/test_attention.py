@@ -250,18 +250,18 @@ def test_native_gqa_path_equals_the_repeated_heads_to_the_bit(monkeypatch, maske
     x = torch.randn(3, 9, 48)
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[0, :4] = False  # left padding: some rows see no key at all
-    kwargs = {"attn_mask": mask} if masked else {}
-    native = mha(x, **kwargs)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole sequence in one pass, and a cached step after 5 positions."""
+        upto = (lambda t: {"attn_mask": mask[:, :t]}) if masked else (lambda t: {})
+        cached = LayerKVCache(3, 2, 8, max_len=16)
+        mha(x[:, :5], kv_cache=cached, **upto(5))
+        return mha(x, **upto(9)), mha(x[:, 5:6], kv_cache=cached, **upto(6))
+
+    native, step_native = run()
     monkeypatch.setattr(attention, "_native_gqa", lambda q: False)
-    copied = mha(x, **kwargs)
+    copied, step_copied = run()
     assert torch.equal(native, copied)
-    cached = LayerKVCache(3, 2, 8, max_len=16)
-    mha(x[:, :5], kv_cache=cached, **({"attn_mask": mask[:, :5]} if masked else {}))
-    step_copied = mha(x[:, 5:6], kv_cache=cached, **({"attn_mask": mask[:, :6]} if masked else {}))
-    monkeypatch.undo()
-    cached = LayerKVCache(3, 2, 8, max_len=16)
-    mha(x[:, :5], kv_cache=cached, **({"attn_mask": mask[:, :5]} if masked else {}))
-    step_native = mha(x[:, 5:6], kv_cache=cached, **({"attn_mask": mask[:, :6]} if masked else {}))
     assert torch.equal(step_native, step_copied)
 
 

@@ -418,7 +418,8 @@ class MultiHeadAttention(nn.Module):
         q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, p: float,
         **gqa: bool,
     ) -> Tensor:
-        """torch's fused attention, (B, H, Tq, D); ``gqa``: ``enable_gqa=True`` or nothing."""
+        """torch's fused attention, (B, H, Tq, D). ``gqa`` is ``enable_gqa=True`` or empty:
+        torch < 2.5 has no such argument, not even ``enable_gqa=False``."""
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=p, **gqa)
         # Never hand torch a row with no allowed key: let such rows see everything, then

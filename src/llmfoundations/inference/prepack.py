@@ -12,7 +12,9 @@ Measured on an AMD EPYC with 2 threads (``benchmarks/results/matmul_packing.md``
 end-to-end decoding numbers are in ``generation.md`` beside it): the 121 matrix multiplies
 of one SmolLM2-135M decoding step take 65 ms through ``F.linear`` and 29 ms through oneDNN
 with packed weights at 8 rows; at 1 row the two are close (24 vs 22 ms). On other CPUs the
-gap differs: measure before relying on it.
+gap differs: on an Intel Xeon (``matmul_packing_intel.md``) MKL's own packing, which inductor's
+freezing uses, beat oneDNN's (20 vs 35 ms at 8 rows), and oneDNN's was slower than none at 1
+row. Measure before relying on it.
 
 - ``pack_weight(weight, rows)``: a float32 ``(N, K)`` weight in oneDNN's layout (an opaque
   ``torch._mkldnn`` tensor; ``rows`` is a hint of how many input rows to tune for);
