@@ -10,10 +10,12 @@ One process loads SmolLM2-135M-Instruct twice from the same GGUF file, both in f
   ``generate`` (greedy, ``use_cache=True``, no end-of-sequence token, so it never stops early).
 - **ours, fast**: ``inference.fast_decode.FastGreedyDecoder`` (``--fast`` picks the
   variants): a static cache; ``torch.compile`` of the decoding step; inductor's weight
-  freezing; weights packed once for oneDNN (``prepack=True``), eager and compiled;
-- **transformers, oneDNN-packed weights**: transformers' model with every ``nn.Linear``
-  swapped by ``inference.prepack.prepack_linears`` (one copy per batch size), to separate
-  what the matrix-multiply library gives from what the rest of the fast path gives.
+  freezing; weights packed once (``prepack=True``; ``--library``: oneDNN, MKL, or ``auto``,
+  the default, which times both per weight shape here and keeps the faster), eager and
+  compiled;
+- **transformers, packed weights**: transformers' model with every ``nn.Linear`` swapped by
+  ``inference.prepack.prepack_linears`` (same ``--library``; one copy per batch size), to
+  separate what the matrix-multiply library gives from what the rest of the fast path gives.
 
 Every run generates 128 new tokens after chat-formatted prompts: batch 1, and batch 8
 (prompts of different lengths, left-padded, same ids and mask for both). The runs are
@@ -123,6 +125,7 @@ class Case:
     peak_mib: float | None = None
     sequences: torch.Tensor | None = None
     compile_s: float | None = None  # FastGreedyDecoder(compile=True): one-off compile time
+    libraries: str = ""  # packed weights: which library each weight went to
 
     def measure(self) -> None:
         before = reset_peak_memory()
@@ -159,7 +162,9 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     return [tokenizer.encode(pretrained.apply_chat_template(c)) for c in chats]
 
 
-def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=(), hf_packed=None) -> list[Case]:
+def make_cases(
+    ours, hf, tokenizer, new_tokens: int, fast_modes=(), hf_packed=None, library="auto"
+) -> list[Case]:
     config = ours.config
     cases = []
     for batch in (1, 8):
@@ -209,8 +214,10 @@ def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=(), hf_packed=No
             cases.append(Case("ours, no cache", batch, lambda f=ours_run: f(False), None))
         cases.append(Case("transformers, KV cache", batch, hf_run, cache))
         if hf_packed is not None:  # the same library change applied to transformers' model
-            run = lambda f=hf_run, m=hf_packed[batch]: f(hf=m)  # noqa: E731
-            cases.append(Case(HF_PACKED, batch, run, cache))
+            model, counts = hf_packed[batch]
+            run = lambda f=hf_run, m=model: f(hf=m)  # noqa: E731
+            chosen = ", ".join(f"{n} linears {lib}" for lib, n in sorted(counts.items()))
+            cases.append(Case(HF_PACKED, batch, run, cache, libraries=chosen))
         for mode in fast_modes:
             decoder = FastGreedyDecoder(
                 ours,
@@ -219,6 +226,7 @@ def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=(), hf_packed=No
                 compile=mode in ("compile", "freeze", "prepack-compile"),
                 freeze=mode == "freeze",
                 prepack=mode.startswith("prepack"),
+                library=library,
             )
 
             def fast_run(decoder=decoder, ids=ids, mask=mask):
@@ -234,16 +242,17 @@ def make_cases(ours, hf, tokenizer, new_tokens: int, fast_modes=(), hf_packed=No
 
             case = Case(FAST_NAMES[mode], batch, fast_run, cache)
             case.compile_s = decoder.compile_seconds if decoder.compile_seconds else None
+            case.libraries = ", ".join(f"{w} {lib}" for w, lib in decoder.libraries.items())
             cases.append(case)
     return cases
 
 
-HF_PACKED = "transformers, oneDNN-packed weights"
+HF_PACKED = "transformers, packed weights"
 FAST_NAMES = {
     "static": "ours, fast: static cache",
     "compile": "ours, fast + torch.compile",
     "freeze": "ours, fast + compile + freezing",
-    "prepack": "ours, fast + oneDNN-packed weights",
+    "prepack": "ours, fast + packed weights",
     "prepack-compile": "ours, fast + packed weights + compile",
 }
 
@@ -283,6 +292,7 @@ def report(
     load: str | None,
     weight_mib: float,
     bandwidth: float,
+    library: str = "auto",
 ) -> str:
     bound = bandwidth * 1e9 / (weight_mib * 2**20)
     best = {(c.name, c.batch): c.best(new_tokens) for c in cases}
@@ -348,14 +358,19 @@ def report(
         f"with and without the cache: {'yes' if cached_equal else 'NO'}."
         + (f" Fast paths, same tokens as ours: {'; '.join(fast_same)}." if fast_same else ""),
         "",
+        f"Packed weights (`library={library!r}`), the library each weight went to: "
+        + "; ".join(f"{c.name}, batch {c.batch}: {c.libraries}" for c in cases if c.libraries)
+        + ".",
+        "",
         "The fast paths are `inference.fast_decode.FastGreedyDecoder`: a static "
         "(preallocated) cache written in place, stacked q/k/v and gate/up weights, SDPA "
         "with `enable_gqa`, checks once per call; optionally `torch.compile` of the decoding "
         "step (compiled once per batch size, before timing; its compile time is in the last "
         "column) and inductor's weight freezing (which packs float32 weights for MKL); or "
-        "every matrix multiply from weights packed once for oneDNN "
-        "(`inference.prepack`), eager or compiled. The row *transformers, oneDNN-packed "
-        "weights* is transformers' own model with every `nn.Linear` swapped by "
+        "every matrix multiply from weights packed once for oneDNN or MKL "
+        "(`inference.prepack`; `auto` times both for each weight shape and batch size on "
+        "this machine and keeps the faster), eager or compiled. The row *transformers, "
+        "packed weights* is transformers' own model with every `nn.Linear` swapped by "
         "`prepack_linears`: how much of the gain is the matrix-multiply library, which "
         "any model can use. Reading the weights bounds a step: "
         f"{weight_mib:.0f} MiB of float32 weights per step at the copy bandwidth measured "
@@ -369,7 +384,8 @@ def report(
         "",
         f"Machine: {machine(load)}.",
         "",
-        "Command: `python benchmarks/generation.py`",
+        "Command: `python benchmarks/generation.py"
+        + ("`" if library == "auto" else f" --library {library}`"),
     ]
     return "\n".join(lines) + "\n"
 
@@ -394,6 +410,12 @@ def main() -> None:
         action="store_false",
         help="skip the row of transformers' model with prepack_linears applied",
     )
+    parser.add_argument(
+        "--library",
+        choices=["auto", "onednn", "mkl"],
+        default="auto",
+        help="packing library of the packed-weight rows (auto: time both per shape, here)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -403,12 +425,15 @@ def main() -> None:
     hf = load_transformers()
     hf_packed = None
     if args.hf_packed:  # one copy per batch size: the packing is tuned for its row count
-        hf_packed = {b: load_transformers() for b in (1, 8)}
-        for b, model in hf_packed.items():
-            prepack_linears(model, rows=b)
+        hf_packed = {}
+        for b in (1, 8):
+            model = load_transformers()
+            hf_packed[b] = (model, prepack_linears(model, rows=b, library=args.library))
     weight_mib = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**20
     bandwidth = copy_bandwidth_gbs()
-    cases = make_cases(ours, hf, tokenizer, args.new_tokens, args.fast, hf_packed)
+    cases = make_cases(
+        ours, hf, tokenizer, args.new_tokens, args.fast, hf_packed, args.library
+    )
     warm = make_cases(ours, hf, tokenizer, 4)  # first calls allocate and pick kernels
     for case in warm:
         case.measure()
@@ -433,7 +458,7 @@ def main() -> None:
         load = None
         if load_start is not None:
             load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-        text = report(cases, args.new_tokens, r + 1, load, weight_mib, bandwidth)
+        text = report(cases, args.new_tokens, r + 1, load, weight_mib, bandwidth, args.library)
         if not args.no_write:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text)

@@ -7,10 +7,15 @@ float32, in three ways side by side:
 
 - ``F.linear``: the row-major weight handed to the BLAS (MKL on x86 builds), which packs it
   into its own panels at every call;
-- MKL, pre-packed: ``torch.ops.mkl._mkl_linear`` from a weight packed once by
-  ``mkl._mkl_reorder_linear_weight``, what inductor's freezing emits for float32 on x86;
+- MKL, pre-packed: ``mkl._mkl_linear`` from a weight packed once by
+  ``mkl._mkl_reorder_linear_weight``, what inductor's freezing emits for float32 on x86
+  (here through ``inference.prepack``, ``library="mkl"``);
 - oneDNN, pre-packed: ``inference.prepack.packed_linear`` from a weight packed once for
-  oneDNN (what ``FastGreedyDecoder(prepack=True)`` and ``prepack_linears`` use).
+  oneDNN (``library="onednn"``).
+
+The last column is the library that ``library="auto"`` (what ``FastGreedyDecoder(prepack=True)``
+and ``prepack_linears`` use by default) picks for the shape from its own short timing, and
+the step total under it is the time of those picks, read from this table.
 
 Random weights and inputs (the speed does not depend on the values); each product is
 checked against ``F.linear`` first. Best of ``--repeats`` rounds of ``--iters`` calls. The
@@ -32,7 +37,12 @@ import torch
 import torch.nn.functional as F
 from _machine import cpu_name, publish
 
-from llmfoundations.inference.prepack import pack_weight, packed_linear
+from llmfoundations.inference.prepack import (
+    available_libraries,
+    choose_library,
+    pack_weight,
+    packed_linear,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "matmul_packing.md"
 # name: (out features N, in features K, products per step)
@@ -58,19 +68,18 @@ def best_ms(fn, iters: int, repeats: int) -> float:
     return best * 1e3
 
 
+NAMES = {"mkl": "MKL, pre-packed", "onednn": "oneDNN, pre-packed"}
+
+
 def time_shape(n: int, k: int, rows: int, iters: int, repeats: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     w = torch.randn(n, k, generator=g) / k**0.5  # (N, K)
     x = torch.randn(rows, k, generator=g)  # (M, K)
-    mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, rows) if torch._C.has_mkl else None
-    onednn = pack_weight(w, rows)
-    calls = {
-        "F.linear": lambda: F.linear(x, w),
-        "MKL, pre-packed": (lambda: torch.ops.mkl._mkl_linear(x, mkl, w, None, rows))
-        if mkl is not None
-        else None,
-        "oneDNN, pre-packed": lambda: packed_linear(x, onednn),
-    }
+    have = available_libraries()
+    calls = {"F.linear": lambda: F.linear(x, w)}
+    for lib in ("mkl", "onednn"):
+        packed = pack_weight(w, rows, lib) if lib in have else None
+        calls[NAMES[lib]] = None if packed is None else (lambda p=packed: packed_linear(x, p))
     expected = F.linear(x, w)
     out = {}
     for name, fn in calls.items():
@@ -108,19 +117,23 @@ def main() -> None:
                 totals[name] = totals.get(name, 0.0) + value * count
             table.append((label, n, k, count, ms))
         names = list(table[0][4])
+        picks = {label: choose_library(n, k, rows) for label, n, k, _, _ in table}
+        totals["auto"] = sum(ms[NAMES[picks[label]]] * count for label, _, _, count, ms in table)
         lines += [
             f"## {rows} row{'s' if rows > 1 else ''} per product",
             "",
-            "| product | N x K | per step | " + " | ".join(f"{n} (ms)" for n in names) + " |",
-            "| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |",
+            "| product | N x K | per step | "
+            + " | ".join(f"{n} (ms)" for n in names)
+            + " | `auto` picks |",
+            "| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " | --- |",
         ]
         for label, n, k, count, ms in table:
             cells = " | ".join(f"{ms[name]:.3f}" for name in names)
-            lines.append(f"| {label} | {n} x {k} | {count} | {cells} |")
+            lines.append(f"| {label} | {n} x {k} | {count} | {cells} | {picks[label]} |")
         cells = " | ".join(f"**{totals[name]:.1f}**" for name in names)
-        lines.append(f"| **one step** | | 121 | {cells} |")
+        lines.append(f"| **one step** | | 121 | {cells} | **{totals['auto']:.1f}** |")
         base = totals["F.linear"]
-        ratios = ", ".join(f"{name} {base / totals[name]:.2f}x" for name in names[1:])
+        ratios = ", ".join(f"{name} {base / totals[name]:.2f}x" for name in [*names[1:], "auto"])
         lines += ["", f"Speed-up over `F.linear` per step: {ratios}.", ""]
     lines += [
         f"Machine: CPU: {cpu_name()}, torch threads {torch.get_num_threads()}; Python "

@@ -538,12 +538,12 @@ def main() -> None:
     packed = None
     if "ours-packed" in args.servers:  # the same weights, multiplied through oneDNN-packed copies
         packed, _ = pretrained.load_smollm2()
-        prepack_linears(packed, rows=args.max_batch)
+        prepack_linears(packed, rows=args.max_batch, library="onednn")
     hf = load_transformers() if "transformers" in args.servers else None
     hf_packed = None
     if "transformers-packed" in args.servers:  # the same change applied to transformers' model
         hf_packed = load_transformers()
-        prepack_linears(hf_packed, rows=args.max_batch)
+        prepack_linears(hf_packed, rows=args.max_batch, library="onednn")
     requests = make_requests(tokenizer)[: args.requests]
     servers: dict[str, Callable[[list[Request]], Run]] = {
         "static": lambda reqs: run_static(ours, reqs, args.max_batch),

@@ -55,15 +55,18 @@ def test_every_step_logits_equal_the_models_own():
 
 
 _ONEDNN = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN")
+_MKL = pytest.mark.skipif(not torch._C.has_mkl, reason="no MKL")
+_LIBRARIES = [pytest.param("onednn", marks=_ONEDNN), pytest.param("mkl", marks=_MKL)]
 
 
-@pytest.mark.parametrize("prepack", [False, pytest.param(True, marks=_ONEDNN)])
+@pytest.mark.parametrize("library", [None, *_LIBRARIES])  # None: not packed
 @pytest.mark.parametrize("kv_heads", [1, 2, 6])  # multi-query, grouped-query, multi-head
-def test_greedy_tokens_equal_generate_with_stops(kv_heads, prepack):
+def test_greedy_tokens_equal_generate_with_stops(kv_heads, library):
     model = _model(seed=kv_heads, n_kv_heads=kv_heads)
     prompts = _prompts(kv_heads, [4, 9, 1, 6])
     ref = generate_output(model, prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2)
-    out = FastGreedyDecoder(model, 4, 19, prepack=prepack).generate(
+    packing = {"prepack": True, "library": library} if library else {}
+    out = FastGreedyDecoder(model, 4, 19, **packing).generate(
         prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2
     )
     for field in ("sequences", "attention_mask", "num_new_tokens", "stopped"):
@@ -117,13 +120,14 @@ def test_compiled_and_frozen_step_gives_the_same_tokens():
     assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
-@_ONEDNN
-def test_prepacked_logits_equal_plain_ones_eager_and_compiled():
+@pytest.mark.parametrize("library", _LIBRARIES)
+def test_prepacked_logits_equal_plain_ones_eager_and_compiled(library):
     model = _model(seed=3)
     prompts = _prompts(8, [6, 3])
     plain = FastGreedyDecoder(model, 2, 13)
-    packed = FastGreedyDecoder(model, 2, 13, prepack=True)
+    packed = FastGreedyDecoder(model, 2, 13, prepack=True, library=library)
     assert packed.head_packed is not None and len(packed.layers[0].packed) == 4
+    assert packed.libraries == dict.fromkeys(("qkv", "o", "gate_up", "down", "head"), library)
     for decoder in (plain, packed):
         decoder.valid[:, :2] = True
     token, col, pos = torch.tensor([[5], [6]]), plain.columns[2:3], torch.tensor([[2], [2]])
@@ -131,8 +135,25 @@ def test_prepacked_logits_equal_plain_ones_eager_and_compiled():
         expected = plain._decode_step(token, col, pos)
         torch.testing.assert_close(packed._decode_step(token, col, pos), expected, rtol=1e-5, atol=1e-5)
     ref = generate_output(model, prompts, 7)
-    compiled = FastGreedyDecoder(model, 2, 13, prepack=True, compile=True)
+    compiled = FastGreedyDecoder(model, 2, 13, prepack=True, library=library, compile=True)
     assert torch.equal(compiled.generate(prompts, 7).sequences, ref.sequences)
+
+
+@_ONEDNN
+def test_auto_library_packs_each_weight_for_an_available_library():
+    from llmfoundations.inference.prepack import available_libraries
+
+    model = _model(seed=4)
+    prompts = _prompts(9, [5, 1])
+    decoder = FastGreedyDecoder(model, 2, 12, prepack=True)  # library="auto"
+    assert set(decoder.libraries) == {"qkv", "o", "gate_up", "down", "head"}
+    assert set(decoder.libraries.values()) <= set(available_libraries())
+    for layer in decoder.layers:  # same shapes, same choice in every layer
+        assert {n: p.library for n, p in layer.packed.items()} == {
+            n: lib for n, lib in decoder.libraries.items() if n != "head"
+        }
+    assert torch.equal(decoder.generate(prompts, 6).sequences, generate_output(model, prompts, 6).sequences)
+    assert FastGreedyDecoder(model, 2, 12).libraries == {}  # not packed
 
 
 def test_rejects_models_and_arguments_it_cannot_run():
@@ -156,6 +177,8 @@ def test_rejects_models_and_arguments_it_cannot_run():
         FastGreedyDecoder(_model().double(), 1, 8, prepack=True)
     with pytest.raises(TypeError, match="prepack"):
         FastGreedyDecoder(model, 1, 8, prepack=1)
+    with pytest.raises(ValueError, match="library must be one of"):
+        FastGreedyDecoder(model, 1, 8, prepack=True, library="cublas")
     with pytest.raises(TypeError, match="compile"):
         FastGreedyDecoder(model, 1, 8, compile="yes")
     decoder = FastGreedyDecoder(model, 2, 8)

@@ -1,4 +1,4 @@
-"""Weights pre-packed for oneDNN: the same products as ``F.linear``, in eager and compiled code."""
+"""Weights pre-packed for oneDNN or MKL: the same products as ``F.linear``, in eager and compiled code."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmfoundations.inference import prepack as prepack_module
 from llmfoundations.inference.prepack import (
+    LIBRARIES,
     PackedLinear,
+    available_libraries,
+    check_prepack_available,
+    choose_library,
     pack_weight,
     packed_linear,
     prepack_linears,
@@ -19,8 +24,11 @@ from llmfoundations.models import DecoderLM, ModelConfig
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN"
 )
+_MKL = pytest.mark.skipif(not torch._C.has_mkl, reason="this PyTorch build has no MKL")
+_LIBRARIES = ["onednn", pytest.param("mkl", marks=_MKL)]
 
 
+@pytest.mark.parametrize("library", _LIBRARIES)
 @settings(max_examples=25, deadline=None)
 @given(
     rows=st.integers(1, 9),
@@ -30,19 +38,56 @@ pytestmark = pytest.mark.skipif(
     lead=st.lists(st.integers(1, 3), max_size=2),
     seed=st.integers(0, 1000),
 )
-def test_property_packed_product_equals_f_linear(rows, n, k, hint, lead, seed):
+def test_property_packed_product_equals_f_linear(library, rows, n, k, hint, lead, seed):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g)
     b = torch.randn(n, generator=g)
     x = torch.randn(*lead, rows, k, generator=g)
-    packed = pack_weight(w, hint)  # the hint tunes, it does not restrict the rows
+    packed = pack_weight(w, hint, library)  # any rows work, not only `hint` rows
+    assert packed.library == library and packed.shape == w.shape
     torch.testing.assert_close(packed_linear(x, packed), F.linear(x, w), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(packed_linear(x, packed, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
 
 
-def test_non_contiguous_input():
+@pytest.mark.parametrize("library", _LIBRARIES)
+def test_non_contiguous_input(library):
     w, x = torch.randn(6, 5), torch.randn(5, 4).T  # (4, 5), transposed view
-    torch.testing.assert_close(packed_linear(x, pack_weight(w)), x @ w.T, rtol=1e-5, atol=1e-5)
+    packed = pack_weight(w, 4, library)
+    torch.testing.assert_close(packed_linear(x, packed), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_picks_an_available_library_once_per_shape(monkeypatch):
+    monkeypatch.setattr(prepack_module, "_CHOICES", {})
+    lib = choose_library(48, 16, 2)
+    assert lib in available_libraries() and lib in LIBRARIES
+    assert prepack_module._CHOICES == {(48, 16, 2, torch.get_num_threads()): lib}
+    other = next(o for o in available_libraries() + ("onednn",) if o != lib)
+    monkeypatch.setitem(prepack_module._CHOICES, (48, 16, 2, torch.get_num_threads()), other)
+    assert pack_weight(torch.randn(48, 16), 2).library == other  # remembered, not re-timed
+    if len(available_libraries()) == 2:  # both really timed: the choice is not a constant
+        monkeypatch.setattr(prepack_module, "_CHOICES", {})
+        monkeypatch.setattr(prepack_module, "perf_counter", _clock_favouring("mkl"))
+        assert choose_library(48, 16, 2) == "mkl"
+        monkeypatch.setattr(prepack_module, "_CHOICES", {})
+        monkeypatch.setattr(prepack_module, "perf_counter", _clock_favouring("onednn"))
+        assert choose_library(48, 16, 2) == "onednn"
+
+
+def _clock_favouring(library):
+    """A fake clock under which products of ``library`` take 1 s and the other's 2 s: the
+    libraries are timed interleaved, onednn first, start and stop read once per product."""
+    ticks = {"t": 0.0, "calls": 0}
+    order = list(LIBRARIES)
+
+    def clock():
+        n = ticks["calls"]
+        ticks["calls"] += 1
+        if n % 2 == 1:  # a stop: advance by this product's duration
+            lib = order[(n // 2) % 2]
+            ticks["t"] += 1.0 if lib == library else 2.0
+        return ticks["t"]
+
+    return clock
 
 
 def test_prepacked_model_gives_the_same_logits_and_keeps_ties():
@@ -53,15 +98,18 @@ def test_prepacked_model_gives_the_same_logits_and_keeps_ties():
     with torch.no_grad():
         expected = model(ids).logits
         linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        assert prepack_linears(model, rows=3) == linears > 0
+        counts = prepack_linears(model, rows=3)
+        assert sum(counts.values()) == linears > 0 and set(counts) <= set(LIBRARIES)
         assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
         assert model.lm_head.weight is model.embed.weight  # still tied
         torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_call_equals_eager():
+@pytest.mark.parametrize("library", _LIBRARIES)
+def test_compiled_call_equals_eager(library):
     layer = torch.nn.Linear(16, 24).requires_grad_(False)
-    packed = PackedLinear.from_linear(layer, rows=2)
+    packed = PackedLinear.from_linear(layer, rows=2, library=library)
+    assert f"packed for {library} (2 rows)" in repr(packed)
 
     def f(x):
         return torch.relu(packed(x)) * 2
@@ -94,6 +142,23 @@ def test_bad_input_is_refused():
         layer(torch.randn(2, 4))
     with pytest.raises(RuntimeError, match="x requires grad"):
         packed_linear(torch.randn(2, 4, requires_grad=True), pack_weight(torch.randn(3, 4)))
+    with pytest.raises(ValueError, match="library must be one of"):
+        pack_weight(torch.randn(3, 4), library="openblas")
+    with pytest.raises(ValueError, match="library must be one of"):
+        prepack_linears(torch.nn.Linear(4, 3), library="cuda")
+    with pytest.raises(ValueError, match="rows"):
+        choose_library(3, 4, 0)
+
+
+def test_a_build_without_the_library_is_told_so(monkeypatch):
+    monkeypatch.setattr(prepack_module, "available_libraries", lambda: ("onednn",))
+    with pytest.raises(RuntimeError, match="'mkl' are not available.*available: \\['onednn'\\]"):
+        pack_weight(torch.randn(3, 4), library="mkl")
+    monkeypatch.setattr(prepack_module, "_CHOICES", {})
+    assert choose_library(3, 4, 1) == "onednn"  # the only one: nothing to time
+    monkeypatch.setattr(prepack_module, "available_libraries", lambda: ())
+    with pytest.raises(RuntimeError, match="'auto' are not available"):
+        check_prepack_available("auto")
 
 
 def test_doctests():

@@ -19,7 +19,8 @@ One concept per module:
   ``benchmarks/parallelism.py``.
 - ``fast_decode``: greedy decoding arranged for speed (static cache, fused projections,
   optional ``torch.compile``), tested equal to ``generate``; ``prepack``: weights packed
-  once for oneDNN's CPU matrix multiply, for it and for any model's ``nn.Linear``.
+  once for a CPU matrix multiply (oneDNN or MKL, whichever times faster here), for it and
+  for any model's ``nn.Linear``.
 
 The KV cache itself is ``llmfoundations.kv_cache`` (chapter 1's models use it). Each
 module that re-implements something a well-kept library does (torchao, TRL,

@@ -31,9 +31,11 @@ rows. Every change below removes such overhead, none changes the arithmetic:
   ``freeze=True`` inductor treats the weights as constants and pre-packs them for its
   matrix multiplies (``torch._inductor.config.freezing``; for float32 on x86, for MKL);
 - with ``prepack=True`` (CPU, float32) every matrix multiply reads a weight packed once
-  for oneDNN (``inference.prepack``) instead of handing the row-major weight to
-  ``F.linear``; at 1-8 rows per multiply this was the largest single gain measured, and it
-  composes with ``compile``.
+  (``inference.prepack``) instead of handing the row-major weight to ``F.linear``; at 1-8
+  rows per multiply this was the largest single gain measured, and it composes with
+  ``compile``. ``library`` picks oneDNN or MKL for the packing; ``"auto"`` (the default)
+  times both for each weight shape at this batch size and keeps the faster
+  (``libraries`` says what it chose), because the winner differs between CPUs.
 
 Left out: sampling (use ``generate``), models that are not pre-norm RMSNorm + SwiGLU + RoPE
 without biases, mixture-of-experts layers, gradients. The stacked weights are copies, so
@@ -56,7 +58,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .._validate import check_bool, check_int
+from .._validate import check_bool, check_choice, check_int
 from ..generate import (
     GenerationOutput,
     Streamer,
@@ -67,7 +69,7 @@ from ..generate import (
 from ..layers import _rms_norm
 from ..models import DecoderLM
 from ..positional import _rope_cos_sin, rotate_pairs
-from .prepack import pack_weight, packed_linear
+from .prepack import LIBRARIES, PackedWeight, pack_weight, packed_linear
 
 __all__ = ["FastGreedyDecoder", "check_fast_decodable"]
 
@@ -116,11 +118,11 @@ class _Layer(nn.Module):
         new = self.o.new_zeros
         self.register_buffer("k_cache", new(cache_shape), persistent=False)  # (B, Hkv, T_max, D)
         self.register_buffer("v_cache", new(cache_shape), persistent=False)  # (B, Hkv, T_max, D)
-        self.packed: dict[str, Tensor] = {}  # name -> the weight packed for oneDNN (prepack=True)
+        self.packed: dict[str, PackedWeight] = {}  # name -> the packed weight (prepack=True)
 
 
-def _matmul(x: Tensor, weight: Tensor, packed: Tensor | None) -> Tensor:
-    """``x @ weight.T``: through ``F.linear``, or from the oneDNN-packed copy when there is one."""
+def _matmul(x: Tensor, weight: Tensor, packed: PackedWeight | None) -> Tensor:
+    """``x @ weight.T``: through ``F.linear``, or from the packed copy when there is one."""
     return F.linear(x, weight) if packed is None else packed_linear(x, packed)
 
 
@@ -135,7 +137,10 @@ class FastGreedyDecoder(nn.Module):
         compile: compile the decoding step with ``torch.compile`` (once, at construction:
             ``compile_seconds`` says how long it took). The prefill pass stays eager.
         freeze: with ``compile``, let inductor treat the weights as constants.
-        prepack: multiply by weights packed once for oneDNN (CPU, float32 weights only).
+        prepack: multiply by weights packed once (CPU, float32 weights only).
+        library: with ``prepack``, ``"onednn"``, ``"mkl"`` or ``"auto"`` (time both per
+            weight shape, keep the faster); ``libraries`` then maps each weight
+            (``"qkv"``, ``"o"``, ``"gate_up"``, ``"down"``, ``"head"``) to its library.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class FastGreedyDecoder(nn.Module):
         compile: bool = False,
         freeze: bool = False,
         prepack: bool = False,
+        library: str = "auto",
     ) -> None:
         super().__init__()
         c = check_fast_decodable(model).config
@@ -160,6 +166,7 @@ class FastGreedyDecoder(nn.Module):
         check_bool("compile", compile)
         check_bool("freeze", freeze)
         check_bool("prepack", prepack)
+        check_choice("library", library, (*LIBRARIES, "auto"))
         if freeze and not compile:
             raise ValueError("freeze=True needs compile=True (freezing is a compiler option)")
         if freeze and prepack:
@@ -181,10 +188,14 @@ class FastGreedyDecoder(nn.Module):
         self.final_norm = frozen(model.norm.weight)  # (C,)
         cache_shape = (batch_size, c.kv_heads, max_length, c.head_dim)
         self.layers = nn.ModuleList(_Layer(block, cache_shape) for block in model.blocks)
-        self.head_packed = pack_weight(self.lm_head, batch_size) if prepack else None
+        self.head_packed = pack_weight(self.lm_head, batch_size, library) if prepack else None
         for layer in self.layers if prepack else ():
             for name in ("qkv", "o", "gate_up", "down"):
-                layer.packed[name] = pack_weight(getattr(layer, name), batch_size)
+                layer.packed[name] = pack_weight(getattr(layer, name), batch_size, library)
+        self.libraries: dict[str, str] = {}  # weight -> the library it is packed for
+        if prepack:
+            self.libraries = {name: p.library for name, p in self.layers[0].packed.items()}
+            self.libraries["head"] = self.head_packed.library
         # valid[b, j]: column j of row b holds a real token (not prompt padding, not unwritten)
         self.register_buffer(
             "valid", torch.zeros(batch_size, max_length, dtype=torch.bool, device=weight.device)

@@ -1,34 +1,39 @@
-"""Weights pre-packed for oneDNN's matrix multiply: a CPU speed-up for small-batch decoding.
+"""Weights pre-packed once for a CPU matrix-multiply library: a speed-up for small-batch decoding.
 
 A CPU matrix multiply does not read a row-major weight as it is stored: it copies it into
 panels shaped for the vector registers ("packing") and multiplies those. ``F.linear`` on
 an x86 build of PyTorch calls MKL's ``sgemm``, which packs the weight again at every call;
-when the input has 1-8 rows, as in decoding, that repacking and MKL's choice of kernel cost
-more than the arithmetic. oneDNN (the library behind ``torch.backends.mkldnn``) can pack a
-weight once, ahead of time, into its own blocked layout and multiply from that at every
-call. Inductor does this for frozen graphs too, but for float32 on x86 it packs for MKL.
+when the input has 1-8 rows, as in decoding, that repacking costs about as much as the
+arithmetic. Two libraries in the x86 and ARM wheels can instead pack a weight once, ahead
+of time, and multiply from the packed copy at every call:
 
-Measured on an AMD EPYC with 2 threads (``benchmarks/results/matmul_packing.md``; the
-end-to-end decoding numbers are in ``generation.md`` beside it): the 121 matrix multiplies
-of one SmolLM2-135M decoding step take 65 ms through ``F.linear`` and 29 ms through oneDNN
-with packed weights at 8 rows; at 1 row the two are close (24 vs 22 ms). On other CPUs the
-gap differs: on an Intel Xeon (``matmul_packing_intel.md``) MKL's own packing, which inductor's
-freezing uses, beat oneDNN's (20 vs 35 ms at 8 rows), and oneDNN's was slower than none at 1
-row. Measure before relying on it.
+- ``"onednn"``: oneDNN (``torch.backends.mkldnn``), its own blocked layout;
+- ``"mkl"``: MKL's ``sgemm_pack`` (x86 builds only), what inductor's weight freezing emits
+  for float32 linears. MKL uses the packed copy only when the input has exactly the number
+  of rows it was packed for; other row counts (a prefill) multiply by the original weight.
 
-- ``pack_weight(weight, rows)``: a float32 ``(N, K)`` weight in oneDNN's layout (an opaque
-  ``torch._mkldnn`` tensor; ``rows`` is a hint of how many input rows to tune for);
-- ``packed_linear(x, packed, bias)``: ``x @ W.T + b`` from a packed weight, through an
-  operator of our own (``llmfoundations::onednn_linear``), so ``torch.compile`` calls it
-  without tracing into oneDNN;
+Which one wins depends on the CPU and the shape (``benchmarks/results/matmul_packing.md``,
+the 121 products of one SmolLM2-135M decoding step, 2 threads). On an AMD EPYC at 8 rows:
+``F.linear`` 65 ms, MKL packed 63, oneDNN packed 29; at 1 row 24 / 18 / 22. On an Intel
+Xeon (``matmul_packing_intel.md``) at 8 rows: 46 / 20 / 35; at 1 row 14 / 13 / 17 -- there
+oneDNN's packing is slower than none at 1 row. Hence ``library="auto"`` (the default):
+time both libraries on a random matrix of the weight's shape with ``rows`` input rows, on
+this machine, and keep the faster; the choice is made once per shape and remembered.
+
+- ``pack_weight(weight, rows, library)``: a float32 ``(N, K)`` weight packed: a
+  ``PackedWeight`` (the library's opaque copy, the original, the row count);
+- ``packed_linear(x, packed, bias)``: ``x @ W.T + b`` from a packed weight, through
+  operators of our own (``llmfoundations::onednn_linear``, ``::mkl_linear``), so that
+  ``torch.compile`` calls them without tracing into the library;
 - ``PackedLinear``: an ``nn.Linear`` whose weight is packed; ``prepack_linears(model)``
-  swaps every ``nn.Linear`` of a model for one.
+  swaps every ``nn.Linear`` of a model for one;
+- ``choose_library(n, k, rows)``: the timing behind ``"auto"``.
 
-Left out: gradients (inference only; the op has no backward), other dtypes than float32,
+Left out: gradients (inference only; the ops have no backward), other dtypes than float32,
 GPUs (cuBLAS needs no such step). The packed copy is a second copy of each weight.
 
 >>> layer = torch.nn.Linear(8, 4)
->>> packed = PackedLinear.from_linear(layer)
+>>> packed = PackedLinear.from_linear(layer, library="onednn")
 >>> x = torch.randn(3, 8)
 >>> with torch.no_grad():
 ...     torch.allclose(packed(x), layer(x), atol=1e-5)
@@ -37,48 +42,104 @@ True
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from time import perf_counter
+
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_int, check_tensor
+from .._validate import check_choice, check_int, check_tensor
 
-__all__ = ["PackedLinear", "check_prepack_available", "pack_weight", "packed_linear", "prepack_linears"]
+__all__ = [
+    "LIBRARIES",
+    "PackedLinear",
+    "PackedWeight",
+    "available_libraries",
+    "check_prepack_available",
+    "choose_library",
+    "pack_weight",
+    "packed_linear",
+    "prepack_linears",
+]
+
+LIBRARIES = ("onednn", "mkl")
 
 
-def check_prepack_available() -> None:
-    """Raise a ``RuntimeError`` if this PyTorch build has no oneDNN (it ships in the
-    official x86 and ARM wheels)."""
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        raise RuntimeError("pre-packed weights need oneDNN (torch.backends.mkldnn), not available here")
+def available_libraries() -> tuple[str, ...]:
+    """The packing libraries this PyTorch build has, of ``LIBRARIES``."""
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    return tuple(lib for lib, ok in zip(LIBRARIES, (onednn, torch._C.has_mkl), strict=True) if ok)
 
 
-def pack_weight(weight: Tensor, rows: int = 1) -> Tensor:
-    """``weight`` (N, K), float32 on the CPU, copied into oneDNN's blocked layout.
+def check_prepack_available(library: str = "onednn") -> None:
+    """Raise a ``RuntimeError`` if this PyTorch build cannot pack for ``library``
+    (``"auto"``: for either). oneDNN ships in the official x86 and ARM wheels, MKL in x86 ones."""
+    check_choice("library", library, (*LIBRARIES, "auto"))
+    have = available_libraries()
+    if (library == "auto" and not have) or (library != "auto" and library not in have):
+        raise RuntimeError(
+            f"pre-packed weights for {library!r} are not available in this PyTorch build "
+            f"(available: {list(have)})"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeight:
+    """A weight packed for ``library``: ``data`` is the library's opaque copy, ``weight``
+    the original ``(N, K)`` (shared, not copied), ``rows`` the row count it was packed for."""
+
+    library: str
+    data: Tensor
+    weight: Tensor
+    rows: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape  # (N, K)
+
+
+def pack_weight(weight: Tensor, rows: int = 1, library: str = "auto") -> PackedWeight:
+    """``weight`` (N, K), float32 on the CPU, packed for ``library`` (see the module).
 
     ``rows``: the number of input rows the multiply will mostly see (the batch size when
-    decoding); any number of rows works, this only guides oneDNN's choice of kernel."""
+    decoding). Any number of rows works; oneDNN tunes its kernel for ``rows``, MKL uses its
+    packed copy only for exactly ``rows`` rows and the original weight otherwise."""
     check_tensor("weight", weight, ndim=2, dtype=torch.float32, nonempty=True)
     check_int("rows", rows, minimum=1)
+    check_choice("library", library, (*LIBRARIES, "auto"))
     if weight.device.type != "cpu":
-        raise ValueError(f"weight must be on the CPU to be packed for oneDNN, got {weight.device}")
-    check_prepack_available()
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
+        raise ValueError(f"weight must be on the CPU to be packed, got {weight.device}")
+    check_prepack_available(library)
+    if library == "auto":
+        library = choose_library(weight.shape[0], weight.shape[1], rows)
+    w = weight.detach().contiguous()
+    if library == "onednn":
+        data = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+    else:
+        data = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+    return PackedWeight(library, data, w, rows)
 
 
-# An operator of our own wraps oneDNN's, so that torch.compile puts one opaque call in its
-# graph (inductor cannot take the packed tensor as a graph input). It is declared through
-# the plain operator registry rather than ``torch.library.custom_op``, whose Python wrapper
-# cost about 30 microseconds per call here: 121 calls per decoding step.
+# Operators of our own wrap the libraries', so that torch.compile puts one opaque call in
+# its graph (inductor cannot take a packed tensor as a graph input). They are declared
+# through the plain operator registry rather than ``torch.library.custom_op``, whose Python
+# wrapper cost about 30 microseconds per call here: 121 calls per decoding step.
 _LIB = torch.library.Library("llmfoundations", "FRAGMENT")
 _LIB.define("onednn_linear(Tensor x, Tensor packed, Tensor? bias) -> Tensor")
+_LIB.define("mkl_linear(Tensor x, Tensor packed, Tensor weight, Tensor? bias, int rows) -> Tensor")
 
 
 def _onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def _mkl_linear(x: Tensor, packed: Tensor, weight: Tensor, bias: Tensor | None, rows: int) -> Tensor:
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+
+
 for _key in ("CPU", "MkldnnCPU"):  # the packed tensor's own dispatch key comes first
     _LIB.impl("onednn_linear", _onednn_linear, _key)
+    _LIB.impl("mkl_linear", _mkl_linear, _key)
 
 
 @torch.library.register_fake("llmfoundations::onednn_linear", lib=_LIB)
@@ -86,25 +147,72 @@ def _(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty(*x.shape[:-1], packed.shape[0])  # (..., N)
 
 
-def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
+@torch.library.register_fake("llmfoundations::mkl_linear", lib=_LIB)
+def _(x: Tensor, packed: Tensor, weight: Tensor, bias: Tensor | None, rows: int) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])  # (..., N)
+
+
+def packed_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -> Tensor:
     """``x`` (..., K) times a packed weight (N, K), plus ``bias`` (N,): (..., N).
 
-    The shapes are checked by oneDNN; the caller keeps ``x`` float32. Inference only: an
-    ``x`` that needs a gradient is refused (the product has no backward)."""
+    The shapes are checked by the library; the caller keeps ``x`` float32. Inference only:
+    an ``x`` that needs a gradient is refused (the product has no backward)."""
     if x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("packed_linear is for inference: x requires grad (use torch.no_grad())")
-    return torch.ops.llmfoundations.onednn_linear(x.contiguous(), packed, bias)
+    x = x.contiguous()
+    if packed.library == "onednn":
+        return torch.ops.llmfoundations.onednn_linear(x, packed.data, bias)
+    return torch.ops.llmfoundations.mkl_linear(x, packed.data, packed.weight, bias, packed.rows)
+
+
+_CHOICES: dict[tuple[int, int, int, int], str] = {}  # (N, K, rows, threads) -> library
+
+
+def choose_library(n: int, k: int, rows: int, *, calls: int = 15) -> str:
+    """The faster packing library for an ``(n, k)`` weight and ``rows`` input rows, here.
+
+    Packs a random matrix for each available library and times ``calls`` single products
+    of each, interleaved; the best call of each decides (the minimum is the least noisy
+    estimate on a shared machine). Remembered per shape, row count and thread count."""
+    for name, value in (("n", n), ("k", k), ("rows", rows), ("calls", calls)):
+        check_int(name, value, minimum=1)
+    key = (n, k, rows, torch.get_num_threads())
+    if key not in _CHOICES:
+        have = available_libraries()
+        if len(have) < 2:
+            check_prepack_available("auto")
+            _CHOICES[key] = have[0]
+            return have[0]
+        g = torch.Generator().manual_seed(0)
+        w, x = torch.randn(n, k, generator=g), torch.randn(rows, k, generator=g)
+        packs = {lib: pack_weight(w, rows, lib) for lib in have}
+        best = dict.fromkeys(have, float("inf"))
+        with torch.no_grad():
+            for _ in range(2):  # warm-up
+                for p in packs.values():
+                    packed_linear(x, p)
+            for _ in range(calls):
+                for lib, p in packs.items():
+                    start = perf_counter()
+                    packed_linear(x, p)
+                    best[lib] = min(best[lib], perf_counter() - start)
+        _CHOICES[key] = min(best, key=best.get)
+    return _CHOICES[key]
 
 
 class PackedLinear(nn.Module):
-    """``nn.Linear`` for inference with its weight pre-packed for oneDNN.
+    """``nn.Linear`` for inference with its weight pre-packed (see the module).
 
     ``weight`` and ``bias`` stay the original tensors (shared, not copied), so code that
-    reads them still works; the forward pass multiplies by the packed copy."""
+    reads them still works; the forward pass multiplies by the packed copy. ``library``
+    says which library it is packed for (``"auto"`` resolved)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, rows: int = 1) -> None:
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None = None, rows: int = 1, library: str = "auto"
+    ) -> None:
         super().__init__()
-        self.packed = pack_weight(weight, rows)  # (N, K), opaque layout
+        self.packed = pack_weight(weight, rows, library)
+        self.library = self.packed.library
         self.weight = weight  # (N, K), the original
         self.bias = bias  # (N,) or None
         if bias is not None:
@@ -114,10 +222,10 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rows: int = 1) -> PackedLinear:
+    def from_linear(cls, linear: nn.Linear, rows: int = 1, library: str = "auto") -> PackedLinear:
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        return cls(linear.weight, linear.bias, rows)
+        return cls(linear.weight, linear.bias, rows, library)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features or x.dtype != torch.float32:
@@ -136,22 +244,29 @@ class PackedLinear(nn.Module):
         return packed_linear(x, self.packed, bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"packed for {self.library} ({self.packed.rows} rows)"
+        )
 
 
-def prepack_linears(model: nn.Module, rows: int = 1) -> int:
+def prepack_linears(model: nn.Module, rows: int = 1, library: str = "auto") -> dict[str, int]:
     """Replace every ``nn.Linear`` inside ``model`` by a ``PackedLinear``, in place; return how
-    many. For inference: the packed layers have no gradients. Tied weights stay tied (each
-    ``PackedLinear`` keeps the original tensor as ``weight``)."""
+    many went to each library (``{"onednn": 3, "mkl": 2}``). For inference: the packed layers
+    have no gradients. Tied weights stay tied (each keeps the original tensor as ``weight``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_int("rows", rows, minimum=1)
+    check_choice("library", library, (*LIBRARIES, "auto"))
     swaps = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
         if isinstance(child, nn.Linear)
     ]
+    counts: dict[str, int] = {}
     for parent, name, child in swaps:
-        setattr(parent, name, PackedLinear.from_linear(child, rows))
-    return len(swaps)
+        packed = PackedLinear.from_linear(child, rows, library)
+        setattr(parent, name, packed)
+        counts[packed.library] = counts.get(packed.library, 0) + 1
+    return counts
