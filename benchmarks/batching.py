@@ -206,8 +206,9 @@ def main() -> None:
     lines += [
         "",
         f"Same tokens for every request in both servers: {'yes' if same else 'NO'}. "
-        "Steps: static, one per `generate` step; continuous, one per engine step (each "
-        "runs one batched decode pass plus one pass per prefill chunk); ms per step: busy "
+        "Steps: static, one per `generate` step; continuous, one per engine step (one "
+        "batched pass over the decoding rows, or, in a step that also prefills, one packed "
+        "pass over the decoding rows' tokens and every prefill chunk); ms per step: busy "
         "time (clock time not spent waiting for arrivals) per step.",
         "",
         "Reading: continuous batching needs fewer steps for the same tokens (a step serves "
@@ -217,13 +218,12 @@ def main() -> None:
         "step does more than a `generate` step: it reads every row's keys and values out "
         "of the block pool into a padded copy (one `index_select` per layer, through a "
         "planned view of `inference.paged_kv`: `Engine(fast=True)`) where `generate` writes "
-        "into a preallocated "
-        "cache, every prompt gets its own prefill pass, each request's token is chosen on "
-        "its own, and the scheduler's bookkeeping runs in Python at every step; on a tiny "
-        "model on a CPU that fixed work is a large part of a step. Servers remove it with a "
-        "paged-attention kernel that reads the blocks in place and one packed forward pass "
-        "for all scheduled tokens (vLLM v1), on a GPU where a decode step costs about the "
-        "same for 1 or 8 rows. On SmolLM2-135M, where a step's arithmetic dominates, see "
+        "into a preallocated cache; a step that prefills attends over its packed tokens "
+        "with a dense block mask; and the scheduler's bookkeeping runs in Python at every "
+        "step. On a tiny model on a CPU that fixed work is a large part of a step. Servers "
+        "remove most of it with a paged-attention kernel that reads the blocks in place "
+        "(vLLM v1), on a GPU where a decode step costs about the same for 1 or 8 rows. On "
+        "SmolLM2-135M, where a step's arithmetic dominates, see "
         "`benchmarks/results/serving.md`.",
     ]
     publish(lines, RESULTS, write=not args.no_write)

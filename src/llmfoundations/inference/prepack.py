@@ -14,7 +14,7 @@ of time, and multiply from the packed copy at every call:
 
 Which one wins depends on the CPU and the shape (``benchmarks/results/matmul_packing.md``,
 the 121 products of one SmolLM2-135M decoding step, 2 threads). On an AMD EPYC at 8 rows:
-``F.linear`` 65 ms, MKL packed 63, oneDNN packed 29; at 1 row 24 / 18 / 22. On an Intel
+``F.linear`` 57 ms, MKL packed 55, oneDNN packed 27; at 1 row 21 / 16 / 14. On an Intel
 Xeon (``matmul_packing_intel.md``) at 8 rows: 46 / 20 / 35; at 1 row 14 / 13 / 17 -- there
 oneDNN's packing is slower than none at 1 row. Hence ``library="auto"`` (the default):
 time both libraries on a random matrix of the weight's shape with ``rows`` input rows, on
