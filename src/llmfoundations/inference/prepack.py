@@ -43,7 +43,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from time import perf_counter
+from time import monotonic, perf_counter
 
 import torch
 from torch import Tensor, nn
@@ -171,9 +171,10 @@ _CHOICES: dict[tuple[int, int, int, int], str] = {}  # (N, K, rows, threads) -> 
 def choose_library(n: int, k: int, rows: int, *, calls: int = 15) -> str:
     """The faster packing library for an ``(n, k)`` weight and ``rows`` input rows, here.
 
-    Packs a random matrix for each available library and times ``calls`` single products
-    of each, interleaved; the best call of each decides (the minimum is the least noisy
-    estimate on a shared machine). Remembered per shape, row count and thread count."""
+    Packs a random matrix for each available library and times up to ``calls`` single
+    products of each, interleaved (at least 3, and no more once half a second has gone:
+    large products need few); the best call of each decides (the minimum is the least
+    noisy estimate on a shared machine). Remembered per shape, row count and thread count."""
     for name, value in (("n", n), ("k", k), ("rows", rows), ("calls", calls)):
         check_int(name, value, minimum=1)
     key = (n, k, rows, torch.get_num_threads())
@@ -191,7 +192,10 @@ def choose_library(n: int, k: int, rows: int, *, calls: int = 15) -> str:
             for _ in range(2):  # warm-up
                 for p in packs.values():
                     packed_linear(x, p)
-            for _ in range(calls):
+            deadline = monotonic() + 0.5
+            for call in range(calls):
+                if call >= 3 and monotonic() > deadline:
+                    break
                 for lib, p in packs.items():
                     start = perf_counter()
                     packed_linear(x, p)
