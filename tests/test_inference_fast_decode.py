@@ -179,6 +179,8 @@ def test_rejects_models_and_arguments_it_cannot_run():
         FastGreedyDecoder(model, 1, 8, prepack=1)
     with pytest.raises(ValueError, match="library must be one of"):
         FastGreedyDecoder(model, 1, 8, prepack=True, library="cublas")
+    with pytest.raises(ValueError, match="library='mkl' needs prepack=True"):
+        FastGreedyDecoder(model, 1, 8, library="mkl")
     with pytest.raises(TypeError, match="compile"):
         FastGreedyDecoder(model, 1, 8, compile="yes")
     decoder = FastGreedyDecoder(model, 2, 8)

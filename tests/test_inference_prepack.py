@@ -61,9 +61,14 @@ def test_auto_picks_an_available_library_once_per_shape(monkeypatch):
     lib = choose_library(48, 16, 2)
     assert lib in available_libraries() and lib in LIBRARIES
     assert prepack_module._CHOICES == {(48, 16, 2, torch.get_num_threads()): lib}
-    other = next(o for o in available_libraries() + ("onednn",) if o != lib)
-    monkeypatch.setitem(prepack_module._CHOICES, (48, 16, 2, torch.get_num_threads()), other)
-    assert pack_weight(torch.randn(48, 16), 2).library == other  # remembered, not re-timed
+
+    def no_clock():
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(prepack_module, "perf_counter", no_clock)  # remembered, not re-timed
+    assert choose_library(48, 16, 2) == lib
+    assert pack_weight(torch.randn(48, 16), 2).library == lib
+    monkeypatch.undo()
     if len(available_libraries()) == 2:  # both really timed: the choice is not a constant
         monkeypatch.setattr(prepack_module, "_CHOICES", {})
         monkeypatch.setattr(prepack_module, "perf_counter", _clock_favouring("mkl"))
@@ -90,7 +95,8 @@ def _clock_favouring(library):
     return clock
 
 
-def test_prepacked_model_gives_the_same_logits_and_keeps_ties():
+@pytest.mark.parametrize("library", _LIBRARIES)
+def test_prepacked_model_gives_the_same_logits_and_keeps_ties(library):
     torch.manual_seed(0)
     config = ModelConfig.llama(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
     model = DecoderLM(config).eval()
@@ -98,8 +104,8 @@ def test_prepacked_model_gives_the_same_logits_and_keeps_ties():
     with torch.no_grad():
         expected = model(ids).logits
         linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        counts = prepack_linears(model, rows=3)
-        assert sum(counts.values()) == linears > 0 and set(counts) <= set(LIBRARIES)
+        assert prepack_linears(model, rows=3, library=library) == {library: linears}
+        assert linears > 0
         assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
         assert model.lm_head.weight is model.embed.weight  # still tied
         torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
@@ -150,6 +156,27 @@ def test_bad_input_is_refused():
         choose_library(3, 4, 0)
 
 
+@pytest.mark.parametrize("library", _LIBRARIES)
+def test_packed_linear_checks_what_the_library_would_not(library):
+    # MKL's packed product checks no shape: a too-short x or bias would be read past its end.
+    packed = pack_weight(torch.randn(6, 5), 2, library)
+    x = torch.randn(2, 5)
+    with pytest.raises(ValueError, match=r"x must have 5 features .* got shape \(2, 4\)"):
+        packed_linear(torch.randn(2, 4), packed)
+    with pytest.raises(ValueError, match=r"x must have 5 features .* got shape \(2, 7\)"):
+        packed_linear(torch.randn(2, 7), packed)
+    with pytest.raises(ValueError, match="bias must have 6 entries, got 4"):
+        packed_linear(x, packed, torch.randn(4))
+    with pytest.raises(ValueError, match=r"bias must have 1 dimensions, got shape \(2, 6\)"):
+        packed_linear(x, packed, torch.randn(2, 6))
+    with pytest.raises(TypeError, match="x"):
+        packed_linear(x.double(), packed)
+    with pytest.raises(TypeError, match="bias"):
+        packed_linear(x, packed, torch.randn(6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x"):
+        packed_linear(torch.randn(0, 5), packed)
+
+
 def test_a_build_without_the_library_is_told_so(monkeypatch):
     monkeypatch.setattr(prepack_module, "available_libraries", lambda: ("onednn",))
     with pytest.raises(RuntimeError, match="'mkl' are not available.*available: \\['onednn'\\]"):
@@ -170,7 +197,8 @@ def test_doctests():
         assert doctest.testmod(module).failed == 0
 
 
-def test_serving_engine_on_a_prepacked_model_gives_the_same_tokens():
+@pytest.mark.parametrize("library", _LIBRARIES)
+def test_serving_engine_on_a_prepacked_model_gives_the_same_tokens(library):
     # benchmarks/serving.py runs the continuous-batching engine on a prepack_linears model.
     from llmfoundations.inference.batching import Engine, SchedulerConfig
 
@@ -179,7 +207,7 @@ def test_serving_engine_on_a_prepacked_model_gives_the_same_tokens():
     model = DecoderLM(config).eval()
     packed = DecoderLM(config).eval()
     packed.load_state_dict(model.state_dict())
-    prepack_linears(packed, rows=3)
+    prepack_linears(packed, rows=3, library=library)
     runs = []
     for m in (model, packed):
         engine = Engine(m, num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=6, max_running=3), fast=True)

@@ -13,10 +13,10 @@ Reading them would allow some 50 steps per second on the 2-core CPU of
 lost to overheads around the reads and to matrix-multiply kernels badly suited to 1-8
 rows. Every change below removes such overhead, none changes the arithmetic:
 
-- the KV cache is allocated once at its final length, one ``(B, Hkv, T_max, D)`` key and
-  value buffer per layer, and each step writes one column in place (no ``torch.cat`` per
-  layer per step). One buffer per layer rather than one ``(L, B, Hkv, T_max, D)`` tensor
-  matters for ``torch.compile``: inductor writes the column into a whole buffer in place, but
+- the KV cache is one ``(B, Hkv, T_max, D)`` key and value buffer per layer, allocated
+  once and written one column per step in place, as ``generate``'s ``KVCache`` is (what
+  differs is the fixed shape of each step, below). One buffer per layer rather than one
+  ``(L, B, Hkv, T_max, D)`` tensor matters for ``torch.compile``: inductor writes the column into a whole buffer in place, but
   a write into a slice (``cache[i]``) of a larger buffer it turns into copies of that layer's
   cache at every step, which cost more than the compiled step saves at batch 8 (measured in
   ``benchmarks/results/generation.md``);
@@ -167,6 +167,8 @@ class FastGreedyDecoder(nn.Module):
         check_bool("freeze", freeze)
         check_bool("prepack", prepack)
         check_choice("library", library, (*LIBRARIES, "auto"))
+        if library != "auto" and not prepack:
+            raise ValueError(f"library={library!r} needs prepack=True (it says what to pack for)")
         if freeze and not compile:
             raise ValueError("freeze=True needs compile=True (freezing is a compiler option)")
         if freeze and prepack:

@@ -3,11 +3,12 @@
 A CPU matrix multiply does not read a row-major weight as it is stored: it copies it into
 panels shaped for the vector registers ("packing") and multiplies those. ``F.linear`` on
 an x86 build of PyTorch calls MKL's ``sgemm``, which packs the weight again at every call;
-when the input has 1-8 rows, as in decoding, that repacking costs about as much as the
-arithmetic. Two libraries in the x86 and ARM wheels can instead pack a weight once, ahead
-of time, and multiply from the packed copy at every call:
+when the input has 1-8 rows, as in decoding, that repacking and the kernels MKL picks for
+so few rows waste much of the time. Two libraries can instead pack a weight once, ahead of
+time, and multiply from the packed copy at every call:
 
-- ``"onednn"``: oneDNN (``torch.backends.mkldnn``), its own blocked layout;
+- ``"onednn"``: oneDNN (``torch.backends.mkldnn``; x86 and ARM wheels), its own blocked
+  layout and kernels;
 - ``"mkl"``: MKL's ``sgemm_pack`` (x86 builds only), what inductor's weight freezing emits
   for float32 linears. MKL uses the packed copy only when the input has exactly the number
   of rows it was packed for; other row counts (a prefill) multiply by the original weight.
@@ -18,7 +19,8 @@ the 121 products of one SmolLM2-135M decoding step, 2 threads). On an AMD EPYC a
 Xeon (``matmul_packing_intel.md``) at 8 rows: 46 / 20 / 35; at 1 row 14 / 13 / 17 -- there
 oneDNN's packing is slower than none at 1 row. Hence ``library="auto"`` (the default):
 time both libraries on a random matrix of the weight's shape with ``rows`` input rows, on
-this machine, and keep the faster; the choice is made once per shape and remembered.
+this machine, and keep the faster; the choice is remembered per shape, row count and
+thread count.
 
 - ``pack_weight(weight, rows, library)``: a float32 ``(N, K)`` weight packed: a
   ``PackedWeight`` (the library's opaque copy, the original, the row count);
@@ -30,7 +32,11 @@ this machine, and keep the faster; the choice is made once per shape and remembe
 - ``choose_library(n, k, rows)``: the timing behind ``"auto"``.
 
 Left out: gradients (inference only; the ops have no backward), other dtypes than float32,
-GPUs (cuBLAS needs no such step). The packed copy is a second copy of each weight.
+GPUs (cuBLAS needs no such step); not packing at all as a candidate of ``"auto"`` (it
+compares the two libraries, and on a build with only one it takes that one untimed: measure
+it against ``F.linear`` with ``benchmarks/matmul_packing.py``). The packed copy is a second
+copy of each weight, taken once: change the weight afterwards and pack again (MKL's copy
+would not follow, while its fallback for other row counts reads the original).
 
 >>> layer = torch.nn.Linear(8, 4)
 >>> packed = PackedLinear.from_linear(layer, library="onednn")
@@ -71,7 +77,7 @@ def available_libraries() -> tuple[str, ...]:
     return tuple(lib for lib, ok in zip(LIBRARIES, (onednn, torch._C.has_mkl), strict=True) if ok)
 
 
-def check_prepack_available(library: str = "onednn") -> None:
+def check_prepack_available(library: str = "auto") -> None:
     """Raise a ``RuntimeError`` if this PyTorch build cannot pack for ``library``
     (``"auto"``: for either). oneDNN ships in the official x86 and ARM wheels, MKL in x86 ones."""
     check_choice("library", library, (*LIBRARIES, "auto"))
@@ -86,7 +92,8 @@ def check_prepack_available(library: str = "onednn") -> None:
 @dataclass(frozen=True, eq=False)
 class PackedWeight:
     """A weight packed for ``library``: ``data`` is the library's opaque copy, ``weight``
-    the original ``(N, K)`` (shared, not copied), ``rows`` the row count it was packed for."""
+    the original ``(N, K)`` made contiguous (the caller's tensor itself when it already
+    is), ``rows`` the row count it was packed for."""
 
     library: str
     data: Tensor
@@ -155,8 +162,17 @@ def _(x: Tensor, packed: Tensor, weight: Tensor, bias: Tensor | None, rows: int)
 def packed_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -> Tensor:
     """``x`` (..., K) times a packed weight (N, K), plus ``bias`` (N,): (..., N).
 
-    The shapes are checked by the library; the caller keeps ``x`` float32. Inference only:
-    an ``x`` that needs a gradient is refused (the product has no backward)."""
+    Inference only: an ``x`` that needs a gradient is refused (the product has no backward).
+    The shapes are checked here, not left to the libraries: MKL's packed product checks
+    none and would read past a too-short ``x`` or ``bias``."""
+    n, k = packed.shape
+    check_tensor("x", x, min_ndim=1, dtype=torch.float32, nonempty=True)
+    if x.shape[-1] != k:
+        raise ValueError(f"x must have {k} features in its last dimension, got shape {tuple(x.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1, dtype=torch.float32)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have {n} entries, got {bias.shape[0]}")
     if x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("packed_linear is for inference: x requires grad (use torch.no_grad())")
     x = x.contiguous()
@@ -172,8 +188,8 @@ def choose_library(n: int, k: int, rows: int, *, calls: int = 15) -> str:
     """The faster packing library for an ``(n, k)`` weight and ``rows`` input rows, here.
 
     Packs a random matrix for each available library and times up to ``calls`` single
-    products of each, interleaved (at least 3, and no more once half a second has gone:
-    large products need few); the best call of each decides (the minimum is the least
+    products of each, interleaved (no more once half a second has gone, but at least
+    ``min(calls, 3)``: large products need few); the best call of each decides (the minimum is the least
     noisy estimate on a shared machine). Remembered per shape, row count and thread count."""
     for name, value in (("n", n), ("k", k), ("rows", rows), ("calls", calls)):
         check_int(name, value, minimum=1)
