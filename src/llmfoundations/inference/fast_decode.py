@@ -69,7 +69,7 @@ from ..generate import (
 from ..layers import _rms_norm
 from ..models import DecoderLM
 from ..positional import _rope_cos_sin, rotate_pairs
-from .prepack import LIBRARIES, PackedWeight, pack_weight, packed_linear
+from .prepack import LIBRARIES, PackedWeight, pack_weight, packed_linear_unchecked
 
 __all__ = ["FastGreedyDecoder", "check_fast_decodable"]
 
@@ -122,8 +122,9 @@ class _Layer(nn.Module):
 
 
 def _matmul(x: Tensor, weight: Tensor, packed: PackedWeight | None) -> Tensor:
-    """``x @ weight.T``: through ``F.linear``, or from the packed copy when there is one."""
-    return F.linear(x, weight) if packed is None else packed_linear(x, packed)
+    """``x @ weight.T``: through ``F.linear``, or from the packed copy when there is one
+    (unchecked: the shapes are fixed when the decoder is built)."""
+    return F.linear(x, weight) if packed is None else packed_linear_unchecked(x, packed)
 
 
 class FastGreedyDecoder(nn.Module):

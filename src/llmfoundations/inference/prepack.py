@@ -26,7 +26,8 @@ thread count.
   ``PackedWeight`` (the library's opaque copy, the original, the row count);
 - ``packed_linear(x, packed, bias)``: ``x @ W.T + b`` from a packed weight, through
   operators of our own (``llmfoundations::onednn_linear``, ``::mkl_linear``), so that
-  ``torch.compile`` calls them without tracing into the library;
+  ``torch.compile`` calls them without tracing into the library (``packed_linear_unchecked``:
+  the same without the checks, for callers that made them once);
 - ``PackedLinear``: an ``nn.Linear`` whose weight is packed; ``prepack_linears(model)``
   swaps every ``nn.Linear`` of a model for one;
 - ``choose_library(n, k, rows)``: the timing behind ``"auto"``.
@@ -175,6 +176,12 @@ def packed_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -
             raise ValueError(f"bias must have {n} entries, got {bias.shape[0]}")
     if x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("packed_linear is for inference: x requires grad (use torch.no_grad())")
+    return packed_linear_unchecked(x, packed, bias)
+
+
+def packed_linear_unchecked(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -> Tensor:
+    """``packed_linear`` without its checks, for callers that checked the shapes once
+    (``FastGreedyDecoder``: 121 products per decoding step)."""
     x = x.contiguous()
     if packed.library == "onednn":
         return torch.ops.llmfoundations.onednn_linear(x, packed.data, bias)
@@ -207,14 +214,14 @@ def choose_library(n: int, k: int, rows: int, *, calls: int = 15) -> str:
         with torch.no_grad():
             for _ in range(2):  # warm-up
                 for p in packs.values():
-                    packed_linear(x, p)
+                    packed_linear_unchecked(x, p)
             deadline = monotonic() + 0.5
             for call in range(calls):
                 if call >= 3 and monotonic() > deadline:
                     break
                 for lib, p in packs.items():
                     start = perf_counter()
-                    packed_linear(x, p)
+                    packed_linear_unchecked(x, p)
                     best[lib] = min(best[lib], perf_counter() - start)
         _CHOICES[key] = min(best, key=best.get)
     return _CHOICES[key]
