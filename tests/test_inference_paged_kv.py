@@ -407,6 +407,31 @@ def test_prefix_blocks_are_shared_and_never_written():
     assert cache.allocator.ref_counts[:3] == [1, 1, 1] and cache.num_free_blocks == 1
 
 
+def test_prefix_blocks_must_be_full():
+    """A block that is not full in every layer cannot be shared: the new sequence would
+    claim positions nobody wrote and see its owner's later writes (a silent wrong answer)."""
+    cache = PagedKVCache(2, 8, 4, 1, 1)
+    a = cache.add_sequence()
+    cache.append(0, a, torch.ones(1, 6, 1), torch.ones(1, 6, 1))
+    cache.append(1, a, torch.ones(1, 3, 1), torch.ones(1, 3, 1))  # layer 1 is behind
+    with pytest.raises(ValueError, match=r"block\(s\) \[0\] that are not full"):
+        cache.add_sequence(prefix_blocks=cache.block_table(a)[:1])
+    cache.append(1, a, torch.ones(1, 3, 1), torch.ones(1, 3, 1))  # 6 positions everywhere
+    with pytest.raises(ValueError, match=r"\[1\] that are not full"):
+        cache.add_sequence(prefix_blocks=cache.block_table(a))
+    assert cache.allocator.ref_counts[:2] == [1, 1]  # nothing shared by the refusals
+    b = cache.add_sequence(prefix_blocks=cache.block_table(a)[:1])
+    cache.free_sequence(a)  # block 0 stays full (b holds it); block 1 goes back, half written
+    c = cache.add_sequence(prefix_blocks=[0])
+    cache.free_sequence(b), cache.free_sequence(c)  # block 0 was full when freed
+    with pytest.raises(ValueError, match="is free"):  # full, but free: the allocator refuses
+        cache.add_sequence(prefix_blocks=[0])
+    d = cache.add_sequence()
+    cache.reserve(d, 4 * 8)  # hands out every block, 0 included: none is full now
+    with pytest.raises(ValueError, match="not full"):
+        cache.add_sequence(prefix_blocks=[0])
+
+
 def test_running_out_of_blocks_mid_sequence_raises():
     model = _model("llama")
     cache = PagedKVCache.for_model(model, num_blocks=2, block_size=2)

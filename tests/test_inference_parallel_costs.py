@@ -133,6 +133,15 @@ def _layers(world_size: int):
     return mlp, attn, x, stages, px, py
 
 
+def _refusal(fn, *args) -> str:
+    """The ValueError ``fn(*args)`` raises (every rank raises it before any collective)."""
+    try:
+        fn(*args)
+    except ValueError as err:
+        return str(err)
+    return "no error"
+
+
 def _all_workers(rank: int, world_size: int) -> dict:
     """Every lab worker in one spawn (the spawn is the slow part)."""
     lm, ids = _lm()
@@ -141,6 +150,7 @@ def _all_workers(rank: int, world_size: int) -> dict:
         "count": _sends_and_reduces(rank, world_size),
         "dp": pc.data_parallel_worker(rank, world_size, lm, ids),
         "fsdp": pc.fsdp_adam_worker(rank, world_size, copy.deepcopy(lm), ids, 0.01),
+        "fsdp_odd": _refusal(pc.fsdp_adam_worker, rank, world_size, copy.deepcopy(lm), ids[:3], 0.01),
         "tp": pc.tensor_parallel_worker(rank, world_size, mlp, attn, x),
         "pp": pc.pipeline_worker(rank, world_size, stages, px, py, 2),
     }
@@ -172,6 +182,8 @@ def test_lab_workers_equal_one_process_and_count_exactly():
     assert sum(r["fsdp"]["param_bytes"] for r in results) == n_bytes
     assert sum(r["fsdp"]["grad_bytes"] for r in results) == n_bytes
     assert sum(r["fsdp"]["optim_bytes"] for r in results) == 2 * n_bytes
+    for r in results:  # a batch of 3 on 2 ranks: unequal shards would average wrongly
+        assert "batch size" in r["fsdp_odd"] and "world_size" in r["fsdp_odd"], r["fsdp_odd"]
     # tensor parallel: outputs and dL/dx equal; two all-reduces of (B, T, C) fp32 each
     mlp, attn, x, stages, px, py = _layers(2)
     for name, layer in (("mlp", mlp), ("attn", attn), ("mlp_dtensor", mlp)):

@@ -334,6 +334,7 @@ class PagedKVCache:
         self.n_kv_heads, self.head_dim = n_kv_heads, head_dim
         self._tables: dict[int, list[int]] = {}  # sequence id -> physical block ids
         self._lengths: dict[int, list[int]] = {}  # sequence id -> positions written, per layer
+        self._freed_full: set[int] = set()  # blocks full when freed, not handed out since
         self._next_id = 0
 
     @classmethod
@@ -371,9 +372,20 @@ class PagedKVCache:
         ``prefix_blocks``: full blocks that already hold this sequence's first
         ``len(prefix_blocks) * P`` positions (a cached prefix). The sequence becomes one
         more owner of each (``allocator.share``) and its length starts there; its own
-        tokens go into new blocks, so a shared block is never written.
+        tokens go into new blocks, so a shared block is never written. A block that is
+        not full (all ``P`` positions written in every layer, by a sequence that holds it
+        or held it when it was freed) is refused with ``ValueError``: the new sequence
+        would claim positions nobody wrote, and see its owner's later writes.
         """
         blocks = _check_block_ids("prefix_blocks", prefix_blocks, self.num_blocks)
+        if blocks:
+            full = self._full_blocks()
+            not_full = [b for b in blocks if b not in full]
+            if not_full:
+                raise ValueError(
+                    f"prefix_blocks holds block(s) {not_full} that are not full: a shared "
+                    f"block must hold all {self.block_size} positions in every layer"
+                )
         self.allocator.share(blocks)
         seq_id = self._next_id
         self._next_id += 1
@@ -384,8 +396,24 @@ class PagedKVCache:
     def free_sequence(self, seq_id: int) -> None:
         """Forget a sequence; its blocks lose one owner (back to the free list at none)."""
         self._check_seq(seq_id)
-        self.allocator.free(self._tables.pop(seq_id))
-        del self._lengths[seq_id]
+        table, n_full = self._tables[seq_id], self.length(seq_id) // self.block_size
+        self.allocator.free(table)
+        self._freed_full.update(table[:n_full])  # a prefix cache may share these again
+        del self._tables[seq_id], self._lengths[seq_id]
+
+    def _full_blocks(self) -> set[int]:
+        """Blocks whose ``P`` positions are written in every layer: the full blocks of the
+        sequences held now, and those that were full when freed and not handed out since."""
+        full = set(self._freed_full)
+        for seq_id, table in self._tables.items():
+            full.update(table[: self.length(seq_id) // self.block_size])
+        return full
+
+    def _allocate(self, n: int) -> list[int]:
+        """``n`` fresh blocks from the allocator (their old contents will be overwritten)."""
+        blocks = self.allocator.allocate(n)
+        self._freed_full.difference_update(blocks)
+        return blocks
 
     def block_table(self, seq_id: int) -> list[int]:
         """The sequence's physical block ids, in logical order (a copy)."""
@@ -406,13 +434,13 @@ class PagedKVCache:
         ``OutOfBlocks`` before any compute, instead of in the middle of a forward pass).
         ``append`` allocates on demand, so calling this is optional."""
         n = self.blocks_needed(seq_id, num_new_tokens)
-        self._tables[seq_id].extend(self.allocator.allocate(n))
+        self._tables[seq_id].extend(self._allocate(n))
 
     def _grow(self, seq_id: int, end: int) -> None:
         """Make the table cover positions ``0 .. end-1`` (unchecked)."""
         missing = -(-end // self.block_size) - len(self._tables[seq_id])
         if missing > 0:
-            self._tables[seq_id].extend(self.allocator.allocate(missing))
+            self._tables[seq_id].extend(self._allocate(missing))
 
     # ------------------------------------------------------------------ keys and values
 

@@ -33,7 +33,9 @@ found there (``Can't get attribute 'f' on <module '__main__'>``, jupyter/noteboo
 so ``run_workers`` refuses it up front; put workers in a module.
 
 The same worker functions run under ``torchrun``, which is what one moves to on several
-machines (one ``torchrun`` per node, ``--nnodes N --rdzv-endpoint host:port``)::
+machines (one ``torchrun`` on each node, each with ``--nnodes N --rdzv-backend c10d
+--rdzv-endpoint host:port``; the default ``static`` rendezvous needs a distinct
+``--node-rank`` per node instead)::
 
     torchrun --nproc-per-node 2 -m llmfoundations.inference.parallel data
     torchrun --nproc-per-node 2 -m llmfoundations.inference.parallel all

@@ -76,15 +76,15 @@ def count_communication() -> Iterator[list[tuple[str, int]]]:
     It wraps the functions of ``torch.distributed`` for the duration, so it sees code that
     calls them as ``dist.all_reduce(...)`` (the course's by-hand methods do); ``bytes`` is
     the size of the tensor handed to the call (for ``all_gather_into_tensor``, the input
-    shard). What the backend sends on the wire depends on its algorithm.
+    shard; for ``reduce_scatter_tensor``, the full input). What the backend sends on the wire depends on its algorithm.
     """
     log: list[tuple[str, int]] = []
     originals = {name: getattr(dist, name) for name in _COUNTED}
 
     def wrap(name: str, fn: Any) -> Any:
         signature = inspect.signature(fn)
-        # the tensor that is sent: the input shard of the two *_tensor collectives (their
-        # second parameter), else the first parameter
+        # the tensor handed over: the second parameter of the two *_tensor collectives
+        # (all_gather's input shard; reduce_scatter's full input), else the first
         which = 1 if name in ("all_gather_into_tensor", "reduce_scatter_tensor") else 0
         sent = list(signature.parameters)[which]
 
@@ -210,12 +210,13 @@ def fsdp_adam_worker(rank: int, world_size: int, model: nn.Module, ids: Tensor, 
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    shard = par.shard_batch(ids, rank, world_size)  # equal shards: the mean of means is the mean
     mesh = init_device_mesh("cpu", (world_size,))
     for block in getattr(model, "blocks", []):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model(ids.chunk(world_size)[rank], labels=ids.chunk(world_size)[rank]).loss.backward()
+    model(shard, labels=shard).loss.backward()
     optimizer.step()
     params = list(model.parameters())
     states = [optimizer.state[p][k] for p in params for k in ("exp_avg", "exp_avg_sq")]

@@ -540,8 +540,12 @@ class RadixCache:
             raise ValueError("node does not belong to this tree (was it evicted?)")
 
     def evict(self, num_tokens: int) -> list[int]:
-        """Evict least recently used unlocked leaves until ``num_tokens`` slots are freed
-        (or nothing evictable is left); return the evicted slots."""
+        """Evict least recently used unlocked leaves until ``num_tokens`` slots have left
+        the tree (or nothing evictable is left); return the evicted slots.
+
+        Each evicted slot loses the tree's reference (``allocator.free``); it returns to the
+        free pool only if no one else still holds it, so ``allocator.num_free`` may grow by
+        less than ``num_tokens``."""
         check_int("num_tokens", num_tokens, minimum=0)
         order = itertools.count()  # tie-breaker: never compare nodes
         heap = [(n.last_access, next(order), n) for n in self._leaves() if n.lock_ref == 0]
