@@ -196,6 +196,43 @@ def test_rejects_models_and_arguments_it_cannot_run():
         decoder.generate([[1, 2], [4, 5]], 1, streamer=3)
 
 
+def test_bad_logits_and_changed_weights_raise_as_generate_does():
+    model = _model()
+    decoder = FastGreedyDecoder(model, 2, 8)
+    prompts = [[1, 2, 3], [4, 5]]
+    decoder.generate(prompts, 2)
+    with torch.no_grad():
+        model.norm.weight.fill_(float("nan"))  # shared with the decoder: NaN logits
+    with pytest.raises(ValueError, match="changed in place"):
+        decoder.generate(prompts, 2)
+    with pytest.raises(ValueError, match="NaN"):  # the readable path says the same
+        generate_output(model, prompts, 2)
+    with pytest.raises(ValueError, match="step 0 hold NaN"):
+        FastGreedyDecoder(model, 2, 8).generate(prompts, 2)
+    with pytest.raises(ValueError, match="step 0 hold NaN"):
+        FastGreedyDecoder(model, 2, 8).generate(prompts, 1)  # the last step is checked too
+    fresh = _model()
+    decoder = FastGreedyDecoder(fresh, 2, 8)
+    fresh.load_state_dict(_model(seed=1).state_dict())  # the layer copies would go stale
+    with pytest.raises(ValueError, match="build a new FastGreedyDecoder"):
+        decoder.generate(prompts, 2)
+    expected = generate_output(fresh, prompts, 3)
+    got = FastGreedyDecoder(fresh, 2, 8).generate(prompts, 3)
+    assert torch.equal(got.sequences, expected.sequences)
+
+
+def test_attention_without_native_gqa_repeats_the_heads(monkeypatch):
+    # torch < 2.5 has no enable_gqa: the decoder must repeat key/value heads itself.
+    import llmfoundations.inference.fast_decode as fd
+
+    model = _model()
+    prompts = _prompts(3, [4, 6])
+    expected = FastGreedyDecoder(model, 2, 12).generate(prompts, 5)
+    monkeypatch.setattr(fd, "_TORCH_HAS_GQA", False)
+    got = FastGreedyDecoder(model, 2, 12).generate(prompts, 5)
+    assert torch.equal(got.sequences, expected.sequences)
+
+
 @pytest.mark.slow
 def test_compiled_step_writes_the_cache_in_place():
     # A write into a slice of one (L, B, Hkv, T_max, D) cache made inductor copy each layer's

@@ -177,6 +177,29 @@ def test_packed_linear_checks_what_the_library_would_not(library):
         packed_linear(torch.randn(0, 5), packed)
 
 
+@pytest.mark.parametrize("library", _LIBRARIES)
+def test_a_weight_changed_after_packing_is_refused(library):
+    # MKL's packed copy would give the old product for `rows` rows and the new one (its
+    # fallback reads the original) for any other count: a silent mix of two weights.
+    layer = torch.nn.Linear(5, 6)
+    packed = PackedLinear.from_linear(layer, rows=2, library=library)
+    lone = pack_weight(layer.weight.t().contiguous().t(), 2, library)  # a non-contiguous source
+    x = torch.randn(2, 5)
+    with torch.no_grad():
+        packed(x), packed_linear(x, lone)  # fine before
+        layer.weight.mul_(2)
+        with pytest.raises(ValueError, match="changed in place after it was packed"):
+            packed(x)
+        with pytest.raises(ValueError, match="changed in place after it was packed"):
+            packed(torch.randn(3, 5))
+        packed_linear(x, lone)  # its source is a copy, which did not change
+        again = PackedLinear.from_linear(layer, rows=2, library=library)
+        torch.testing.assert_close(again(x), layer(x), rtol=1e-5, atol=1e-5)
+    layer.load_state_dict({"weight": torch.zeros(6, 5), "bias": torch.zeros(6)})
+    with torch.no_grad(), pytest.raises(ValueError, match="pack it again"):
+        again(x)
+
+
 def test_a_build_without_the_library_is_told_so(monkeypatch):
     monkeypatch.setattr(prepack_module, "available_libraries", lambda: ("onednn",))
     with pytest.raises(RuntimeError, match="'mkl' are not available.*available: \\['onednn'\\]"):

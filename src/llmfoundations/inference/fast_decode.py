@@ -59,6 +59,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .._validate import check_bool, check_choice, check_int
+from ..attention import _TORCH_HAS_GQA
 from ..generate import (
     GenerationOutput,
     Streamer,
@@ -69,7 +70,7 @@ from ..generate import (
 from ..layers import _rms_norm
 from ..models import DecoderLM
 from ..positional import _rope_cos_sin, rotate_pairs
-from .prepack import LIBRARIES, PackedWeight, pack_weight, packed_linear_unchecked
+from .prepack import LIBRARIES, PackedWeight, pack_weight, packed_linear_unchecked, tensor_version
 
 __all__ = ["FastGreedyDecoder", "check_fast_decodable"]
 
@@ -121,6 +122,19 @@ class _Layer(nn.Module):
         self.packed: dict[str, PackedWeight] = {}  # name -> the packed weight (prepack=True)
 
 
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """SDPA of ``q`` (B, H, T, D) over ``k``, ``v`` (B, Hkv, T_max, D): SDPA shares the key/value
+    heads itself where it can (torch >= 2.5, which has ``enable_gqa``); older torch gets
+    them repeated ``H / Hkv`` times."""
+    h, g = q.shape[1], k.shape[1]
+    if h == g:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if _TORCH_HAS_GQA:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    k, v = k.repeat_interleave(h // g, dim=1), v.repeat_interleave(h // g, dim=1)  # (B, H, T_max, D)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 def _matmul(x: Tensor, weight: Tensor, packed: PackedWeight | None) -> Tensor:
     """``x @ weight.T``: through ``F.linear``, or from the packed copy when there is one
     (unchecked: the shapes are fixed when the decoder is built)."""
@@ -131,7 +145,10 @@ class FastGreedyDecoder(nn.Module):
     """Greedy decoding of a Llama-style ``DecoderLM`` with a static cache (see the module).
 
     Args:
-        model: the model whose weights are copied in (later changes to it are not seen).
+        model: the model whose weights are copied in (the layers' stacked) or shared (the
+            embedding, final norm and head). ``generate`` refuses to run after the model's
+            weights were changed in place (an optimizer step, ``load_state_dict``): build a
+            new decoder. Writes through ``weight.data`` bypass that check.
         batch_size: rows per call (``B``); prompts must come in batches of exactly this size.
         max_length: prompt + new tokens per call, at most the model's ``max_seq_len``; the
             cache is ``(B, Hkv, max_length, D)`` keys and values per layer.
@@ -209,6 +226,8 @@ class FastGreedyDecoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
+        # Each model weight (detached: the same version counter) and its version now.
+        self._sources = [(p.detach(), tensor_version(p)) for p in model.parameters()]
         self.compile_seconds = 0.0
         self._step = self._decode_step
         if compile:
@@ -243,9 +262,7 @@ class FastGreedyDecoder(nn.Module):
             k = rotate_pairs(k, cos, sin, interleaved)
             layer.k_cache.index_copy_(2, cols, k)  # (B, Hkv, T_max, D)
             layer.v_cache.index_copy_(2, cols, v)
-            a = F.scaled_dot_product_attention(
-                q, layer.k_cache, layer.v_cache, attn_mask=mask, enable_gqa=g != h
-            )  # (B, H, T, D)
+            a = _attend(q, layer.k_cache, layer.v_cache, mask)  # (B, H, T, D)
             a = rearrange(a, "b h t d -> b t (h d)")  # (B, T, H*D)
             x = x + _matmul(a, layer.o, p.get("o"))  # (B, T, C)
             normed = _rms_norm(x, layer.norm2, eps)  # (B, T, C)
@@ -297,6 +314,11 @@ class FastGreedyDecoder(nn.Module):
         ``batch_size`` rows and prompt + ``max_new_tokens`` must fit in ``max_length``.
         """
         vocab = self.vocab_size
+        if any(v is not None and tensor_version(t) != v for t, v in self._sources):
+            raise ValueError(
+                "the model's weights were changed in place after this decoder was built (it "
+                "holds copies of them): build a new FastGreedyDecoder"
+            )
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         pad_token_id = _check_token_id("pad_token_id", pad_token_id, vocab)
         stop_ids = torch.tensor(_check_stop_ids(stop_token_ids, vocab), dtype=torch.long)
@@ -323,14 +345,21 @@ class FastGreedyDecoder(nn.Module):
         pad = torch.full((b,), pad_token_id, dtype=torch.long, device=dev)
         new, real = [], []
         for step in range(max_new_tokens):
+            row_ok = torch.isfinite(logits.amax(dim=-1))  # (B,) NaN/+inf, or a row of only -inf
             token = torch.where(done, pad, logits.argmax(dim=-1))  # (B,)
             new.append(token)
             real.append(~done)
             if len(stop_ids):
                 done = done | torch.isin(token, stop_ids)
+            ok, all_done = torch.stack([row_ok.all(), done.all()]).tolist()  # the step's one sync
+            if not ok:
+                raise ValueError(
+                    f"the model's logits at step {step} hold NaN or +inf, or a row of only "
+                    "-inf: no token can be chosen (check the model's weights and inputs)"
+                )
             if streamer is not None:
                 streamer(token)
-            if step == max_new_tokens - 1 or bool(done.all()):
+            if step == max_new_tokens - 1 or all_done:
                 break
             last = last + 1
             col = self.columns[t + step : t + step + 1]  # (1,)

@@ -38,6 +38,9 @@ compares the two libraries, and on a build with only one it takes that one untim
 it against ``F.linear`` with ``benchmarks/matmul_packing.py``). The packed copy is a second
 copy of each weight, taken once: change the weight afterwards and pack again (MKL's copy
 would not follow, while its fallback for other row counts reads the original).
+``packed_linear`` and ``PackedLinear`` refuse a weight changed in place since it was packed
+(an optimizer step, ``load_state_dict``, ``weight.mul_``: PyTorch's version counter of the
+tensor), in eager calls; writes through ``weight.data`` bypass that counter and are not seen.
 
 >>> layer = torch.nn.Linear(8, 4)
 >>> packed = PackedLinear.from_linear(layer, library="onednn")
@@ -94,16 +97,40 @@ def check_prepack_available(library: str = "auto") -> None:
 class PackedWeight:
     """A weight packed for ``library``: ``data`` is the library's opaque copy, ``weight``
     the original ``(N, K)`` made contiguous (the caller's tensor itself when it already
-    is), ``rows`` the row count it was packed for."""
+    is), ``rows`` the row count it was packed for, ``source`` the caller's tensor (detached)
+    and ``version`` its version counter when packed (``None`` for an inference tensor)."""
 
     library: str
     data: Tensor
     weight: Tensor
     rows: int
+    source: Tensor
+    version: int | None
 
     @property
     def shape(self) -> torch.Size:
         return self.weight.shape  # (N, K)
+
+    @property
+    def stale(self) -> bool:
+        """The caller's weight was changed in place after packing (pack it again)."""
+        return self.version is not None and tensor_version(self.source) != self.version
+
+
+def tensor_version(t: Tensor) -> int | None:
+    """PyTorch's count of in-place changes to ``t`` (``None`` for an inference tensor,
+    which keeps none)."""
+    return None if t.is_inference() else t._version
+
+
+def check_not_stale(name: str, packed: PackedWeight) -> None:
+    """Raise ``ValueError`` if ``packed``'s source weight changed after it was packed (in
+    eager calls: a compiled graph cannot read version counters, and does not check)."""
+    if not torch.compiler.is_compiling() and packed.stale:
+        raise ValueError(
+            f"{name} was changed in place after it was packed (the packed copy still holds "
+            "the old values): pack it again"
+        )
 
 
 def pack_weight(weight: Tensor, rows: int = 1, library: str = "auto") -> PackedWeight:
@@ -120,12 +147,13 @@ def pack_weight(weight: Tensor, rows: int = 1, library: str = "auto") -> PackedW
     check_prepack_available(library)
     if library == "auto":
         library = choose_library(weight.shape[0], weight.shape[1], rows)
-    w = weight.detach().contiguous()
+    source = weight.detach()  # shares the version counter of the caller's tensor
+    w = source.contiguous()
     if library == "onednn":
         data = torch.ops.mkldnn._reorder_linear_weight(w, rows)
     else:
         data = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-    return PackedWeight(library, data, w, rows)
+    return PackedWeight(library, data, w, rows, source, tensor_version(source))
 
 
 # Operators of our own wrap the libraries', so that torch.compile puts one opaque call in
@@ -163,7 +191,8 @@ def _(x: Tensor, packed: Tensor, weight: Tensor, bias: Tensor | None, rows: int)
 def packed_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -> Tensor:
     """``x`` (..., K) times a packed weight (N, K), plus ``bias`` (N,): (..., N).
 
-    Inference only: an ``x`` that needs a gradient is refused (the product has no backward).
+    Inference only: an ``x`` that needs a gradient is refused (the product has no backward),
+    and so is a weight changed in place since it was packed.
     The shapes are checked here, not left to the libraries: MKL's packed product checks
     none and would read past a too-short ``x`` or ``bias``."""
     n, k = packed.shape
@@ -176,6 +205,7 @@ def packed_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -
             raise ValueError(f"bias must have {n} entries, got {bias.shape[0]}")
     if x.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("packed_linear is for inference: x requires grad (use torch.no_grad())")
+    check_not_stale("the weight", packed)
     return packed_linear_unchecked(x, packed, bias)
 
 
