@@ -26,9 +26,11 @@ noisy). Timing comes from a streamer that notes the time at every step:
 - *decode tokens/s*: ``B * 127`` tokens over the time from the first to the last step;
 - *end-to-end tokens/s*: ``B * 128`` over the whole call.
 
-Memory: the KV cache's bytes (``2 * layers * B * Hkv * T * D * 4``), and the growth of the
+Memory: the KV cache's bytes (``2 * layers * B * Hkv * T * D * 4``), the growth of the
 process's peak resident memory during one call (Linux: the peak is reset through
-``/proc/self/clear_refs`` before each call and read from ``VmHWM`` after it).
+``/proc/self/clear_refs`` before each call and read from ``VmHWM`` after it), and what an
+implementation holds from before the call (the resident memory its construction added:
+the fast decoders' preallocated caches and weight copies, packed copies).
 
     python benchmarks/generation.py            # writes benchmarks/results/generation.md
     python benchmarks/generation.py --rounds 1 --no-write   # a quick look
@@ -41,6 +43,8 @@ import ctypes
 import gc
 import os
 import platform
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +119,15 @@ def peak_growth_mib(rss_before: int | None) -> float | None:
     return None if rss_before is None else (_status_kib("VmHWM") - rss_before) / 1024
 
 
+def rss_growth_mib(rss_before: int | None) -> float | None:
+    """Resident memory now (after collecting garbage) minus ``rss_before``, in MiB."""
+    if rss_before is None:
+        return None
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return (_status_kib("VmRSS") - rss_before) / 1024
+
+
 @dataclass
 class Case:
     name: str
@@ -125,6 +138,8 @@ class Case:
     peak_mib: float | None = None
     sequences: torch.Tensor | None = None
     compile_s: float | None = None  # FastGreedyDecoder(compile=True): one-off compile time
+    held_mib: float | None = None  # resident memory its construction added (kept between calls)
+    setup_s: float | None = None  # construction time (packing and choose_library, or compile)
     libraries: str = ""  # packed weights: which library each weight went to
 
     def measure(self) -> None:
@@ -214,11 +229,14 @@ def make_cases(
             cases.append(Case("ours, no cache", batch, lambda f=ours_run: f(False), None))
         cases.append(Case("transformers, KV cache", batch, hf_run, cache))
         if hf_packed is not None:  # the same library change applied to transformers' model
-            model, counts = hf_packed[batch]
+            model, counts, held, setup_s = hf_packed[batch]
             run = lambda f=hf_run, m=model: f(hf=m)  # noqa: E731
             chosen = ", ".join(f"{n} linears {lib}" for lib, n in sorted(counts.items()))
-            cases.append(Case(HF_PACKED, batch, run, cache, libraries=chosen))
+            cases.append(
+                Case(HF_PACKED, batch, run, cache, libraries=chosen, held_mib=held, setup_s=setup_s)
+            )
         for mode in fast_modes:
+            before, start = reset_peak_memory(), time.perf_counter()
             decoder = FastGreedyDecoder(
                 ours,
                 batch,
@@ -228,6 +246,7 @@ def make_cases(
                 prepack=mode.startswith("prepack"),
                 library=library,
             )
+            setup_s, held = time.perf_counter() - start, rss_growth_mib(before)
 
             def fast_run(decoder=decoder, ids=ids, mask=mask):
                 clock = StepClock()
@@ -240,7 +259,7 @@ def make_cases(
                 )
                 return out.sequences, clock
 
-            case = Case(FAST_NAMES[mode], batch, fast_run, cache)
+            case = Case(FAST_NAMES[mode], batch, fast_run, cache, held_mib=held, setup_s=setup_s)
             case.compile_s = decoder.compile_seconds if decoder.compile_seconds else None
             case.libraries = ", ".join(f"{w} {lib}" for w, lib in decoder.libraries.items())
             cases.append(case)
@@ -255,6 +274,18 @@ FAST_NAMES = {
     "prepack": "ours, fast + packed weights",
     "prepack-compile": "ours, fast + packed weights + compile",
 }
+
+
+def read_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth of reading a large tensor (a sum: bytes read / best time), in GB/s:
+    what a decoding step does with the weights."""
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        src.sum()
+        best = min(best, time.perf_counter() - start)
+    return src.numel() * 4 / best / 1e9
 
 
 def copy_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
@@ -291,10 +322,13 @@ def report(
     rounds: int,
     load: str | None,
     weight_mib: float,
-    bandwidth: float,
+    bandwidth: tuple[float, float],
     library: str = "auto",
+    argv: str = "",
 ) -> str:
-    bound = bandwidth * 1e9 / (weight_mib * 2**20)
+    """The results page. ``bandwidth``: (read, copy) in GB/s; ``argv``: the command's flags."""
+    read_gbs, copy_gbs = bandwidth
+    bound = read_gbs * 1e9 / (weight_mib * 2**20)
     best = {(c.name, c.batch): c.best(new_tokens) for c in cases}
     lines = [
         "# Decoding with and without a KV cache, a fast path, and transformers' `generate`",
@@ -305,8 +339,8 @@ def report(
         "",
         "| implementation | batch | time to first token (s) | decode tokens/s | "
         "end-to-end tokens/s | decode / transformers | KV cache (MiB) | "
-        "peak RSS growth (MiB) | compile (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "peak RSS growth (MiB) | held from set-up (MiB) | set-up (s) | compile (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in cases:
         b = best[(c.name, c.batch)]
@@ -314,10 +348,12 @@ def report(
         kv = "" if c.kv_bytes is None else f"{c.kv_bytes / 2**20:.1f}"
         peak = "n/a" if c.peak_mib is None else f"{c.peak_mib:.0f}"
         compiled = "" if c.compile_s is None else f"{c.compile_s:.0f}"
+        held = "" if c.held_mib is None else f"{c.held_mib:.0f}"
+        setup = "" if c.setup_s is None else f"{c.setup_s:.1f}"
         lines.append(
             f"| {c.name} | {c.batch} | {b['ttft']:.2f} | {b['decode']:.1f} | "
             f"{b['total']:.1f} | {b['decode'] / hf['decode']:.2f} | {kv} | {peak} | "
-            f"{compiled} |"
+            f"{held} | {setup} | {compiled} |"
         )
     ours1, hf1 = best[("ours, KV cache", 1)], best[("transformers, KV cache", 1)]
     slow1 = best[("ours, no cache", 1)]
@@ -366,26 +402,33 @@ def report(
         "(preallocated) cache written in place, stacked q/k/v and gate/up weights, SDPA "
         "with `enable_gqa`, checks once per call; optionally `torch.compile` of the decoding "
         "step (compiled once per batch size, before timing; its compile time is in the last "
-        "column) and inductor's weight freezing (which packs float32 weights for MKL); or "
+        "column, and in the set-up time beside it) and inductor's weight freezing (which packs float32 weights for MKL); or "
         "every matrix multiply from weights packed once for oneDNN or MKL "
         "(`inference.prepack`; `auto` times both for each weight shape and batch size on "
         "this machine and keeps the faster), eager or compiled. The row *transformers, "
         "packed weights* is transformers' own model with every `nn.Linear` swapped by "
         "`prepack_linears`: how much of the gain is the matrix-multiply library, which "
-        "any model can use. Reading the weights bounds a step: "
-        f"{weight_mib:.0f} MiB of float32 weights per step at the copy bandwidth measured "
-        f"here ({bandwidth:.1f} GB/s) allows at most {bound:.0f} steps/s, i.e. "
-        f"{bound:.0f} tokens/s at batch 1 and {8 * bound:.0f} at batch 8.",
+        "any model can use. Reading the weights bounds a step, roughly: "
+        f"{weight_mib:.0f} MiB of float32 weights per step at the read bandwidth measured "
+        f"here (a sum over a 256 MiB tensor: {read_gbs:.1f} GB/s; a copy moves "
+        f"{copy_gbs:.1f} GB/s) allows at most about {bound:.0f} steps/s, i.e. "
+        f"{bound:.0f} tokens/s at batch 1 and {8 * bound:.0f} at batch 8 (activations, the "
+        "cache and the logits add bytes; caches hold part of the weights between steps).",
         "",
         "Peak RSS growth is how far the process's peak resident memory rose above its "
         "resident memory before the call (the 513 MiB of weights of each model are not "
         "counted): the cache plus activations, the logits, and allocator slack. Without a "
-        "cache, each step recomputes the whole sequence's activations and logits instead.",
+        "cache, each step recomputes the whole sequence's activations and logits instead. "
+        "The fast decoders allocate their cache when built, not in the call, and hold "
+        "weight copies (stacked q/k/v and gate/up; packed copies): that is the column *held "
+        "from set-up*, the resident memory their construction added (for *transformers, "
+        "packed weights*, what `prepack_linears` added); their peak growth is the rest. "
+        "Set-up: the construction's time (compiling, packing and `auto`'s timing of both "
+        "libraries).",
         "",
         f"Machine: {machine(load)}.",
         "",
-        "Command: `python benchmarks/generation.py"
-        + ("`" if library == "auto" else f" --library {library}`"),
+        f"Command: `python benchmarks/generation.py{' ' + argv if argv else ''}`",
     ]
     return "\n".join(lines) + "\n"
 
@@ -428,9 +471,12 @@ def main() -> None:
         hf_packed = {}
         for b in (1, 8):
             model = load_transformers()
-            hf_packed[b] = (model, prepack_linears(model, rows=b, library=args.library))
+            before, start = reset_peak_memory(), time.perf_counter()
+            counts = prepack_linears(model, rows=b, library=args.library)
+            setup_s, held = time.perf_counter() - start, rss_growth_mib(before)
+            hf_packed[b] = (model, counts, held, setup_s)
     weight_mib = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**20
-    bandwidth = copy_bandwidth_gbs()
+    bandwidth = (read_bandwidth_gbs(), copy_bandwidth_gbs())
     cases = make_cases(
         ours, hf, tokenizer, args.new_tokens, args.fast, hf_packed, args.library
     )
@@ -443,11 +489,12 @@ def main() -> None:
         case.times.clear()
     by_key = {(c.name, c.batch): c for c in cases}
     pairs = [(by_key[("ours, KV cache", b)], by_key[("transformers, KV cache", b)]) for b in (1, 8)]
+    timed = [c for pair in pairs for c in pair] + fast
     for r in range(args.rounds):
-        # Ours and transformers run back to back, in alternating order, so that both see the
-        # same machine; then the fast paths; the long uncached run comes last.
-        order = [c for pair in pairs for c in (pair if r % 2 == 0 else pair[::-1])]
-        for case in [*order, *fast, by_key[("ours, no cache", 1)]]:
+        # Every case once per round, in reverse order every other round, so that over two
+        # rounds each sees the machine early and late alike; the long uncached run last.
+        order = timed if r % 2 == 0 else timed[::-1]
+        for case in [*order, by_key[("ours, no cache", 1)]]:
             case.measure()
             print(
                 f"round {r + 1}: {case.name}, batch {case.batch}: "
@@ -458,7 +505,10 @@ def main() -> None:
         load = None
         if load_start is not None:
             load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-        text = report(cases, args.new_tokens, r + 1, load, weight_mib, bandwidth, args.library)
+        text = report(
+            cases, args.new_tokens, r + 1, load, weight_mib, bandwidth, args.library,
+            shlex.join(sys.argv[1:]),
+        )
         if not args.no_write:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text)

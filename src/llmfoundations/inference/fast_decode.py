@@ -35,7 +35,8 @@ rows. Every change below removes such overhead, none changes the arithmetic:
   rows per multiply this was the largest single gain measured, and it composes with
   ``compile``. ``library`` picks oneDNN or MKL for the packing; ``"auto"`` (the default)
   times both for each weight shape at this batch size and keeps the faster
-  (``libraries`` says what it chose), because the winner differs between CPUs.
+  (``libraries`` says what it chose), because the winner differs between machines (the
+  CPU, and the MKL and oneDNN of the torch build).
 
 Left out: sampling (use ``generate``), models that are not pre-norm RMSNorm + SwiGLU + RoPE
 without biases, mixture-of-experts layers, gradients. The stacked weights are copies, so

@@ -17,7 +17,9 @@ Which one wins depends on the CPU and the shape (``benchmarks/results/matmul_pac
 the 121 products of one SmolLM2-135M decoding step, 2 threads). On an AMD EPYC at 8 rows:
 ``F.linear`` 57 ms, MKL packed 55, oneDNN packed 27; at 1 row 21 / 16 / 14. On an Intel
 Xeon (``matmul_packing_intel.md``) at 8 rows: 46 / 20 / 35; at 1 row 14 / 13 / 17 -- there
-oneDNN's packing is slower than none at 1 row. Hence ``library="auto"`` (the default):
+oneDNN's packing is slower than none at 1 row. (The two tables also differ in torch build,
+2.13 CPU on the AMD machine and 2.11 CUDA on the Intel one, each with its own MKL and
+oneDNN: CPU and libraries together make the ranking.) Hence ``library="auto"`` (the default):
 time both libraries on a random matrix of the weight's shape with ``rows`` input rows, on
 this machine, and keep the faster; the choice is remembered per shape, row count and
 thread count.
