@@ -3,7 +3,8 @@
 SmolLM2-135M-Instruct (float32, CPU) serves ``--users`` users (default 4) for ``--turns``
 turns each (default 3). Every conversation starts with the same system prompt: a course
 assistant's instructions and about ``--system-tokens`` tokens (default 600) of the course's
-own text (paragraphs of ``chapters/06-inference/kv-caching.md``). The requests come turn by
+own text (paragraphs of ``chapters/06-inference/kv-caching.md``, frozen in
+``benchmarks/data/prefix_caching_notes.md``: about 617 tokens, enough for the default). The requests come turn by
 turn: turn 1 of users 0..3, then turn 2 of each, and so on; a turn's prompt is the whole
 conversation so far (system prompt, earlier questions and answers) and the new question.
 The answers are written in advance, so every run sees the same tokens.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import platform
 import re
 import statistics
@@ -50,7 +52,9 @@ from llmfoundations.pretrained import apply_chat_template, load_smollm2, smollm2
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "prefix_caching.md"
-SOURCE = ROOT / "chapters" / "06-inference" / "kv-caching.md"
+# The first paragraphs of chapters/06-inference/kv-caching.md, copied (2026-12-05) so that
+# edits to the chapter do not change this benchmark's input.
+SOURCE = Path(__file__).resolve().parent / "data" / "prefix_caching_notes.md"
 BLOCK = 16
 
 # (question, answer written in advance) per user and turn
@@ -271,7 +275,9 @@ def main() -> None:
         f"{torch.__version__}, Python {platform.python_version()}. Model: SmolLM2-135M-Instruct, "
         f"float32 (GGUF via `load_smollm2`). Trace: {args.users} users x {args.turns} turns "
         f"= {n} requests, turn by turn; shared prefix {shared} tokens (the system prompt: instructions and "
-        f"paragraphs of `chapters/06-inference/kv-caching.md`); prompts "
+        f"paragraphs of `chapters/06-inference/kv-caching.md`, frozen in "
+        f"`benchmarks/data/prefix_caching_notes.md`; SHA-256 of the system prompt "
+        f"{hashlib.sha256(system.encode()).hexdigest()[:12]}); prompts "
         f"{min(len(r.prompt) for r in trace)}-{max(len(r.prompt) for r in trace)} tokens; "
         f"answers written in advance. Prefix cache: `inference.prefix_cache` (chained block "
         f"hashes, blocks of {BLOCK}, no evictions: {evictions}). Best of {args.rounds} rounds "
