@@ -8,7 +8,7 @@ greedy tokens. ``benchmarks/generation.py`` times both beside transformers' ``ge
 
 At batch 1-8 a decoding step reads every weight once (about 540 MB per step for
 SmolLM2-135M in float32) for only 2 floating-point operations per weight and row.
-Reading them would allow some 50 steps per second on the 2-core CPU of
+Reading them would allow some 100 steps per second on the 2-core CPU of
 ``benchmarks/results/generation.md``; the readable path reaches about a quarter of that,
 lost to overheads around the reads and to matrix-multiply kernels badly suited to 1-8
 rows. Every change below removes such overhead, none changes the arithmetic:

@@ -15,7 +15,7 @@ time, and multiply from the packed copy at every call:
 
 Which one wins depends on the CPU and the shape (``benchmarks/results/matmul_packing.md``,
 the 121 products of one SmolLM2-135M decoding step, 2 threads). On an AMD EPYC at 8 rows:
-``F.linear`` 57 ms, MKL packed 55, oneDNN packed 27; at 1 row 21 / 16 / 14. On an Intel
+``F.linear`` 25 ms, MKL packed 29, oneDNN packed 8.4; at 1 row 11 / 9.9 / 7.4. On an Intel
 Xeon (``matmul_packing_intel.md``) at 8 rows: 46 / 20 / 35; at 1 row 14 / 13 / 17 -- there
 oneDNN's packing is slower than none at 1 row. (The two tables also differ in torch build,
 2.13 CPU on the AMD machine and 2.11 CUDA on the Intel one, each with its own MKL and
