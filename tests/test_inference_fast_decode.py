@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
@@ -219,6 +222,15 @@ def test_bad_logits_and_changed_weights_raise_as_generate_does():
     expected = generate_output(fresh, prompts, 3)
     got = FastGreedyDecoder(fresh, 2, 8).generate(prompts, 3)
     assert torch.equal(got.sequences, expected.sequences)
+    # A copy of a decoder still runs (its own tensors' counters restart), and the decoder
+    # does not keep the model alive.
+    decoder = FastGreedyDecoder(fresh, 2, 8)
+    assert torch.equal(copy.deepcopy(decoder).generate(prompts, 3).sequences, expected.sequences)
+    alive = weakref.ref(fresh)
+    del fresh
+    gc.collect()
+    assert alive() is None
+    assert torch.equal(decoder.generate(prompts, 3).sequences, expected.sequences)
 
 
 def test_attention_without_native_gqa_repeats_the_heads(monkeypatch):

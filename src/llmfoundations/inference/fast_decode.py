@@ -24,7 +24,7 @@ rows. Every change below removes such overhead, none changes the arithmetic:
   gate and up projections of the feed-forward network;
 - attention is one ``scaled_dot_product_attention`` call with ``enable_gqa=True``: the
   ``Hkv`` key/value heads are shared by their query heads without being copied ``H / Hkv``
-  times;
+  times (torch < 2.5 has no ``enable_gqa``: there they are repeated);
 - arguments are checked once per call, not in every layer of every step;
 - every decoding step has the same shapes (it attends over all ``T_max`` columns of the
   cache, the unwritten ones masked), so ``torch.compile`` compiles it once. With
@@ -52,6 +52,7 @@ torch.Size([2, 5])
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -227,8 +228,9 @@ class FastGreedyDecoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-        # Each model weight (detached: the same version counter) and its version now.
-        self._sources = [(p.detach(), tensor_version(p)) for p in model.parameters()]
+        # Each model weight (a weak reference: the decoder does not keep the model alive,
+        # and a deep copy of the decoder shares it) and its version counter now.
+        self._sources = [(weakref.ref(p), tensor_version(p)) for p in model.parameters()]
         self.compile_seconds = 0.0
         self._step = self._decode_step
         if compile:
@@ -315,7 +317,10 @@ class FastGreedyDecoder(nn.Module):
         ``batch_size`` rows and prompt + ``max_new_tokens`` must fit in ``max_length``.
         """
         vocab = self.vocab_size
-        if any(v is not None and tensor_version(t) != v for t, v in self._sources):
+        if any(
+            v is not None and (t := ref()) is not None and tensor_version(t) != v
+            for ref, v in self._sources
+        ):
             raise ValueError(
                 "the model's weights were changed in place after this decoder was built (it "
                 "holds copies of them): build a new FastGreedyDecoder"
