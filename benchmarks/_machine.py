@@ -13,7 +13,8 @@ __all__ = ["cpu_name", "publish"]
 def cpu_name() -> str:
     """The CPU's model name, with its family and model numbers and widest vector extension
     where Linux says (virtual machines often report only "AMD EPYC" or "Intel Xeon", which
-    covers several generations: EPYC family 25 has AVX2, family 26 AVX-512 with BF16)."""
+    covers several generations: EPYC family 25 is Zen 3, AVX2 only, or Zen 4, AVX-512;
+    family 26 is Zen 5)."""
     name = _model_name()
     try:
         text = Path("/proc/cpuinfo").read_text()

@@ -297,7 +297,7 @@ def main() -> None:
         return (
             f"| {label} | {len(idx)} | {prompt / len(idx):.0f} | {hit / len(idx):.0f} | "
             f"{100 * hit / prompt:.0f} % | {1e3 * without:.0f} | {1e3 * with_:.0f} | "
-            f"{without / with_:.1f}x | {'yes' if ok else 'NO'} | {max(gap[i] for i in idx):.1e} |"
+            f"{without / with_:.2f}x | {'yes' if ok else 'NO'} | {max(gap[i] for i in idx):.1e} |"
         )
 
     for label, idx in kinds.items():

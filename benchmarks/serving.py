@@ -403,7 +403,7 @@ def report(
         "row keeps its slot after its answer is done. (Static's `generate` computes logits "
         "for the last position only here, as both engines do; when its prefill also "
         "computed them for every prompt position, at commit 759b6cc on an older AMD EPYC "
-        "without AVX-512, the same trace gave 1.84x and 4.9x.) Our engine is "
+        "(model not recorded), the same trace gave 1.84x and 4.9x.) Our engine is "
         f"{verdict} transformers on throughput ({ratio:.2f}x) and its mean TTFT is "
         f"{ours['ttft_mean'] / hf['ttft_mean']:.2f}x transformers'. Its decode steps "
         f"{'cost more than' if ours['tpot_p50'] > 1.02 * static['tpot_p50'] else 'cost about as much as'}"

@@ -8,8 +8,8 @@ greedy tokens. ``benchmarks/generation.py`` times both beside transformers' ``ge
 
 At batch 1-8 a decoding step reads every weight once (about 540 MB per step for
 SmolLM2-135M in float32) for only 2 floating-point operations per weight and row.
-Reading them would allow some 100 steps per second on the 2-core CPU of
-``benchmarks/results/generation.md``; the readable path reaches about a quarter of that,
+Reading them would allow some 100-170 steps per second on the 2-core CPU of
+``benchmarks/results/generation.md``; the readable path reaches a quarter of that or less,
 lost to overheads around the reads and to matrix-multiply kernels badly suited to 1-8
 rows. Every change below removes such overhead, none changes the arithmetic:
 
@@ -155,7 +155,10 @@ class FastGreedyDecoder(nn.Module):
         max_length: prompt + new tokens per call, at most the model's ``max_seq_len``; the
             cache is ``(B, Hkv, max_length, D)`` keys and values per layer.
         compile: compile the decoding step with ``torch.compile`` (once, at construction:
-            ``compile_seconds`` says how long it took). The prefill pass stays eager.
+            ``compile_seconds`` says how long it took). The prefill pass stays eager. Each
+            compiled decoder adds a graph for the same code, and dynamo keeps at most
+            ``torch._dynamo.config.recompile_limit`` (8 by default) per process: raise it
+            to build more.
         freeze: with ``compile``, let inductor treat the weights as constants.
         prepack: multiply by weights packed once (CPU, float32 weights only).
         library: with ``prepack``, ``"onednn"``, ``"mkl"`` or ``"auto"`` (time both per
