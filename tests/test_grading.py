@@ -192,6 +192,51 @@ def test_the_kernel_gets_the_cpu_and_offline_settings(monkeypatch):
     assert "LLMF_SEED" not in env
 
 
+# -------------------------------------------------- a kernel that dies at start (real kernels)
+
+# jupyter_client picks free ports before the kernel binds them, so kernels started at once
+# can race for a port and die at start ("Address already in use"); CI once graded a blank
+# notebook "timed out" this way. The stand-in: a sitecustomize that kills the kernel
+# before it replies, as long as a counter file says so.
+DIE_AT_START = """import os, sys
+_n = os.environ.get("LLMF_TEST_DIE_AT_START")
+if _n and "ipykernel_launcher" in sys.orig_argv and os.path.exists(_n):
+    left = int(open(_n).read())
+    if left > 0:
+        open(_n, "w").write(str(left - 1))
+        os._exit(1)
+"""
+
+
+def _kernels_die_at_start(tmp_path, monkeypatch, times: int) -> Path:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(DIE_AT_START, encoding="utf-8")
+    counter = tmp_path / "deaths-left"
+    counter.write_text(str(times), encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("LLMF_TEST_DIE_AT_START", str(counter))
+    return counter
+
+
+def test_a_kernel_that_dies_at_start_is_started_again(tmp_path, monkeypatch):
+    counter = _kernels_die_at_start(tmp_path, monkeypatch, times=grading.START_TRIES - 1)
+    ran = grading.run_cells(["x = 2", "assert x == 2", "raise ValueError('v')"], 60, tmp_path, grading.kernel_env())
+    assert counter.read_text() == "0"  # both deaths happened
+    assert [(r.ran, r.error, r.crashed, r.timed_out) for r in ran] == [
+        (True, None, False, False), (True, None, False, False), (True, ("ValueError", "v"), False, False)]
+
+
+def test_a_kernel_that_never_starts_is_not_the_students_fault(tmp_path, monkeypatch, labs):
+    _kernels_die_at_start(tmp_path, monkeypatch, times=grading.START_TRIES)
+    folder = tmp_path / "subs" / "ben"
+    folder.mkdir(parents=True)
+    (folder / LAB00.name).write_text(json.dumps(_student(LAB00)), encoding="utf-8")
+    rows, _ = grading.grade_notebook("ben", folder / LAB00.name, labs, timeout=60)
+    assert [r.status for r in rows] == ["not run"]
+    assert f"died at start {grading.START_TRIES} times" in rows[0].message
+    assert "grade this notebook again" in rows[0].message
+
+
 # --------------------------------------------------------------- rows without a kernel
 
 
@@ -358,8 +403,10 @@ def make_submissions(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Grade the generated submissions through the command line (2 jobs, 120 s limit: under
-    a loaded CI machine a blank notebook once took over 60 s and read as timed out)."""
+    """Grade the generated submissions through the command line (2 jobs, 120 s limit).
+    CI twice graded a blank notebook "timed out": first read as a slow machine (the limit
+    was 60 s), then found to be a kernel dying at start in a port race, which rows read as
+    timed out (see the tests above); such a kernel is now started again."""
     folder = tmp_path_factory.mktemp("submissions")
     make_submissions(folder)
     out = tmp_path_factory.mktemp("out") / "grades.csv"

@@ -12,6 +12,8 @@ file name), and for each notebook:
    ``NotImplementedError``), ``timed out``, ``kernel crashed`` or ``not run``. A failing
    solution cell fails only its own exercise. A kernel that dies (``os._exit``, a segfault,
    memory) is restarted without the cell that killed it, so only that exercise is lost;
+   a kernel that dies before its first cell (kernels started at once can race for a
+   port) is started again, up to ``START_TRIES`` times, and is never the student's fault;
 3. writes one CSV row per student x lab x check (``grades.csv``), one row per student with
    a column per lab (``grades-summary.csv``) and a markdown report per student
    (``feedback/<student>.md``) saying what failed and the check's message.
@@ -65,6 +67,11 @@ NOT_A_NOTEBOOK, NO_FOLDER = "not a notebook", "not in a student folder"
 DEFAULT_TIMEOUT = 120
 #: Kernel restarts allowed after crashes, per notebook.
 MAX_RESTARTS = 3
+#: Tries to start a kernel. A kernel can die at start through no fault of the notebook:
+#: jupyter_client picks free TCP ports before the kernel binds them, so kernels started at
+#: once (``--jobs``) can race for a port ("Address already in use"; measured about 1 start
+#: in 300 with 4 at once on 2 cores).
+START_TRIES = 3
 CSV_COLUMNS = ("student", "lab", "file", "exercise", "check", "status", "points", "max_points", "message")
 
 _CHECK_CALL = re.compile(r"\bchecks\.(check_\w+)\s*\(")
@@ -287,6 +294,10 @@ def _quiet_log() -> logging.Logger:
     return log
 
 
+class _KernelDidNotStart(RuntimeError):
+    """The kernel died before running a cell, with time left: not the notebook's fault."""
+
+
 def _run_pass(sources: list[str], skip: set[int], deadline: float, cwd: Path, env: dict) -> list[_Ran]:
     """Run the cells once, in order, in a fresh kernel; stop at a crash or the deadline."""
     import nbformat
@@ -327,9 +338,22 @@ def _run_pass(sources: list[str], skip: set[int], deadline: float, cwd: Path, en
     except (RuntimeError, TimeoutError) as err:  # the kernel did not start in time, or died at once
         if current is not None and time.monotonic() < deadline:
             ran[current].crashed = True
+        elif current is None and time.monotonic() < deadline:
+            raise _KernelDidNotStart(str(err)) from err
         else:
             raise TimeoutError(f"the kernel did not start: {err}") from err
     return ran
+
+
+def _start_and_run(sources: list[str], skip: set[int], deadline: float, cwd: Path, env: dict) -> list[_Ran]:
+    """``_run_pass``, with up to ``START_TRIES`` kernels if one dies before its first cell."""
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            return _run_pass(sources, skip, deadline, cwd, env)
+        except _KernelDidNotStart as err:
+            if attempt == START_TRIES:
+                raise _KernelDidNotStart(f"the grading kernel died at start {START_TRIES} times ({err})") from err
+    raise AssertionError("unreachable")
 
 
 def run_cells(sources: list[str], timeout: float, cwd: Path, env: dict) -> list[_Ran]:
@@ -339,7 +363,7 @@ def run_cells(sources: list[str], timeout: float, cwd: Path, env: dict) -> list[
     deadline = time.monotonic() + timeout
     skip: set[int] = set()
     while True:
-        ran = _run_pass(sources, skip, deadline, cwd, env)
+        ran = _start_and_run(sources, skip, deadline, cwd, env)
         crashed = [i for i, r in enumerate(ran) if r.crashed]
         if not crashed or len(skip) >= MAX_RESTARTS or time.monotonic() >= deadline:
             for i in skip:
@@ -444,6 +468,8 @@ def grade_notebook(
             ran = run_cells(sources, timeout, Path(tmp), env)
         except TimeoutError as err:
             return _rows_for(student, lab, file, TIMED_OUT, _one_line(str(err))), plan.notes
+        except _KernelDidNotStart as err:
+            return _rows_for(student, lab, file, NOT_RUN, _one_line(f"{err}; grade this notebook again")), plan.notes
     setup, ran = ran[0], ran[1:]
     if setup.error or setup.crashed or setup.timed_out or not setup.ran:
         why = f"{setup.error[0]}: {setup.error[1]}" if setup.error else "it crashed or ran out of time"
