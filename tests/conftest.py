@@ -92,3 +92,34 @@ def hf_llama_copy():
         return hf
 
     return copy
+
+
+# Jupyter kernels started at once can race for a TCP port (jupyter_client picks a free one
+# before the kernel binds it) and die before replying ("Address already in use"). The
+# stand-in: a sitecustomize that kills the next ``times`` kernels before they reply.
+_DIE_AT_START = """import os, sys
+_n = os.environ.get("LLMF_TEST_DIE_AT_START")
+if _n and "ipykernel_launcher" in sys.orig_argv and os.path.exists(_n):
+    left = int(open(_n).read())
+    if left > 0:
+        open(_n, "w").write(str(left - 1))
+        os._exit(1)
+"""
+
+
+@pytest.fixture
+def kernels_die_at_start(tmp_path, monkeypatch):
+    """``kernels_die_at_start(times)``: the next ``times`` Jupyter kernels started from this
+    test die before replying; returns the counter file (``"0"`` once all have died)."""
+
+    def arm(times: int) -> Path:
+        site = tmp_path / "die-at-start"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(_DIE_AT_START, encoding="utf-8")
+        counter = site / "deaths-left"
+        counter.write_text(str(times), encoding="utf-8")
+        monkeypatch.setenv("PYTHONPATH", str(site))
+        monkeypatch.setenv("LLMF_TEST_DIE_AT_START", str(counter))
+        return counter
+
+    return arm

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llmfoundations import course
+from llmfoundations import course, grading
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
@@ -275,7 +275,6 @@ def test_student_version_clears_outputs_and_solutions():
 def _run_exercises(nb: dict, cwd: Path) -> list[tuple[list[str], str | None]]:
     """Run the set-up cell and the exercise section; return (tags, error name) per cell."""
     import nbformat
-    from nbclient import NotebookClient
 
     cells = [nb["cells"][1]] + [nb["cells"][i] for i in course.exercise_cell_indices(nb)]
     sub = copy.deepcopy(nb)
@@ -283,8 +282,8 @@ def _run_exercises(nb: dict, cwd: Path) -> list[tuple[list[str], str | None]]:
     for cell in sub["cells"]:
         cell["source"] = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
     node = nbformat.from_dict(sub)
-    NotebookClient(node, timeout=600, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(cwd)}}).execute()
+    course.run_notebook(node, timeout=600, kernel_name="python3", allow_errors=True,
+                        resources={"metadata": {"path": str(cwd)}})
     result = []
     for cell in node.cells:
         if cell.cell_type != "code":
@@ -330,6 +329,34 @@ def _record(runs: list[tuple[int, int, list[tuple[str, bool]]]], errors=()) -> d
          "claims": [{"statement": st, "value": h, "at_least": None, "at_most": None, "holds": h}
                     for st, h in cl]}
         for s, t, cl in runs]}
+
+
+def test_a_notebook_whose_kernel_dies_at_start_runs_in_a_fresh_one(kernels_die_at_start, tmp_path):
+    import nbformat
+    from nbclient.exceptions import DeadKernelError
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 6 * 7\nx")])
+    counter = kernels_die_at_start(2)
+    course.run_notebook(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}})
+    assert counter.read_text() == "0"
+    assert nb.cells[0].outputs[0]["data"]["text/plain"] == "42"
+    # a kernel that dies in a cell is not retried: that is the notebook's doing
+    crash = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"open({str(tmp_path / 'ran')!r}, 'a').write('.')"),
+                                            nbformat.v4.new_code_cell("import os\nos._exit(1)")])
+    with pytest.raises(DeadKernelError):
+        course.run_notebook(crash, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}})
+    assert (tmp_path / "ran").read_text() == "."
+
+
+def test_a_spread_run_whose_kernel_dies_at_start_is_run_again(kernels_die_at_start, tmp_path):
+    import nbformat
+
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nint(os.environ['LLMF_SEED'])")]), path)
+    counter = kernels_die_at_start(grading.START_TRIES - 1)
+    run = course._run_once(path, seed=5, threads=1, timeout=60)
+    assert counter.read_text() == "0"
+    assert run["errors"] == [] and run["seed"] == 5
 
 
 def test_stored_claims_are_found_and_must_be_measured(tmp_path):

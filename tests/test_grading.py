@@ -194,40 +194,17 @@ def test_the_kernel_gets_the_cpu_and_offline_settings(monkeypatch):
 
 # -------------------------------------------------- a kernel that dies at start (real kernels)
 
-# jupyter_client picks free ports before the kernel binds them, so kernels started at once
-# can race for a port and die at start ("Address already in use"); CI once graded a blank
-# notebook "timed out" this way. The stand-in: a sitecustomize that kills the kernel
-# before it replies, as long as a counter file says so.
-DIE_AT_START = """import os, sys
-_n = os.environ.get("LLMF_TEST_DIE_AT_START")
-if _n and "ipykernel_launcher" in sys.orig_argv and os.path.exists(_n):
-    left = int(open(_n).read())
-    if left > 0:
-        open(_n, "w").write(str(left - 1))
-        os._exit(1)
-"""
 
-
-def _kernels_die_at_start(tmp_path, monkeypatch, times: int) -> Path:
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(DIE_AT_START, encoding="utf-8")
-    counter = tmp_path / "deaths-left"
-    counter.write_text(str(times), encoding="utf-8")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
-    monkeypatch.setenv("LLMF_TEST_DIE_AT_START", str(counter))
-    return counter
-
-
-def test_a_kernel_that_dies_at_start_is_started_again(tmp_path, monkeypatch):
-    counter = _kernels_die_at_start(tmp_path, monkeypatch, times=grading.START_TRIES - 1)
+def test_a_kernel_that_dies_at_start_is_started_again(tmp_path, kernels_die_at_start):
+    counter = kernels_die_at_start(grading.START_TRIES - 1)
     ran = grading.run_cells(["x = 2", "assert x == 2", "raise ValueError('v')"], 60, tmp_path, grading.kernel_env())
     assert counter.read_text() == "0"  # both deaths happened
     assert [(r.ran, r.error, r.crashed, r.timed_out) for r in ran] == [
         (True, None, False, False), (True, None, False, False), (True, ("ValueError", "v"), False, False)]
 
 
-def test_a_kernel_that_never_starts_is_not_the_students_fault(tmp_path, monkeypatch, labs):
-    _kernels_die_at_start(tmp_path, monkeypatch, times=grading.START_TRIES)
+def test_a_kernel_that_never_starts_is_not_the_students_fault(tmp_path, kernels_die_at_start, labs):
+    kernels_die_at_start(grading.START_TRIES)
     folder = tmp_path / "subs" / "ben"
     folder.mkdir(parents=True)
     (folder / LAB00.name).write_text(json.dumps(_student(LAB00)), encoding="utf-8")

@@ -643,10 +643,27 @@ def check_links(repo: Repo) -> list[str]:
 LAB_THREADS = "2"
 
 
+def run_notebook(nb, **client_kwargs) -> None:
+    """``NotebookClient(nb, **client_kwargs).execute()``, with a fresh kernel (up to
+    ``grading.START_TRIES`` in all) when one dies before running a cell: kernels started at
+    once can race for a TCP port. A kernel that dies later, in a cell, is not retried."""
+    from nbclient import NotebookClient
+
+    for attempt in range(1, grading.START_TRIES + 1):
+        client = NotebookClient(nb, **client_kwargs)
+        try:
+            client.execute()
+            return
+        except RuntimeError:
+            if not client.code_cells_executed:
+                grading.forget_failed_start(client)
+            if client.code_cells_executed or attempt == grading.START_TRIES:
+                raise
+
+
 def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
     """Run labs top to bottom on the CPU and store their outputs (and widget state)."""
     import nbformat
-    from nbclient import NotebookClient
 
     env_ipython = str(repo.root / "_book" / "ipython")
     for path in paths:
@@ -658,7 +675,7 @@ def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
         # are stored from, and checked at, the CI machine's two threads.
         os.environ["OMP_NUM_THREADS"] = LAB_THREADS
         try:
-            client = NotebookClient(
+            run_notebook(
                 nb,
                 timeout=timeout,
                 kernel_name="python3",
@@ -666,7 +683,6 @@ def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
                 record_timing=False,
                 store_widget_state=True,
             )
-            client.execute()
         finally:
             if old is None:
                 os.environ.pop("IPYTHONDIR", None)
@@ -701,13 +717,15 @@ def _run_once(path: Path, seed: int, threads: int, timeout: int) -> dict:
             "LLMF_CLAIMS_LOG": str(log), "LLMF_DEVICE": os.environ.get("LLMF_DEVICE", "cpu"),
             "OMP_WAIT_POLICY": "PASSIVE",  # two runs side by side must not spin on each other's cores
         }
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-             "--allow-errors", f"--ExecutePreprocessor.timeout={timeout}", "--output", str(out),
-             str(path)],
-            env=env, cwd=path.parent, check=True, capture_output=True,
-        )
+        command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                   "--allow-errors", f"--ExecutePreprocessor.timeout={timeout}", "--output", str(out),
+                   str(path)]  # fmt: skip
+        for attempt in range(1, grading.START_TRIES + 1):  # runs side by side can race for a port
+            started = time.perf_counter()
+            done = subprocess.run(command, env=env, cwd=path.parent, capture_output=True, text=True)
+            if done.returncode == 0 or "died before replying" not in done.stderr or attempt == grading.START_TRIES:
+                done.check_returncode()
+                break
         seconds = time.perf_counter() - started
         claims = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         errors = [

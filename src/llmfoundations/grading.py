@@ -30,6 +30,7 @@ throw-away VM for untrusted submissions) and is no defence against a determined 
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import logging
@@ -339,10 +340,18 @@ def _run_pass(sources: list[str], skip: set[int], deadline: float, cwd: Path, en
         if current is not None and time.monotonic() < deadline:
             ran[current].crashed = True
         elif current is None and time.monotonic() < deadline:
+            forget_failed_start(client)
             raise _KernelDidNotStart(str(err)) from err
         else:
+            forget_failed_start(client)
             raise TimeoutError(f"the kernel did not start: {err}") from err
     return ran
+
+
+def forget_failed_start(client) -> None:
+    """Drop the exit hook nbclient 0.11 leaves behind when a kernel fails to start (at exit it
+    would try to shut down the already cleaned-up kernel and print an ``AssertionError``)."""
+    atexit.unregister(client._cleanup_kernel)
 
 
 def _start_and_run(sources: list[str], skip: set[int], deadline: float, cwd: Path, env: dict) -> list[_Ran]:
