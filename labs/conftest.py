@@ -4,12 +4,12 @@ A kernel that dies before it replies is started again, up to ``START_TRIES`` tim
 of failing its whole notebook: two kernels started at once (``-n 2``) can race for a TCP
 port that jupyter_client picked but the kernel had not bound yet ("Address already in
 use"). nbval 0.11 starts each notebook's kernel once; the course's grader retries the
-same way (``llmfoundations.grading.START_TRIES``).
+same way, with the same number of tries.
 """
 
 from __future__ import annotations
 
-START_TRIES = 3
+from llmfoundations.grading import START_TRIES
 
 try:
     import nbval.kernel

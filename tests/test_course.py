@@ -11,6 +11,8 @@ import copy
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -357,6 +359,21 @@ def test_a_spread_run_whose_kernel_dies_at_start_is_run_again(kernels_die_at_sta
     run = course._run_once(path, seed=5, threads=1, timeout=60)
     assert counter.read_text() == "0"
     assert run["errors"] == [] and run["seed"] == 5
+
+
+def test_nbval_starts_a_labs_kernel_again_when_it_dies_at_start(kernels_die_at_start, tmp_path):
+    import nbformat
+
+    (tmp_path / "labs").mkdir()
+    shutil.copy(ROOT / "labs" / "conftest.py", tmp_path / "labs" / "conftest.py")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)", execution_count=1, outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="42\n")])]), tmp_path / "labs" / "tiny.ipynb")
+    counter = kernels_die_at_start(grading.START_TRIES - 1)
+    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "labs/tiny.ipynb", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:xdist", "--rootdir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert counter.read_text() == "0"
 
 
 def test_stored_claims_are_found_and_must_be_measured(tmp_path):
