@@ -9,22 +9,23 @@ same way, with the same number of tries.
 
 from __future__ import annotations
 
-from llmfoundations.grading import START_TRIES
+import importlib.util
 
-try:
+from llmfoundations.grading import START_TRIES, died_at_start, note_retry
+
+if importlib.util.find_spec("nbval") is not None:  # plain pytest without nbval: nothing to patch
     import nbval.kernel
-except ImportError:  # plain pytest without nbval: nothing to patch
-    nbval = None
-else:
+
     _start_once = nbval.kernel.start_new_kernel
 
     def _start_with_retries(*args, **kwargs):
         for attempt in range(1, START_TRIES + 1):
             try:
                 return _start_once(*args, **kwargs)
-            except RuntimeError:  # "Kernel died before replying to kernel_info"
-                if attempt == START_TRIES:
+            except RuntimeError as err:  # nbval has already shut the dead kernel down
+                if attempt == START_TRIES or not died_at_start(err):
                     raise
+                note_retry("nbval", attempt, err)
         raise AssertionError("unreachable")
 
     nbval.kernel.start_new_kernel = _start_with_retries

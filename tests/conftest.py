@@ -118,7 +118,7 @@ def kernels_die_at_start(tmp_path, monkeypatch):
         (site / "sitecustomize.py").write_text(_DIE_AT_START, encoding="utf-8")
         counter = site / "deaths-left"
         counter.write_text(str(times), encoding="utf-8")
-        monkeypatch.setenv("PYTHONPATH", str(site))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
         monkeypatch.setenv("LLMF_TEST_DIE_AT_START", str(counter))
         return counter
 

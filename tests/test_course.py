@@ -333,12 +333,13 @@ def _record(runs: list[tuple[int, int, list[tuple[str, bool]]]], errors=()) -> d
         for s, t, cl in runs]}
 
 
+@pytest.mark.slow
 def test_a_notebook_whose_kernel_dies_at_start_runs_in_a_fresh_one(kernels_die_at_start, tmp_path):
     import nbformat
     from nbclient.exceptions import DeadKernelError
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 6 * 7\nx")])
-    counter = kernels_die_at_start(2)
+    counter = kernels_die_at_start(grading.START_TRIES - 1)
     course.run_notebook(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}})
     assert counter.read_text() == "0"
     assert nb.cells[0].outputs[0]["data"]["text/plain"] == "42"
@@ -350,6 +351,7 @@ def test_a_notebook_whose_kernel_dies_at_start_runs_in_a_fresh_one(kernels_die_a
     assert (tmp_path / "ran").read_text() == "."
 
 
+@pytest.mark.slow
 def test_a_spread_run_whose_kernel_dies_at_start_is_run_again(kernels_die_at_start, tmp_path):
     import nbformat
 
@@ -361,6 +363,7 @@ def test_a_spread_run_whose_kernel_dies_at_start_is_run_again(kernels_die_at_sta
     assert run["errors"] == [] and run["seed"] == 5
 
 
+@pytest.mark.slow
 def test_nbval_starts_a_labs_kernel_again_when_it_dies_at_start(kernels_die_at_start, tmp_path):
     import nbformat
 

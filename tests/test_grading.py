@@ -195,6 +195,7 @@ def test_the_kernel_gets_the_cpu_and_offline_settings(monkeypatch):
 # -------------------------------------------------- a kernel that dies at start (real kernels)
 
 
+@pytest.mark.slow
 def test_a_kernel_that_dies_at_start_is_started_again(tmp_path, kernels_die_at_start):
     counter = kernels_die_at_start(grading.START_TRIES - 1)
     ran = grading.run_cells(["x = 2", "assert x == 2", "raise ValueError('v')"], 60, tmp_path, grading.kernel_env())
@@ -203,6 +204,7 @@ def test_a_kernel_that_dies_at_start_is_started_again(tmp_path, kernels_die_at_s
         (True, None, False, False), (True, None, False, False), (True, ("ValueError", "v"), False, False)]
 
 
+@pytest.mark.slow
 def test_a_kernel_that_never_starts_is_not_the_students_fault(tmp_path, kernels_die_at_start, labs):
     kernels_die_at_start(grading.START_TRIES)
     folder = tmp_path / "subs" / "ben"

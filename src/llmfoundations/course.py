@@ -646,7 +646,10 @@ LAB_THREADS = "2"
 def run_notebook(nb, **client_kwargs) -> None:
     """``NotebookClient(nb, **client_kwargs).execute()``, with a fresh kernel (up to
     ``grading.START_TRIES`` in all) when one dies before running a cell: kernels started at
-    once can race for a TCP port. A kernel that dies later, in a cell, is not retried."""
+    once can race for a TCP port. A kernel that dies later, in a cell, or one that is slow
+    to start, is not retried."""
+    import atexit
+
     from nbclient import NotebookClient
 
     for attempt in range(1, grading.START_TRIES + 1):
@@ -654,11 +657,16 @@ def run_notebook(nb, **client_kwargs) -> None:
         try:
             client.execute()
             return
-        except RuntimeError:
-            if not client.code_cells_executed:
-                grading.forget_failed_start(client)
-            if client.code_cells_executed or attempt == grading.START_TRIES:
+        except RuntimeError as err:
+            if client.code_cells_executed:
                 raise
+            # nbclient 0.11's execute() leaves an exit hook behind after a failed start; at
+            # exit it would shut down the cleaned-up kernel again and print an AssertionError
+            atexit.unregister(client._cleanup_kernel)
+            if attempt == grading.START_TRIES or not grading.died_at_start(err):
+                raise
+            grading.note_retry(f"executing {nb.metadata.get('llmfoundations', {}).get('title', 'a notebook')}",
+                               attempt, err)
 
 
 def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
@@ -723,9 +731,10 @@ def _run_once(path: Path, seed: int, threads: int, timeout: int) -> dict:
         for attempt in range(1, grading.START_TRIES + 1):  # runs side by side can race for a port
             started = time.perf_counter()
             done = subprocess.run(command, env=env, cwd=path.parent, capture_output=True, text=True)
-            if done.returncode == 0 or "died before replying" not in done.stderr or attempt == grading.START_TRIES:
+            if done.returncode == 0 or not grading.died_at_start(done.stderr) or attempt == grading.START_TRIES:
                 done.check_returncode()
                 break
+            grading.note_retry(f"{path.name} (seed {seed})", attempt, done.stderr)
         seconds = time.perf_counter() - started
         claims = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         errors = [

@@ -13,7 +13,7 @@ file name), and for each notebook:
    solution cell fails only its own exercise. A kernel that dies (``os._exit``, a segfault,
    memory) is restarted without the cell that killed it, so only that exercise is lost;
    a kernel that dies before its first cell (kernels started at once can race for a
-   port) is started again, up to ``START_TRIES`` times, and is never the student's fault;
+   port) is started again, up to ``START_TRIES`` times, and then reads ``not run``;
 3. writes one CSV row per student x lab x check (``grades.csv``), one row per student with
    a column per lab (``grades-summary.csv``) and a markdown report per student
    (``feedback/<student>.md``) saying what failed and the check's message.
@@ -30,7 +30,6 @@ throw-away VM for untrusted submissions) and is no defence against a determined 
 
 from __future__ import annotations
 
-import atexit
 import csv
 import json
 import logging
@@ -339,19 +338,24 @@ def _run_pass(sources: list[str], skip: set[int], deadline: float, cwd: Path, en
     except (RuntimeError, TimeoutError) as err:  # the kernel did not start in time, or died at once
         if current is not None and time.monotonic() < deadline:
             ran[current].crashed = True
-        elif current is None and time.monotonic() < deadline:
-            forget_failed_start(client)
+        elif current is None and time.monotonic() < deadline and died_at_start(err):
             raise _KernelDidNotStart(str(err)) from err
         else:
-            forget_failed_start(client)
             raise TimeoutError(f"the kernel did not start: {err}") from err
     return ran
 
 
-def forget_failed_start(client) -> None:
-    """Drop the exit hook nbclient 0.11 leaves behind when a kernel fails to start (at exit it
-    would try to shut down the already cleaned-up kernel and print an ``AssertionError``)."""
-    atexit.unregister(client._cleanup_kernel)
+def died_at_start(error: BaseException | str) -> bool:
+    """Whether a kernel died before replying to its first message (jupyter_client's
+    ``RuntimeError``), as in a port race; a kernel that is merely slow to start is not."""
+    return "died before replying" in str(error)
+
+
+def note_retry(what: str, attempt: int, error: BaseException | str) -> None:
+    """Log (a warning) that a kernel died at start and another is being started."""
+    logging.getLogger("llmfoundations.kernels").warning(
+        "%s: the kernel died at start (try %d of %d; a port race?): %s; starting another",
+        what, attempt, START_TRIES, str(error).strip().splitlines()[-1] if str(error).strip() else "")
 
 
 def _start_and_run(sources: list[str], skip: set[int], deadline: float, cwd: Path, env: dict) -> list[_Ran]:
@@ -362,6 +366,7 @@ def _start_and_run(sources: list[str], skip: set[int], deadline: float, cwd: Pat
         except _KernelDidNotStart as err:
             if attempt == START_TRIES:
                 raise _KernelDidNotStart(f"the grading kernel died at start {START_TRIES} times ({err})") from err
+            note_retry("grading", attempt, err)
     raise AssertionError("unreachable")
 
 
