@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 
-from llmfoundations.grading import START_TRIES, died_at_start, note_retry
+from llmfoundations.grading import retry_kernel_start
 
 if importlib.util.find_spec("nbval") is not None:  # plain pytest without nbval: nothing to patch
     import nbval.kernel
 
-    _start_once = nbval.kernel.start_new_kernel
+    _start_once = nbval.kernel.start_new_kernel  # shuts a kernel that died at start down itself
 
     def _start_with_retries(*args, **kwargs):
-        for attempt in range(1, START_TRIES + 1):
-            try:
-                return _start_once(*args, **kwargs)
-            except RuntimeError as err:  # nbval has already shut the dead kernel down
-                if attempt == START_TRIES or not died_at_start(err):
-                    raise
-                note_retry("nbval", attempt, err)
-        raise AssertionError("unreachable")
+        return retry_kernel_start(lambda: _start_once(*args, **kwargs), "nbval")
 
     nbval.kernel.start_new_kernel = _start_with_retries

@@ -652,21 +652,18 @@ def run_notebook(nb, **client_kwargs) -> None:
 
     from nbclient import NotebookClient
 
-    for attempt in range(1, grading.START_TRIES + 1):
+    def run_once() -> None:
         client = NotebookClient(nb, **client_kwargs)
         try:
             client.execute()
-            return
-        except RuntimeError as err:
-            if client.code_cells_executed:
-                raise
+        except RuntimeError:  # a death in a cell is a DeadKernelError, which is not retried
             # nbclient 0.11's execute() leaves an exit hook behind after a failed start; at
             # exit it would shut down the cleaned-up kernel again and print an AssertionError
             atexit.unregister(client._cleanup_kernel)
-            if attempt == grading.START_TRIES or not grading.died_at_start(err):
-                raise
-            grading.note_retry(f"executing {nb.metadata.get('llmfoundations', {}).get('title', 'a notebook')}",
-                               attempt, err)
+            raise
+
+    title = nb.metadata.get("llmfoundations", {}).get("title", "a notebook")
+    grading.retry_kernel_start(run_once, f"executing {title}")
 
 
 def execute(repo: Repo, paths: list[Path], timeout: int = 900) -> None:
@@ -728,14 +725,15 @@ def _run_once(path: Path, seed: int, threads: int, timeout: int) -> dict:
         command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                    "--allow-errors", f"--ExecutePreprocessor.timeout={timeout}", "--output", str(out),
                    str(path)]  # fmt: skip
-        for attempt in range(1, grading.START_TRIES + 1):  # runs side by side can race for a port
+        def run() -> float:  # runs side by side can race for a port
             started = time.perf_counter()
             done = subprocess.run(command, env=env, cwd=path.parent, capture_output=True, text=True)
-            if done.returncode == 0 or not grading.died_at_start(done.stderr) or attempt == grading.START_TRIES:
-                done.check_returncode()
-                break
-            grading.note_retry(f"{path.name} (seed {seed})", attempt, done.stderr)
-        seconds = time.perf_counter() - started
+            if done.returncode and grading.died_at_start(done.stderr):
+                raise RuntimeError(done.stderr)
+            done.check_returncode()
+            return time.perf_counter() - started
+
+        seconds = grading.retry_kernel_start(run, f"{path.name} (seed {seed})")
         claims = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         errors = [
             f"cell {i}: {o.get('ename')}: {str(o.get('evalue'))[:300]}"

@@ -38,11 +38,12 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "Check",
@@ -294,6 +295,9 @@ def _quiet_log() -> logging.Logger:
     return log
 
 
+_T = TypeVar("_T")
+
+
 class _KernelDidNotStart(RuntimeError):
     """The kernel died before running a cell, with time left: not the notebook's fault."""
 
@@ -351,22 +355,19 @@ def died_at_start(error: BaseException | str) -> bool:
     return "died before replying" in str(error)
 
 
-def note_retry(what: str, attempt: int, error: BaseException | str) -> None:
-    """Log (a warning) that a kernel died at start and another is being started."""
-    logging.getLogger("llmfoundations.kernels").warning(
-        "%s: the kernel died at start (try %d of %d; a port race?): %s; starting another",
-        what, attempt, START_TRIES, str(error).strip().splitlines()[-1] if str(error).strip() else "")
-
-
-def _start_and_run(sources: list[str], skip: set[int], deadline: float, cwd: Path, env: dict) -> list[_Ran]:
-    """``_run_pass``, with up to ``START_TRIES`` kernels if one dies before its first cell."""
+def retry_kernel_start(run: Callable[[], _T], what: str) -> _T:
+    """``run()``, called again (up to ``START_TRIES`` times in all, each retry logged as a
+    warning) while it raises a ``RuntimeError`` saying its kernel died at start."""
     for attempt in range(1, START_TRIES + 1):
         try:
-            return _run_pass(sources, skip, deadline, cwd, env)
-        except _KernelDidNotStart as err:
-            if attempt == START_TRIES:
-                raise _KernelDidNotStart(f"the grading kernel died at start {START_TRIES} times ({err})") from err
-            note_retry("grading", attempt, err)
+            return run()
+        except RuntimeError as err:
+            if attempt == START_TRIES or not died_at_start(err):
+                raise
+            last = str(err).strip().splitlines()[-1]
+            logging.getLogger("llmfoundations.kernels").warning(
+                "%s: the kernel died at start (try %d of %d; a port race?): %s; starting another",
+                what, attempt, START_TRIES, last)  # fmt: skip
     raise AssertionError("unreachable")
 
 
@@ -377,7 +378,7 @@ def run_cells(sources: list[str], timeout: float, cwd: Path, env: dict) -> list[
     deadline = time.monotonic() + timeout
     skip: set[int] = set()
     while True:
-        ran = _start_and_run(sources, skip, deadline, cwd, env)
+        ran = retry_kernel_start(lambda: _run_pass(sources, skip, deadline, cwd, env), "grading")
         crashed = [i for i, r in enumerate(ran) if r.crashed]
         if not crashed or len(skip) >= MAX_RESTARTS or time.monotonic() >= deadline:
             for i in skip:
@@ -483,7 +484,8 @@ def grade_notebook(
         except TimeoutError as err:
             return _rows_for(student, lab, file, TIMED_OUT, _one_line(str(err))), plan.notes
         except _KernelDidNotStart as err:
-            return _rows_for(student, lab, file, NOT_RUN, _one_line(f"{err}; grade this notebook again")), plan.notes
+            message = f"the grading kernel died at start {START_TRIES} times ({err}); grade this notebook again"
+            return _rows_for(student, lab, file, NOT_RUN, _one_line(message)), plan.notes
     setup, ran = ran[0], ran[1:]
     if setup.error or setup.crashed or setup.timed_out or not setup.ran:
         why = f"{setup.error[0]}: {setup.error[1]}" if setup.error else "it crashed or ran out of time"
