@@ -292,14 +292,80 @@ def test_run_workers_refuses_what_a_spawned_process_cannot_import():
         par.run_workers("demo_all", 2)
 
 
-@pytest.mark.parametrize("bad", [0, -1])
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
 def test_run_workers_checks_world_size_and_timeout(bad):
-    with pytest.raises(ValueError, match="world_size"):
-        par.run_workers(par.demo_all, bad)
+    if isinstance(bad, int):
+        with pytest.raises(ValueError, match="world_size"):
+            par.run_workers(par.demo_all, bad)
     with pytest.raises(TypeError, match="world_size"):
         par.run_workers(par.demo_all, 2.0)
-    with pytest.raises(ValueError, match="timeout"):
+    with pytest.raises(ValueError, match="timeout"):  # nan and inf once reached the ranks
         par.run_workers(par.demo_all, 2, timeout=bad)
+    with pytest.raises(TypeError, match="timeout"):
+        par.run_workers(par.demo_all, 2, timeout="60")
+
+
+def test_bad_layer_inputs_are_named():
+    mlp, attn = FeedForward(8, 16), MultiHeadAttention(8, n_heads=2)
+    with pytest.raises(ValueError, match=r"x must have d_model = 8 .*\(2, 3, 6\)"):
+        par.TensorParallelMLP(mlp, 0, 1)(torch.zeros(2, 3, 6))
+    with pytest.raises(ValueError, match=r"x must have d_model = 8"):
+        par.TensorParallelAttention(attn, 0, 1)(torch.zeros(2, 3, 6))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        par.TensorParallelMLP(mlp, 0, 1)([[0.0] * 8])
+    # dropout would make the split layer differ from the whole one in training
+    with pytest.raises(ValueError, match="dropout"):
+        par.TensorParallelAttention(MultiHeadAttention(8, n_heads=2, dropout=0.5), 0, 1)
+
+
+def test_pipeline_refuses_targets_that_would_broadcast():
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match=r"y must have x's batch size 4, got shape \(2, 2\)"):
+        par.pipeline_by_hand(0, 1, [nn.Identity()], x, torch.zeros(2, 2), 2)
+    with pytest.raises(ValueError, match=r"output shape \(2, 2\), got \(2, 1\)"):
+        par.pipeline_by_hand(0, 1, [nn.Identity()], x, torch.zeros(4, 1), 2)  # F.mse_loss broadcasts
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        par.pipeline_by_hand(0, 1, [nn.Identity()], [[0.0, 0.0]] * 4, torch.zeros(4, 2), 2)
+    zero = nn.Linear(2, 2)
+    nn.init.zeros_(zero.weight), nn.init.zeros_(zero.bias)
+    got = par.pipeline_by_hand(0, 1, [zero], x, torch.ones(4, 2), 2)  # outputs 0, targets 1
+    torch.testing.assert_close(got["loss"], torch.tensor(1.0))
+
+
+def test_average_gradients_on_one_rank_without_a_process_group():
+    layer = nn.Linear(3, 2)
+    layer(torch.ones(1, 3)).sum().backward()
+    before = layer.weight.grad.clone()
+    par.average_gradients(layer)  # once raised "Default process group has not been initialized"
+    torch.testing.assert_close(layer.weight.grad, before, rtol=0, atol=0)
+
+
+def test_main_runs_as_one_rank_without_torchrun(capsys, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        assert par.main(["tensor"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert not dist.is_initialized()
+    lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert lines == {"tensor_out": "0", "tensor_x_grad": "0"}
+
+
+def test_fully_shard_is_found_on_torch_before_2_6(monkeypatch):
+    import types
+
+    import torch.distributed.fsdp as fsdp
+
+    assert par.fully_shard_function() is fsdp.fully_shard
+    # torch 2.4 and 2.5: no public fully_shard, FSDP2 lives in _composable.fsdp (torch 2.13
+    # keeps that path as a re-export of the public one, so a stand-in module plays it here)
+    old_home = types.ModuleType("torch.distributed._composable.fsdp")
+    old_home.fully_shard = lambda module, **kwargs: module
+    monkeypatch.delattr(fsdp, "fully_shard")
+    monkeypatch.setitem(sys.modules, "torch.distributed._composable.fsdp", old_home)
+    assert par.fully_shard_function() is old_home.fully_shard
 
 
 def test_sizes_not_divisible_by_world_size_are_refused():

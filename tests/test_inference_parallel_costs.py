@@ -106,9 +106,13 @@ def _sends_and_reduces(rank: int, world_size: int) -> list[tuple[str, int]]:
             dist.send(torch.ones(5), dst=1)
         else:
             dist.recv(torch.empty(5), src=0)
-        # by keyword, as FSDP2 in torch 2.11 calls them: the input shard is what counts
+        # by keyword, as FSDP2 in torch 2.11 calls them: the full input of a reduce-scatter,
+        # the input shard of an all-gather
         dist.reduce_scatter_tensor(output=torch.empty(2), input=torch.ones(2 * world_size))
         dist.all_gather_into_tensor(output_tensor=torch.empty(3 * world_size), input_tensor=torch.ones(3))
+        # FSDP2's calls in torch 2.13, logged under the names above
+        dist.reduce_scatter_single(output=torch.empty(4), input=torch.ones(4 * world_size))
+        dist.all_gather_single(torch.empty(5 * world_size), torch.ones(5))
     dist.all_reduce(torch.ones(7))  # outside: not counted
     assert dist.all_reduce.__name__ == "all_reduce"  # restored
     return log
@@ -161,7 +165,12 @@ def test_lab_workers_equal_one_process_and_count_exactly():
     lm, ids = _lm()
     n_bytes = sum(p.numel() * 4 for p in lm.parameters())
     # count_communication
-    keywords = [("reduce_scatter_tensor", 4 * 2 * 2), ("all_gather_into_tensor", 4 * 3)]
+    keywords = [
+        ("reduce_scatter_tensor", 4 * 2 * 2),
+        ("all_gather_into_tensor", 4 * 3),
+        ("reduce_scatter_tensor", 4 * 4 * 2),
+        ("all_gather_into_tensor", 4 * 5),
+    ]
     assert results[0]["count"] == [("all_reduce", 24), ("send", 20), *keywords]
     assert results[1]["count"] == [("all_reduce", 24), ("recv", 20), *keywords]
     # data parallel: the full-batch gradients, one all-reduce per parameter

@@ -181,8 +181,10 @@ def run_workers(
     """
     check_int("world_size", world_size, minimum=1)
     _check_importable(fn)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not (0 < timeout < float("inf")):  # also refuses nan
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
     import torch.multiprocessing as mp
 
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
@@ -249,9 +251,12 @@ def average_gradients(model: nn.Module) -> None:
     """Replace every ``.grad`` by its mean over ranks: one ``all_reduce`` per parameter.
 
     DDP does the same, but in ~25 MB buckets launched while ``backward`` is still running,
-    so communication hides behind computation.
+    so communication hides behind computation. Outside a process group there is one rank,
+    whose gradients are already their mean: nothing to do.
     """
     _, world_size = _rank_and_world()
+    if not dist.is_initialized():
+        return
     for p in model.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)  # (same shape as p)
@@ -297,6 +302,16 @@ def ddp_gradients(
     return _grads(model)
 
 
+def fully_shard_function() -> Callable[..., Any]:
+    """FSDP2's ``fully_shard``: public in ``torch.distributed.fsdp`` from torch 2.6, in
+    ``torch.distributed._composable.fsdp`` in 2.4 and 2.5 (the course's floor)."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
 def fsdp_step(
     rank: int, world_size: int, model: nn.Module, ids: Tensor, lr: float = 0.1
 ) -> dict[str, Tensor]:
@@ -309,8 +324,8 @@ def fsdp_step(
     for the comparison. Left out: mixed precision, CPU offload, prefetching.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
+    fully_shard = fully_shard_function()
     mesh = init_device_mesh("cpu", (world_size,))
     for block in getattr(model, "blocks", []):
         fully_shard(block, mesh=mesh)
@@ -373,6 +388,13 @@ def _slice_linear(
     return out
 
 
+def _check_features(x: Tensor, d_model: int, ndim: int | None = None) -> None:
+    """``x`` a non-empty float tensor (``ndim`` dimensions if given) of ``d_model`` features."""
+    check_tensor("x", x, ndim=ndim, min_ndim=1, floating=True, nonempty=True)
+    if x.shape[-1] != d_model:
+        raise ValueError(f"x must have d_model = {d_model} features (last dimension), got shape {tuple(x.shape)}")
+
+
 def _check_rank(rank: int, world_size: int) -> None:
     check_int("world_size", world_size, minimum=1)
     check_int("rank", rank, minimum=0)
@@ -415,6 +437,7 @@ class TensorParallelMLP(nn.Module):
         return F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_features(x, self.d_model)
         x = _CopyToTensorParallel.apply(x)
         partial = self.down_proj(self._hidden(x))  # (..., C), this rank's share of the sum
         out = _ReduceFromTensorParallel.apply(partial)  # (..., C)
@@ -438,6 +461,11 @@ class TensorParallelAttention(nn.Module):
         _check_rank(rank, world_size)
         check_divisible("n_heads", attn.n_heads, "world_size", world_size)
         check_divisible("n_kv_heads", attn.n_kv_heads, "world_size", world_size)
+        if attn.dropout > 0:
+            raise ValueError(
+                f"TensorParallelAttention applies no attention dropout, got attn.dropout = "
+                f"{attn.dropout} (build the MultiHeadAttention with dropout=0)"
+            )
         d = attn.head_dim
         self.n_heads, self.n_kv_heads = attn.n_heads // world_size, attn.n_kv_heads // world_size
         self.d_model, self.head_dim, self.causal = attn.d_model, d, attn.causal
@@ -452,7 +480,7 @@ class TensorParallelAttention(nn.Module):
         self.o_bias = None if o_bias is None else nn.Parameter(o_bias.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, ndim=3, floating=True, nonempty=True)
+        _check_features(x, self.d_model, ndim=3)
         x = _CopyToTensorParallel.apply(x)
         q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.n_heads)  # (B, H/W, T, D)
         k = rearrange(self.k_proj(x), "b t (g d) -> b g t d", g=self.n_kv_heads)  # (B, Hkv/W, T, D)
@@ -524,12 +552,27 @@ def tensor_parallel_mlp_dtensor(
 
 
 def _check_pipeline(
-    stages: Sequence[nn.Module], world_size: int, x: Tensor, n_microbatches: int
+    stages: Sequence[nn.Module], world_size: int, x: Tensor, y: Tensor, n_microbatches: int
 ) -> None:
     if len(stages) != world_size:
         raise ValueError(f"need one stage per rank: {world_size} ranks, got {len(stages)} stages")
+    check_tensor("x", x, min_ndim=1, floating=True, nonempty=True)
+    check_tensor("y", y, min_ndim=1, floating=True, nonempty=True)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have x's batch size {x.shape[0]}, got shape {tuple(y.shape)}")
     check_int("n_microbatches", n_microbatches, minimum=1)
     check_divisible("batch size", x.shape[0], "n_microbatches", n_microbatches)
+
+
+def _mse(out: Tensor, target: Tensor) -> Tensor:
+    """``F.mse_loss`` without broadcasting: a ``y`` of another shape than the last stage's
+    output would otherwise give a wrong loss with only a warning."""
+    if out.shape != target.shape:
+        raise ValueError(
+            f"y's microbatches must have the last stage's output shape {tuple(out.shape)}, "
+            f"got {tuple(target.shape)}"
+        )
+    return F.mse_loss(out, target)
 
 
 def pipeline_by_hand(
@@ -551,7 +594,7 @@ def pipeline_by_hand(
 
     Returns ``loss`` (on the last rank; ``None`` elsewhere) and this stage's ``grads``.
     """
-    _check_pipeline(stages, world_size, x, n_microbatches)
+    _check_pipeline(stages, world_size, x, y, n_microbatches)
     stage = stages[rank]
     first, last = rank == 0, rank == world_size - 1
     xs, ys = x.chunk(n_microbatches), y.chunk(n_microbatches)  # M x (B/M, ...)
@@ -572,7 +615,7 @@ def pipeline_by_hand(
     total = torch.zeros(())
     for m in reversed(range(n_microbatches)):  # backward
         if last:
-            loss = F.mse_loss(outputs[m], ys[m]) / n_microbatches
+            loss = _mse(outputs[m], ys[m]) / n_microbatches
             loss.backward()
             total += loss.detach()
         else:
@@ -600,9 +643,9 @@ def pipeline_gpipe(
     """
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
-    _check_pipeline(stages, world_size, x, n_microbatches)
+    _check_pipeline(stages, world_size, x, y, n_microbatches)
     stage = PipelineStage(stages[rank], rank, world_size, torch.device("cpu"))
-    schedule = ScheduleGPipe(stage, n_microbatches, loss_fn=F.mse_loss)
+    schedule = ScheduleGPipe(stage, n_microbatches, loss_fn=_mse)
     first, last = rank == 0, rank == world_size - 1
     losses: list[Tensor] = []
     if first and last:
@@ -710,7 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Reads ``RANK`` and ``WORLD_SIZE`` (and, through ``init_method="env://"``,
     ``MASTER_ADDR`` / ``MASTER_PORT``) as ``torchrun`` sets them; rank 0 prints one line
-    ``name max_abs_diff`` per check. Without ``torchrun`` it runs as a single rank.
+    ``name max_abs_diff`` per check. Without ``torchrun`` it runs as a single rank (on an
+    in-process store, so it opens no port).
     """
     import argparse
 
@@ -718,10 +762,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("demo", choices=sorted(DEMOS))
     demo = parser.parse_args(argv).demo
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size)
+    if "MASTER_ADDR" in os.environ or world_size > 1:  # a launcher set the rendezvous
+        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size)
+    else:  # one rank on its own: an in-process store, no port to collide with another run
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         results = DEMOS[demo](rank, world_size)
     finally:

@@ -3,9 +3,10 @@
 ``inference.parallel`` shows that data, sharded, tensor and pipeline parallelism give the
 numbers one process would; this module measures what they cost, as exact integers:
 
-- ``count_communication`` records every ``all_reduce`` / ``send`` / ``recv`` / ``broadcast``
-  / ``all_gather_into_tensor`` / ``reduce_scatter_tensor`` called through the Python API
-  (``torch.distributed.<op>``), with the bytes of its tensor;
+- ``count_communication`` records every collective and point-to-point call made through
+  the Python API (``torch.distributed.<op>``: ``all_reduce``, ``send``, ``recv``,
+  ``broadcast`` and the all-gathers and reduce-scatters of one tensor), with the bytes of
+  its tensor;
 - ``ring_all_reduce_bytes``: a ring all-reduce of ``S`` bytes sends ``2 (W - 1) / W * S`` per
   rank (a reduce-scatter then an all-gather, each ``W - 1`` steps of ``S / W``; Patarasuk &
   Yuan, 2009);
@@ -21,8 +22,9 @@ numbers one process would; this module measures what they cost, as exact integer
   library side by side and return what Lab 06-8 compares and counts.
 
 Left out: the latency term of communication (``W - 1`` or ``log W`` message start-ups),
-bandwidth of real links, collectives issued from C++ (DDP's reducer and FSDP2 call their
-collectives below the Python API, so ``count_communication`` does not see them), activation
+bandwidth of real links, collectives the wrappers cannot see (DDP's reducer runs in C++, DTensor
+calls functional collectives, and ``ScheduleGPipe`` sends through ``isend`` / ``irecv``
+objects it holds; FSDP2 calls ``torch.distributed`` and is seen), activation
 memory, and the 1F1B and interleaved schedules (the same bubble as GPipe for 1F1B, with fewer
 activations held).
 """
@@ -59,7 +61,24 @@ __all__ = [
     "pipeline_worker",
 ]
 
-_COUNTED = ("all_reduce", "send", "recv", "broadcast", "all_gather_into_tensor", "reduce_scatter_tensor")
+_COUNTED = (
+    "all_reduce",
+    "send",
+    "recv",
+    "broadcast",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+    "all_gather_single",  # FSDP2's calls in torch 2.13
+    "reduce_scatter_single",
+)
+# one tensor in, one out: the one handed over is the second parameter (all-gather's input
+# shard; reduce-scatter's full input), logged under the older name
+_TWO_TENSORS = {
+    "all_gather_into_tensor": "all_gather_into_tensor",
+    "reduce_scatter_tensor": "reduce_scatter_tensor",
+    "all_gather_single": "all_gather_into_tensor",
+    "reduce_scatter_single": "reduce_scatter_tensor",
+}
 
 
 def tensor_bytes(t: Tensor) -> int:
@@ -74,23 +93,26 @@ def count_communication() -> Iterator[list[tuple[str, int]]]:
     """Record ``(op, bytes)`` for each collective or point-to-point call made inside.
 
     It wraps the functions of ``torch.distributed`` for the duration, so it sees code that
-    calls them as ``dist.all_reduce(...)`` (the course's by-hand methods do); ``bytes`` is
-    the size of the tensor handed to the call (for ``all_gather_into_tensor``, the input
-    shard; for ``reduce_scatter_tensor``, the full input). What the backend sends on the wire depends on its algorithm.
+    calls them as ``dist.all_reduce(...)``: the course's by-hand methods and FSDP2 do;
+    DDP's C++ reducer, DTensor's functional collectives and ``ScheduleGPipe``'s
+    ``isend`` / ``irecv`` operations do not. ``bytes`` is the size of the tensor handed to
+    the call (for an all-gather, the input shard; for a reduce-scatter, the full input);
+    ``all_gather_single`` and ``reduce_scatter_single`` are logged as
+    ``all_gather_into_tensor`` and ``reduce_scatter_tensor``. What the backend sends on the
+    wire depends on its algorithm.
     """
     log: list[tuple[str, int]] = []
-    originals = {name: getattr(dist, name) for name in _COUNTED}
+    names = [n for n in _COUNTED if hasattr(dist, n)]  # older torch lacks the *_single ones
+    originals = {name: getattr(dist, name) for name in names}
 
     def wrap(name: str, fn: Any) -> Any:
         signature = inspect.signature(fn)
-        # the tensor handed over: the second parameter of the two *_tensor collectives
-        # (all_gather's input shard; reduce_scatter's full input), else the first
-        which = 1 if name in ("all_gather_into_tensor", "reduce_scatter_tensor") else 0
-        sent = list(signature.parameters)[which]
+        sent = list(signature.parameters)[1 if name in _TWO_TENSORS else 0]
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            # bound by name: FSDP2 in torch 2.11 passes the tensors as keywords
-            log.append((name, tensor_bytes(signature.bind(*args, **kwargs).arguments[sent])))
+            # bound by name: FSDP2 passes the tensors as keywords
+            tensor = signature.bind(*args, **kwargs).arguments[sent]
+            log.append((_TWO_TENSORS.get(name, name), tensor_bytes(tensor)))
             return fn(*args, **kwargs)
 
         return counted
@@ -208,10 +230,9 @@ def fsdp_adam_worker(rank: int, world_size: int, model: nn.Module, ids: Tensor, 
     two moments (``exp_avg``, ``exp_avg_sq``; the scalar step counts are left out).
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     shard = par.shard_batch(ids, rank, world_size)  # equal shards: the mean of means is the mean
-    mesh = init_device_mesh("cpu", (world_size,))
+    mesh, fully_shard = init_device_mesh("cpu", (world_size,)), par.fully_shard_function()
     for block in getattr(model, "blocks", []):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)

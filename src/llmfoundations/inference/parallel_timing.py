@@ -180,9 +180,8 @@ def _setup(
 
     if strategy == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cpu", (world_size,))
+        mesh, fully_shard = init_device_mesh("cpu", (world_size,)), par.fully_shard_function()
         for block in model:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -286,7 +285,8 @@ def _full_params(
 
 def _sent_bytes(log: list[tuple[str, int]], world_size: int) -> float:
     """Bytes this rank sent for the calls in ``log`` (a ring for ``all_reduce`` /
-    ``all_gather`` / ``reduce_scatter``; a ``recv`` sends nothing)."""
+    ``all_gather`` / ``reduce_scatter``; a ``recv`` sends nothing; a ``broadcast`` is counted
+    on every rank, its source's bytes: an upper bound, and no strategy here makes one)."""
     total = 0.0
     for op, n in log:
         if op == "all_reduce":
@@ -322,8 +322,8 @@ def timed_steps_worker(
     every rank starting together after a barrier), ``losses`` (the loss this rank sees at
     every step, ``None`` where it sees none: a data-parallel rank sees its shard's), ``bytes``
     (``state_bytes`` after the last step), ``sent`` (bytes sent per step by the calls the
-    Python API saw, see ``parallel_costs.count_communication``: the library strategies call
-    theirs below it) and ``params`` (the trained weights, gathered whole; a pipeline rank
+    Python API saw, see ``parallel_costs.count_communication``: it sees the by-hand
+    strategies and FSDP2, not DDP, DTensor or ``ScheduleGPipe``) and ``params`` (the trained weights, gathered whole; a pipeline rank
     returns its own blocks).
     """
     if isinstance(strategies, str) or not isinstance(strategies, Sequence):
