@@ -332,6 +332,13 @@ def test_planned_view_reserves_up_front_and_serves_one_pass():
             model(torch.zeros(1, 3, dtype=torch.long), kv_cache=view)
     with pytest.raises(OutOfBlocks):  # 3 + 4 positions need 4 blocks: before any compute
         cache.view(seq, num_new_tokens=4)
+    first = cache.add_sequence()
+    with pytest.raises(OutOfBlocks, match="1 free block"):  # first fits, seq's 3 + 2 do not
+        cache.view([first, seq], num_new_tokens=2)
+    # All rows or none: the row that fit got no block either.
+    assert cache.block_table(first) == [] and cache.block_table(seq) == [0, 1]
+    assert cache.num_free_blocks == 1 and cache.slots_wasted(first) == 0
+    cache.free_sequence(first)
     with pytest.raises(ValueError, match="planned for 1 new token"):
         cache.view(seq, num_new_tokens=1).layers[0].update(
             torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8)
@@ -572,8 +579,11 @@ def test_packed_view_mask_positions_and_refusals():
         model.forward_unchecked(torch.tensor([[4, 5, 6]]), kv_cache=view, **kw)
         with pytest.raises(RuntimeError, match="one forward pass"):
             model.forward_unchecked(torch.tensor([[4, 5, 6]]), kv_cache=view, **kw)
-    with pytest.raises(OutOfBlocks):
+    tables, free = [cache.block_table(s) for s in (a, b)], cache.num_free_blocks
+    with pytest.raises(OutOfBlocks, match="3 free block"):  # a's 1 more block fits, b's 5 do not
         cache.packed_view([a, b], [1, 9])
+    # All rows or none: a, which fit, got no block either.
+    assert [cache.block_table(s) for s in (a, b)] == tables and cache.num_free_blocks == free == 3
     with pytest.raises(ValueError, match="one count per sequence"):
         cache.packed_view([a, b], [1])
     with pytest.raises(ValueError, match="num_new_tokens"):

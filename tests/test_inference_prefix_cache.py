@@ -313,6 +313,7 @@ def test_radix_random_traces_keep_counts_consistent(ops):
             assert not in_tree & set(node.value)  # each slot stored once
             in_tree |= set(node.value)
             stack.extend(node.children.values())
+        assert tree._stored == in_tree  # the set insert checks new slots against
         held_count = {}
         for _, slots in held:
             for b in slots:
@@ -349,6 +350,49 @@ def test_radix_eviction_is_lru_over_unlocked_leaves_and_splits_at_the_match():
     tree.unlock(found.node)
     assert tree.evict(5) == [2, 0, 1] and tree.num_tokens == 0
     assert alloc.num_free == 16 and tree.evictions == 1 + 3 + 3
+
+
+def test_radix_lock_and_unlock_refuse_an_evicted_node():
+    alloc = BlockAllocator(8)
+    tree = RadixCache(alloc)
+    alloc.allocate(4)
+    assert (tree.insert([1, 2, 3], [0, 1, 2]), tree.insert([1, 2, 4], [0, 1, 3])) == (0, 2)
+    old = tree.match_prefix([1, 2, 3])  # ends at the leaf [3]
+    tree.match_prefix([1, 2, 4])  # [4] used last: [3] goes first
+    assert tree.evict(1) == [2] and old.node.parent is None
+    for call in (tree.lock, tree.unlock):
+        with pytest.raises(ValueError, match="was it evicted"):
+            call(old.node)
+    shared = tree.match_prefix([1, 2]).node
+    assert shared.lock_ref == 0  # nothing pinned [1, 2]: it can still be evicted
+    assert tree.evict(3) == [3, 0, 1] and shared.parent is None  # a parent evicted in turn
+    with pytest.raises(ValueError, match="was it evicted"):
+        tree.lock(shared)
+    assert tree.root.lock_ref == 1 and tree.num_tokens == 0
+
+
+def test_radix_insert_refuses_repeated_or_already_stored_slots():
+    alloc = BlockAllocator(8)
+    tree = RadixCache(alloc)
+    alloc.allocate(5)
+    with pytest.raises(ValueError, match=r"blocks must give each new token its own slot.*\[0\]"):
+        tree.insert([1, 2], [0, 0])
+    assert tree.num_tokens == 0 and alloc.ref_counts[0] == 1  # nothing stored or shared
+    assert tree.insert([1, 2], [0, 1]) == 0
+    with pytest.raises(ValueError, match=r"blocks holds slot\(s\) \[1\].*already stores"):
+        tree.insert([5], [1])  # slot 1 holds token 2 of [1, 2]
+    with pytest.raises(ValueError, match=r"\[2\] more than once"):
+        tree.insert([1, 2, 3, 4], [0, 1, 2, 2])  # the new tokens 3 and 4 share slot 2
+    with pytest.raises(ValueError, match=r"\[3\] more than once"):
+        tree.insert([1, 9], [3, 3])  # the caller's copy of token 1 and the new token 9
+    assert tree.sequences() == [[1, 2]] and alloc.ref_counts[:4] == [2, 2, 1, 1]
+    # The prefix the tree already stores may come with the tree's own slots (or others).
+    assert tree.insert([1, 2, 3], [0, 1, 2]) == 2 and tree.insert([1, 4], [3, 4]) == 1
+    assert tree.match_prefix([1, 2, 3]).blocks == [0, 1, 2]
+    assert tree.match_prefix([1, 4]).blocks == [0, 4]
+    # An evicted slot may be stored again.
+    assert tree.evict(1) == [2]
+    assert tree.insert([7], [2]) == 0 and tree.match_prefix([7]).blocks == [2]
 
 
 @settings(max_examples=30, deadline=None)

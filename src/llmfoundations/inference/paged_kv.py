@@ -436,6 +436,15 @@ class PagedKVCache:
         n = self.blocks_needed(seq_id, num_new_tokens)
         self._tables[seq_id].extend(self._allocate(n))
 
+    def _reserve_rows(self, seq_ids: Sequence[int], num_new_tokens: Sequence[int]) -> None:
+        """:meth:`reserve` for every row of a view, all rows or none: ``OutOfBlocks`` (the
+        rows' total) before any row gets a block (unchecked ids and counts)."""
+        needed = [self.blocks_needed(s, n) for s, n in zip(seq_ids, num_new_tokens, strict=True)]
+        if sum(needed) > self.num_free_blocks:
+            raise OutOfBlocks(sum(needed), self.num_free_blocks)
+        for s, n in zip(seq_ids, needed, strict=True):
+            self._tables[s].extend(self._allocate(n))
+
     def _grow(self, seq_id: int, end: int) -> None:
         """Make the table cover positions ``0 .. end-1`` (unchecked)."""
         missing = -(-end // self.block_size) - len(self._tables[seq_id])
@@ -519,7 +528,7 @@ class PagedKVCache:
 
         ``num_new_tokens``: the tokens every row brings in the *next* forward pass. Given,
         the view is *planned* for that one pass: the blocks for the new tokens are reserved
-        now (``OutOfBlocks`` before any compute), and the slots to write and to read are
+        now, for every row or none (``OutOfBlocks`` before any compute), and the slots to write and to read are
         computed once for all layers, so each layer writes with one ``index_copy_`` and
         reads every row with one ``index_select`` instead of gathering row by row.
         """
@@ -740,8 +749,8 @@ class PagedKVView(_PlannedSlots):
         self.batch_size = len(seq_ids)
         if num_new_tokens is not None:
             lengths = [cache.length(s) for s in seq_ids]
-            for s in seq_ids:
-                cache.reserve(s, num_new_tokens)  # OutOfBlocks now, not mid-pass
+            # OutOfBlocks now, not mid-pass, and before any row gets a block
+            cache._reserve_rows(seq_ids, [num_new_tokens] * len(seq_ids))
             width = max(lengths) + num_new_tokens
             write: list[int] = []
             read: list[int] = []
@@ -839,8 +848,8 @@ class PackedPagedKVView(_PlannedSlots):
         self.batch_size = 1
         self.num_tokens = sum(num_new_tokens)
         self.cached = [cache.length(s) for s in seq_ids]  # before this pass
-        for s, n in zip(seq_ids, num_new_tokens, strict=True):
-            cache.reserve(s, n)  # OutOfBlocks now, not mid-pass
+        # OutOfBlocks now, not mid-pass, and before any row gets a block
+        cache._reserve_rows(seq_ids, num_new_tokens)
         read: list[int] = []
         write: list[int] = []
         for s, length, n in zip(seq_ids, self.cached, num_new_tokens, strict=True):

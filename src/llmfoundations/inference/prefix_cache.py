@@ -65,7 +65,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -441,6 +441,7 @@ class RadixCache:
         self.root.lock_ref = 1  # the root is never evicted
         self._clock = itertools.count(1)  # a logical clock: deterministic LRU order
         self.evictions = 0  # tokens evicted so far
+        self._stored: set[int] = set()  # every slot in the tree (insert adds, evict removes)
 
     # -------------------------------------------------------------- walking the tree
 
@@ -468,6 +469,18 @@ class RadixCache:
         upper.children[node.key[0]] = node
         return upper
 
+    def _match_length(self, ids: list[int]) -> int:
+        """How many leading tokens of ``ids`` the tree stores (no split, no clock tick)."""
+        node, i = self.root, 0
+        while i < len(ids) and ids[i] in node.children:
+            child = node.children[ids[i]]
+            n = self._common(child.key, ids[i:])
+            i += n
+            if n < len(child.key):
+                break
+            node = child
+        return i
+
     def _walk(self, ids: list[int]) -> tuple[RadixNode, int, list[int]]:
         """Descend as far as ``ids`` agree with the tree, splitting where the match stops
         inside a node: ``(node, matched length, matched slots)`` (unchecked)."""
@@ -493,17 +506,37 @@ class RadixCache:
     def insert(self, tokens: Sequence[int], blocks: Sequence[int]) -> int:
         """Store ``tokens`` with their KV slots ``blocks`` (one per token); return how many
         leading tokens were already stored (their slots in ``blocks`` are not taken: the
-        tree keeps its own copies, and the caller frees its duplicates)."""
+        tree keeps its own copies, and the caller frees its duplicates).
+
+        Each slot the tree would newly store must appear once in ``blocks`` and not be
+        stored in the tree already (for other tokens): ``ValueError`` otherwise, before
+        anything changes."""
         ids = _check_tokens("tokens", tokens)
         slots = _check_block_ids("blocks", blocks, self.allocator.num_blocks)
         if len(slots) != len(ids):
             raise ValueError(
                 f"blocks must hold one slot per token: {len(ids)} tokens, {len(slots)} slots"
             )
+        n = self._match_length(ids)
+        new = slots[n:]
+        counts = Counter(slots)
+        repeated = sorted({b for b in new if counts[b] > 1})
+        if repeated:
+            raise ValueError(
+                f"blocks must give each new token its own slot, got slot(s) {repeated} more "
+                "than once"
+            )
+        stored = sorted(self._stored.intersection(new))
+        if stored:
+            raise ValueError(
+                f"blocks holds slot(s) {stored} for new tokens, but the tree already stores "
+                "them for other tokens"
+            )
+        self.allocator.share(new)  # the tree becomes an owner of the new slots
         node, n, _ = self._walk(ids)
         if n < len(ids):
-            self.allocator.share(slots[n:])  # the tree becomes an owner of the new slots
-            leaf = RadixNode(key=ids[n:], value=slots[n:], parent=node)
+            self._stored.update(new)
+            leaf = RadixNode(key=ids[n:], value=new, parent=node)
             leaf.last_access = node.last_access
             node.children[ids[n]] = leaf
         return n
@@ -533,7 +566,7 @@ class RadixCache:
     def _check_node(self, node: object) -> None:
         if not isinstance(node, RadixNode):
             raise TypeError(f"node must be a RadixNode, got {type(node).__name__}")
-        top = node
+        top = node  # an evicted node has no parent (evict detaches it), so it fails here
         while top.parent is not None:
             top = top.parent
         if top is not self.root:
@@ -556,8 +589,10 @@ class RadixCache:
             parent = leaf.parent
             assert parent is not None
             self.allocator.free(leaf.value)
+            self._stored.difference_update(leaf.value)
             evicted += leaf.value
             del parent.children[leaf.key[0]]
+            leaf.parent = None  # detached: lock / unlock refuse it (see _check_node)
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, next(order), parent))
         self.evictions += len(evicted)
