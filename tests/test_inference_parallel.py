@@ -61,6 +61,9 @@ def _everything(rank: int, world_size: int, inp: dict) -> dict[str, object]:
         "tp_swiglu": par.tensor_parallel_mlp(rank, world_size, c(inp["swiglu"]), inp["x"]),
         "tp_attn": par.tensor_parallel_attention(rank, world_size, c(inp["attn"]), inp["x_attn"]),
         "dtensor": par.tensor_parallel_mlp_dtensor(rank, world_size, c(inp["mlp"]), inp["x"]),
+        "dtensor_attn": par.tensor_parallel_attention_dtensor(
+            rank, world_size, c(inp["attn"]), inp["x_attn"]
+        ),
         "pp_hand": par.pipeline_by_hand(
             rank, world_size, c(inp["stages"]), inp["px"], inp["py"], N_MICRO
         ),
@@ -171,10 +174,11 @@ def _check_tensor_parallel_attention(world_size: int, inp: dict, results: list) 
         _check_slices(got, whole, rank, world_size, rows, {"o_proj.weight": 1})
 
 
-def _check_dtensor(world_size: int, inp: dict, results: list) -> None:
-    whole = _whole(inp["mlp"], inp["x"])
+def _check_dtensor(world_size: int, inp: dict, results: list, key: str, layer: str, x: str) -> None:
+    """Outputs, dL/dx and the (gathered) weight gradients equal the whole layer's."""
+    whole = _whole(inp[layer], inp[x])
     for r in results:
-        got = r["dtensor"]
+        got = r[key]
         torch.testing.assert_close(got["out"], whole["out"], **TOL)
         torch.testing.assert_close(got["x_grad"], whole["x_grad"], **TOL)
         _assert_dicts_close(got["grads"], whole["grads"])
@@ -242,7 +246,8 @@ def test_every_split_equals_one_process(world_size):
     _check_tensor_parallel_mlp(world_size, inp, results, "mlp")
     _check_tensor_parallel_mlp(world_size, inp, results, "swiglu")
     _check_tensor_parallel_attention(world_size, inp, results)
-    _check_dtensor(world_size, inp, results)
+    _check_dtensor(world_size, inp, results, "dtensor", "mlp", "x")
+    _check_dtensor(world_size, inp, results, "dtensor_attn", "attn", "x_attn")
     _check_pipeline(world_size, inp, results, "pp_hand")
     _check_pipeline(world_size, inp, results, "pp_gpipe")
 
@@ -350,7 +355,8 @@ def test_main_runs_as_one_rank_without_torchrun(capsys, monkeypatch):
         torch.set_num_threads(threads)
     assert not dist.is_initialized()
     lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
-    assert lines == {"tensor_out": "0", "tensor_x_grad": "0"}
+    assert set(lines) == {"tensor", "tensor_attn", "dtensor", "dtensor_attn"}
+    assert all(float(v) < 1e-5 for v in lines.values()), lines
 
 
 def test_fully_shard_is_found_on_torch_before_2_6(monkeypatch):
@@ -404,5 +410,8 @@ def test_torchrun_runs_the_same_workers():
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split() for line in done.stdout.splitlines() if line.strip())
-    assert set(lines) == {"data_by_hand", "ddp", "fsdp", "tensor_out", "tensor_x_grad", "pipeline"}
+    assert set(lines) == {
+        "data_by_hand", "ddp", "fsdp", "tensor", "tensor_attn", "dtensor", "dtensor_attn",
+        "pipeline", "gpipe",
+    }  # fmt: skip
     assert all(float(v) < 1e-5 for v in lines.values()), lines

@@ -18,8 +18,9 @@ Each way of splitting is checked against one process doing all of the work:
   first linear by output columns and its second by input rows, so each rank computes
   ``down_r(act(up_r(x)))`` and one ``all_reduce`` sums the partial outputs;
   attention splits its heads the same way. ``TensorParallelMLP`` and
-  ``TensorParallelAttention`` do it by hand; ``tensor_parallel_mlp_dtensor`` with
-  ``torch.distributed.tensor.parallel`` (``ColwiseParallel`` / ``RowwiseParallel``).
+  ``TensorParallelAttention`` do it by hand; ``tensor_parallel_mlp_dtensor`` and
+  ``tensor_parallel_attention_dtensor`` with ``torch.distributed.tensor.parallel``
+  (``ColwiseParallel`` / ``RowwiseParallel``).
 - **pipeline parallel** (GPipe): rank ``r`` holds the ``r``-th group of layers; the batch
   is cut into microbatches that flow forward rank to rank and whose gradients flow back.
   ``pipeline_by_hand`` uses ``send`` / ``recv``; ``pipeline_gpipe`` the
@@ -86,6 +87,8 @@ __all__ = [
     "tensor_parallel_mlp",
     "tensor_parallel_attention",
     "tensor_parallel_mlp_dtensor",
+    "tensor_parallel_attention_dtensor",
+    "fully_shard_function",
     "pipeline_by_hand",
     "pipeline_gpipe",
     "DEMOS",
@@ -543,7 +546,43 @@ def tensor_parallel_mlp_dtensor(
     if isinstance(mlp, SwiGLU):
         plan["gate_proj"] = ColwiseParallel()
     parallelize_module(mlp, mesh, plan)
-    result = _run_tensor_parallel(mlp, x)
+    return _run_dtensor(mlp, x)
+
+
+def tensor_parallel_attention_dtensor(
+    rank: int, world_size: int, attn: MultiHeadAttention, x: Tensor
+) -> dict[str, Any]:
+    """Worker: a ``MultiHeadAttention`` split by heads with ``torch.distributed.tensor.parallel``.
+
+    ``ColwiseParallel`` on ``q/k/v_proj`` gives each rank the rows of its heads (as
+    ``TensorParallelAttention`` slices them), ``RowwiseParallel`` on ``o_proj`` the matching
+    columns and an all-reduce of its output. The layer's own ``forward`` then runs on
+    ``H / W`` local heads, so its head counts are set to the local ones (torchtitan does
+    the same to Llama's attention). ``attn`` is changed in place.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    if not isinstance(attn, MultiHeadAttention):
+        raise TypeError(f"attn must be a MultiHeadAttention, got {type(attn).__name__}")
+    _check_rank(rank, world_size)
+    check_divisible("n_heads", attn.n_heads, "world_size", world_size)
+    check_divisible("n_kv_heads", attn.n_kv_heads, "world_size", world_size)
+    mesh = init_device_mesh("cpu", (world_size,))
+    plan = {f"{n}_proj": ColwiseParallel() for n in "qkv"} | {"o_proj": RowwiseParallel()}
+    parallelize_module(attn, mesh, plan)
+    attn.n_heads, attn.n_kv_heads = attn.n_heads // world_size, attn.n_kv_heads // world_size
+    return _run_dtensor(attn, x)
+
+
+def _run_dtensor(layer: nn.Module, x: Tensor) -> dict[str, Any]:
+    result = _run_tensor_parallel(layer, x)
+    if hasattr(result["out"], "wait"):  # an AsyncCollectiveTensor: wait for the all-reduce
+        result["out"] = result["out"].wait()
     result["grads"] = {n: g.full_tensor() for n, g in result["grads"].items()}
     return result
 
@@ -706,29 +745,43 @@ def demo_fsdp(rank: int, world_size: int) -> dict[str, float]:
 
 
 def demo_tensor(rank: int, world_size: int) -> dict[str, float]:
-    """The column/row-parallel MLP vs the whole one: outputs and ``dL/dx``."""
+    """The column/row-parallel MLP and head-split attention, by hand and with DTensor, vs
+    the whole layers: the largest difference of outputs and ``dL/dx``."""
+    import copy
+
     torch.manual_seed(0)
     mlp, x = FeedForward(8, 16), torch.randn(2, 3, 8)
-    whole = _run_tensor_parallel(mlp, x)
-    split = tensor_parallel_mlp(rank, world_size, mlp, x)
-    return {
-        "tensor_out": float((split["out"] - whole["out"]).abs().max()),
-        "tensor_x_grad": float((split["x_grad"] - whole["x_grad"]).abs().max()),
-    }
+    attn = MultiHeadAttention(8, n_heads=2 * world_size, rope_theta=10000.0)
+    results: dict[str, float] = {}
+    for name, layer, split in (
+        ("tensor", mlp, tensor_parallel_mlp),
+        ("tensor_attn", attn, tensor_parallel_attention),
+        ("dtensor", mlp, tensor_parallel_mlp_dtensor),
+        ("dtensor_attn", attn, tensor_parallel_attention_dtensor),
+    ):
+        whole = _run_tensor_parallel(copy.deepcopy(layer), x)
+        got = split(rank, world_size, copy.deepcopy(layer), x)
+        results[name] = max(
+            float((got[k] - whole[k]).abs().max()) for k in ("out", "x_grad")
+        )
+    return results
 
 
 def demo_pipeline(rank: int, world_size: int) -> dict[str, float]:
-    """GPipe by hand vs one process: this rank's stage gradients."""
+    """GPipe by hand and with ``ScheduleGPipe`` vs one process: this rank's stage gradients."""
+    import copy
+
     torch.manual_seed(0)
     stages = [FeedForward(8, 16) for _ in range(world_size)]
     x, y = torch.randn(4, 8), torch.randn(4, 8)
     whole = nn.Sequential(*stages)
     F.mse_loss(whole(x), y).backward()
     expected = {n.split(".", 1)[1]: g for n, g in _grads(whole).items() if n.startswith(f"{rank}.")}
-    for p in whole.parameters():
-        p.grad = None
-    got = pipeline_by_hand(rank, world_size, stages, x, y, n_microbatches=2)
-    return {"pipeline": _max_diff(got["grads"], expected)}
+    results = {}
+    for name, step in (("pipeline", pipeline_by_hand), ("gpipe", pipeline_gpipe)):
+        got = step(rank, world_size, copy.deepcopy(stages), x, y, n_microbatches=2)
+        results[name] = _max_diff(got["grads"], expected)
+    return results
 
 
 def demo_all(rank: int, world_size: int) -> dict[str, float]:
