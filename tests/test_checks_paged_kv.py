@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -44,6 +45,7 @@ def test_blocks_check_passes_correct_answers(capsys):
     checks.check_blocks_to_allocate(by_tokens)
     checks.check_blocks_to_allocate(lambda t, n, p: float(good_blocks(t, n, p)))
     checks.check_blocks_to_allocate(lambda t, n, p: torch.tensor(good_blocks(t, n, p)))
+    checks.check_blocks_to_allocate(lambda t, n, p: np.int64(good_blocks(t, n, p)))  # once refused
 
 
 @pytest.mark.parametrize(
@@ -55,6 +57,8 @@ def test_blocks_check_passes_correct_answers(capsys):
         (lambda t, n, p: good_blocks(t, n, p) + 1, "blocks_to_allocate"),
         (lambda t, n, p: str(good_blocks(t, n, p)), "must return an int"),
         (lambda t, n, p: 0.5, "must return an int"),
+        (lambda t, n, p: good_blocks(t, n, p) > 0, "must return an int"),
+        (lambda t, n, p: np.bool_(good_blocks(t, n, p) > 0), "must return an int"),
     ],
 )
 def test_blocks_check_rejects_wrong_answers(wrong, hint):
@@ -86,6 +90,7 @@ def test_waste_check_passes_correct_answers(capsys):
     checks.check_static_waste(good_waste)
     assert "✔ static_waste: all 6 cases" in capsys.readouterr().out
     checks.check_static_waste(lambda p, a: list(good_waste(p, a)))  # a list is accepted
+    checks.check_static_waste(lambda p, a: tuple(np.array(good_waste(p, a))))  # NumPy ints
 
 
 @pytest.mark.parametrize(
@@ -96,6 +101,8 @@ def test_waste_check_passes_correct_answers(capsys):
         (lambda p, a: (good_waste(p, a)[0], sum(max(a) - n - 1 for n in a)), "busy for n steps"),
         (lambda p, a: (good_waste(p, a)[0], sum(max(a) - n + 1 for n in a)), "busy for n steps"),
         (lambda p, a: sum(good_waste(p, a)), "tuple of two ints"),
+        (lambda p, a: tuple(x + 0.5 for x in good_waste(p, a)), "tuple of two ints"),
+        (lambda p, a: (*good_waste(p, a), 0), "tuple of two ints"),
         (lambda p, a: (0, good_waste(p, a)[1]), "static_waste"),
     ],
 )

@@ -3,6 +3,7 @@ known mistakes with the right hint."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +31,9 @@ def test_ring_check_passes_correct_answers(capsys):
     # step by step: 2 (W - 1) steps of one chunk; and a tensor result
     checks.check_ring_all_reduce_bytes(lambda s, w: sum(s / w for _ in range(2 * (w - 1))))
     checks.check_ring_all_reduce_bytes(lambda s, w: torch.tensor(good_ring(s, w), dtype=torch.float64))
+    checks.check_ring_all_reduce_bytes(lambda s, w: np.float64(good_ring(s, w)))
+    checks.check_ring_all_reduce_bytes(lambda s, w: np.int64(2 * (w - 1) * s) / w)
+    checks.check_zero_bytes_per_rank(lambda p, w, s: np.int64(round(good_zero(p, w, s))))  # once refused
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ formula).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,6 +68,18 @@ def _block_mistakes() -> list[tuple[Callable[..., Any], str]]:
     ]  # fmt: skip
 
 
+def _count(x: Any) -> int | None:
+    """``x`` as an int if it is a whole number (an int, NumPy integer, whole float, or a
+    one-element tensor of one), else ``None``. ``True`` / ``False`` are not counts."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        x = x.item()
+    if isinstance(x, bool) or str(getattr(x, "dtype", "")) == "bool":  # NumPy's bool too
+        return None
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return operator.index(x) if hasattr(x, "__index__") else None
+
+
 @exercise_check
 def check_blocks_to_allocate(student: Callable[[int, int, int], int]) -> None:
     """Lab 06-7: ``blocks_to_allocate(length, num_new_tokens, block_size)`` -> the new
@@ -74,15 +87,12 @@ def check_blocks_to_allocate(student: Callable[[int, int, int], int]) -> None:
     check_callable("blocks_to_allocate", student)
 
     def as_int(t: int, n: int, p: int) -> int:
-        got = student(t, n, p)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if isinstance(got, bool) or not isinstance(got, int):
+        raw = student(t, n, p)
+        got = _count(raw)
+        if got is None:
             raise AssertionError(
                 f"blocks_to_allocate({t}, {n}, {p}) must return an int (a number of blocks), "
-                f"got {got!r}"
+                f"got {raw!r}"
             )
         return got
 
@@ -137,14 +147,13 @@ def check_static_waste(student: Callable[[list[int], list[int]], tuple[int, int]
 
     def as_pair(p: Sequence[int], a: Sequence[int]) -> tuple[int, int]:
         got = student(list(p), list(a))
-        if isinstance(got, list):
-            got = tuple(got)
-        if not (isinstance(got, tuple) and len(got) == 2):
+        pair = tuple(_count(x) for x in got) if isinstance(got, (tuple, list)) else ()
+        if len(pair) != 2 or None in pair:
             raise AssertionError(
                 f"static_waste({list(p)}, {list(a)}) must return a tuple of two ints "
                 f"(padding positions, idle row-steps), got {got!r}"
             )
-        return tuple(int(x) if isinstance(x, torch.Tensor) else x for x in got)  # type: ignore[return-value]
+        return pair  # type: ignore[return-value]
 
     compare_with_reference(
         "static_waste", as_pair, _static_reference, _WASTE_CASES, hints=_waste_mistakes()

@@ -13,6 +13,7 @@ or raises ``AssertionError`` naming the failing case, with a hint for known mist
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ def _as_number(name: str, student: Callable[..., Any]) -> Callable[..., Tensor]:
         got = student(*args)
         if isinstance(got, Tensor) and got.numel() == 1:
             got = got.item()
-        if isinstance(got, bool) or not isinstance(got, (int, float)):
+        if isinstance(got, bool) or not isinstance(got, numbers.Real):  # NumPy's too
             raise AssertionError(f"{name} must return a number, got {type(got).__name__}")
         return _scalar(got)
 
