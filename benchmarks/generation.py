@@ -355,7 +355,8 @@ def report(
 ) -> str:
     """The results page. ``bandwidth``: (read, copy) in GB/s; ``argv``: the command's flags."""
     read_gbs, copy_gbs = bandwidth
-    bound = read_gbs * 1e9 / (weight_mib * 2**20)
+    bound = read_gbs * 1e9 / (weight_mib * 2**20)  # steps/s if a step only read the weights
+    copy_bound = copy_gbs * 1e9 / (weight_mib * 2**20)  # the same at the copy bandwidth
     best = {(c.name, c.batch): c.best(new_tokens) for c in cases}
     lines = [
         "# Decoding with and without a KV cache, a fast path, and transformers' `generate`",
@@ -437,9 +438,10 @@ def report(
         "`prepack_linears`: how much of the gain is the matrix-multiply library, which "
         "any model can use. Reading the weights bounds a step, roughly: "
         f"{weight_mib:.0f} MiB of float32 weights per step at the read bandwidth measured "
-        f"here (a sum over a 256 MiB tensor: {read_gbs:.1f} GB/s; a copy moves "
-        f"{copy_gbs:.1f} GB/s) allows at most about {bound:.0f} steps/s, i.e. "
-        f"{bound:.0f} tokens/s at batch 1 and {8 * bound:.0f} at batch 8 (activations, the "
+        f"here (a sum over a 256 MiB tensor: {read_gbs:.1f} GB/s) allows at most about "
+        f"{bound:.0f} steps/s, i.e. {bound:.0f} tokens/s at batch 1 and {8 * bound:.0f} at "
+        f"batch 8; at the copy bandwidth ({copy_gbs:.1f} GB/s, read + write bytes of a copy) "
+        f"{copy_bound:.0f} steps/s (activations, the "
         "cache and the logits add bytes; caches hold part of the weights between steps).",
         "",
         "Peak RSS growth is how far the process's peak resident memory rose above its "

@@ -142,9 +142,17 @@ def main() -> None:
         f"{'yes' if torch._C.has_mkl else 'no'}, oneDNN "
         f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}).",
         "",
-        "Command: `python benchmarks/matmul_packing.py`",
+        f"Command: `python benchmarks/matmul_packing.py{_flags(args)}`",
     ]
     publish(lines, RESULTS, write=not args.no_write)
+
+
+def _flags(args: argparse.Namespace) -> str:
+    """The flags that differ from their defaults, as typed (``--threads 1``)."""
+    given = {"--rows": " ".join(map(str, args.rows)), "--iters": args.iters,
+             "--repeats": args.repeats, "--threads": args.threads}  # fmt: skip
+    defaults = {"--rows": "1 8", "--iters": 200, "--repeats": 10, "--threads": 2}
+    return "".join(f" {k} {v}" for k, v in given.items() if v != defaults[k])
 
 
 if __name__ == "__main__":

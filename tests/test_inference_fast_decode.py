@@ -18,9 +18,18 @@ from llmfoundations.models import DecoderLM, ModelConfig
 
 
 def _model(seed: int = 0, **overrides) -> DecoderLM:
+    # init_std 0.5, not the default 0.02: a tiny model initialised with 0.02 only repeats the
+    # last prompt token, so any decoder that does the same (with RoPE or attention broken)
+    # would agree with it token for token.
     torch.manual_seed(seed)
     config = ModelConfig.llama(vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2)
-    return DecoderLM(dataclasses.replace(config, **overrides)).eval()
+    return DecoderLM(dataclasses.replace(config, **{"init_std": 0.5, **overrides})).eval()
+
+
+def _assert_not_trivial(out, prompts: list[list[int]]) -> None:
+    """The reference continues with more than the last prompt token repeated."""
+    rows = [out.new_tokens[i, : out.num_new_tokens[i]].tolist() for i in range(len(prompts))]
+    assert any(set(row) - {p[-1]} for row, p in zip(rows, prompts, strict=True)), rows
 
 
 def _prompts(seed: int, lengths: list[int]) -> list[list[int]]:
@@ -67,10 +76,14 @@ _LIBRARIES = [pytest.param("onednn", marks=_ONEDNN), pytest.param("mkl", marks=_
 def test_greedy_tokens_equal_generate_with_stops(kv_heads, library):
     model = _model(seed=kv_heads, n_kv_heads=kv_heads)
     prompts = _prompts(kv_heads, [4, 9, 1, 6])
-    ref = generate_output(model, prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2)
+    free = generate_output(model, prompts, 10).new_tokens  # (4, 10)
+    stops = [int(free[0, 3]), int(free[2, 5])]  # rows 0 and 2 stop early (at the latest)
+    ref = generate_output(model, prompts, 10, stop_token_ids=stops, pad_token_id=2)
+    _assert_not_trivial(ref, prompts)
+    assert ref.stopped[0] and ref.stopped[2] and ref.num_new_tokens[0] <= 4
     packing = {"prepack": True, "library": library} if library else {}
     out = FastGreedyDecoder(model, 4, 19, **packing).generate(
-        prompts, 10, stop_token_ids=[3, 5, 8], pad_token_id=2
+        prompts, 10, stop_token_ids=stops, pad_token_id=2
     )
     for field in ("sequences", "attention_mask", "num_new_tokens", "stopped"):
         assert torch.equal(getattr(out, field), getattr(ref, field)), field
@@ -97,6 +110,7 @@ def test_interleaved_rope_layout():
     model = _model(rope_interleaved=True)
     prompts = _prompts(4, [3, 6])
     ref = generate_output(model, prompts, 5)
+    _assert_not_trivial(ref, prompts)
     assert torch.equal(
         FastGreedyDecoder(model, 2, 11).generate(prompts, 5).sequences, ref.sequences
     )
@@ -109,6 +123,7 @@ def test_compiled_and_frozen_step_gives_the_same_tokens():
     model = _model()
     prompts = _prompts(7, [5, 2])
     ref = generate_output(model, prompts, 8)
+    _assert_not_trivial(ref, prompts)
     plain = FastGreedyDecoder(model, 2, 13, compile=True)
     assert torch.equal(plain.generate(prompts, 8).sequences, ref.sequences)
     # The frozen decoder gets its own graph: a plain compiled step of the same shapes is
@@ -138,6 +153,7 @@ def test_prepacked_logits_equal_plain_ones_eager_and_compiled(library):
         expected = plain._decode_step(token, col, pos)
         torch.testing.assert_close(packed._decode_step(token, col, pos), expected, rtol=1e-5, atol=1e-5)
     ref = generate_output(model, prompts, 7)
+    _assert_not_trivial(ref, prompts)
     compiled = FastGreedyDecoder(model, 2, 13, prepack=True, library=library, compile=True)
     assert torch.equal(compiled.generate(prompts, 7).sequences, ref.sequences)
 
@@ -233,13 +249,65 @@ def test_bad_logits_and_changed_weights_raise_as_generate_does():
     assert torch.equal(decoder.generate(prompts, 3).sequences, expected.sequences)
 
 
+def test_replaced_weights_are_stale_too():
+    model = _model()
+    prompts = [[1, 2, 3], [4, 5]]
+    decoder = FastGreedyDecoder(model, 2, 8)
+    other = _model(seed=1).state_dict()
+    model.load_state_dict(other, assign=True)  # new Parameter objects, no in-place write
+    with pytest.raises(ValueError, match="replaced"):  # once gave the old model's tokens
+        decoder.generate(prompts, 2)
+    decoder = FastGreedyDecoder(model, 2, 8)
+    model.double()
+    with pytest.raises(ValueError, match="build a new FastGreedyDecoder"):
+        decoder.generate(prompts, 2)
+    # torch can swap parameters in place (the same objects, new contents): a decoder must not
+    # stop that (weak references to the parameters once did), and it sees the change
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model = _model()
+        decoder = FastGreedyDecoder(model, 2, 8)
+        model.double()  # raised "Couldn't swap Embedding.weight"
+        with pytest.raises(ValueError, match="build a new FastGreedyDecoder"):
+            decoder.generate(prompts, 2)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+
+
+def test_layers_that_do_more_than_their_weight_are_refused():
+    from llmfoundations.finetuning.lora import apply_lora
+    from llmfoundations.inference.prepack import prepack_linears
+    from llmfoundations.inference.quantization import prepare_qat, quantize_model
+
+    qat = _model()
+    prepare_qat(qat, bits=4)  # an nn.Linear subclass that fake-quantizes: once decoded silently
+    with pytest.raises(TypeError, match=r"blocks\.0\.attn\.q_proj is a QATLinear"):
+        FastGreedyDecoder(qat, 1, 8)
+    lora = _model()
+    apply_lora(lora, ["v_proj"], r=2, alpha=4.0)
+    with pytest.raises(TypeError, match=r"blocks\.0\.attn\.v_proj is a LoRALinear"):
+        FastGreedyDecoder(lora, 1, 8)
+    quantized = _model()
+    quantize_model(quantized, bits=8)
+    with pytest.raises(TypeError, match="QuantizedLinear"):
+        FastGreedyDecoder(quantized, 1, 8)
+    # packed linears compute exactly F.linear(x, weight): accepted, same tokens
+    packed, prompts = _model(), _prompts(5, [3, 5])
+    expected = generate_output(packed, prompts, 4)
+    prepack_linears(packed, rows=2, library="onednn" if torch.backends.mkldnn.is_available() else "mkl")
+    got = FastGreedyDecoder(packed, 2, 10).generate(prompts, 4)
+    assert torch.equal(got.sequences, expected.sequences)
+
+
 def test_attention_without_native_gqa_repeats_the_heads(monkeypatch):
     # torch < 2.5 has no enable_gqa: the decoder must repeat key/value heads itself.
     import llmfoundations.inference.fast_decode as fd
 
     model = _model()
     prompts = _prompts(3, [4, 6])
-    expected = FastGreedyDecoder(model, 2, 12).generate(prompts, 5)
+    expected = generate_output(model, prompts, 5)
+    _assert_not_trivial(expected, prompts)
     monkeypatch.setattr(fd, "_TORCH_HAS_GQA", False)
     got = FastGreedyDecoder(model, 2, 12).generate(prompts, 5)
     assert torch.equal(got.sequences, expected.sequences)

@@ -8,8 +8,8 @@ greedy tokens. ``benchmarks/generation.py`` times both beside transformers' ``ge
 
 At batch 1-8 a decoding step reads every weight once (about 540 MB per step for
 SmolLM2-135M in float32) for only 2 floating-point operations per weight and row.
-Reading them would allow some 100-170 steps per second on the 2-core CPU of
-``benchmarks/results/generation.md``; the readable path reaches a quarter of that or less,
+Reading them would allow some 150-170 steps per second on the 2-core CPU of
+``benchmarks/results/generation.md``; the readable path reaches a fifth of that or less,
 lost to overheads around the reads and to matrix-multiply kernels badly suited to 1-8
 rows. Every change below removes such overhead, none changes the arithmetic:
 
@@ -18,8 +18,9 @@ rows. Every change below removes such overhead, none changes the arithmetic:
   differs is the fixed shape of each step, below). One buffer per layer rather than one
   ``(L, B, Hkv, T_max, D)`` tensor matters for ``torch.compile``: inductor writes the column into a whole buffer in place, but
   a write into a slice (``cache[i]``) of a larger buffer it turns into copies of that layer's
-  cache at every step, which cost more than the compiled step saves at batch 8 (measured in
-  ``benchmarks/results/generation.md``);
+  cache at every step, which cost more than the compiled step saves at batch 8 (measured
+  while this module was built; ``tests/test_inference_fast_decode.py`` checks that the
+  compiled step allocates no cache-sized buffer);
 - q, k and v come from one matrix multiply with the three weights stacked, and so do the
   gate and up projections of the feed-forward network;
 - attention is one ``scaled_dot_product_attention`` call with ``enable_gqa=True``: the
@@ -72,7 +73,14 @@ from ..generate import (
 from ..layers import _rms_norm
 from ..models import DecoderLM
 from ..positional import _rope_cos_sin, rotate_pairs
-from .prepack import LIBRARIES, PackedWeight, pack_weight, packed_linear_unchecked, tensor_version
+from .prepack import (
+    LIBRARIES,
+    PackedLinear,
+    PackedWeight,
+    pack_weight,
+    packed_linear_unchecked,
+    tensor_version,
+)
 
 __all__ = ["FastGreedyDecoder", "check_fast_decodable"]
 
@@ -97,7 +105,32 @@ def check_fast_decodable(model: object) -> DecoderLM:
                 f"FastGreedyDecoder runs Llama-style models ({field}={value!r}); this model "
                 f"has {field}={getattr(c, field)!r} (use generate.generate)"
             )
+    # The decoder multiplies by the layers' .weight itself, so each must be all the layer
+    # does: a LoRA, quantized or fake-quantizing (QAT) layer would be bypassed silently.
+    layers = {"embed": (model.embed, (nn.Embedding,)), "lm_head": (model.lm_head, _PLAIN)}
+    for i, block in enumerate(model.blocks):
+        for part, names in (("attn", ("q", "k", "v", "o")), ("ffn", ("gate", "up", "down"))):
+            for n in names:
+                name = f"blocks.{i}.{part}.{n}_proj"
+                layers[name] = (getattr(getattr(block, part), f"{n}_proj"), _PLAIN)
+    for name, (layer, kinds) in layers.items():
+        if type(layer) not in kinds:
+            raise TypeError(
+                f"FastGreedyDecoder reads plain {' or '.join(k.__name__ for k in kinds)} "
+                f"weights; {name} is a {type(layer).__name__} (merge the adapter or "
+                "quantization into the weights, or use generate.generate)"
+            )
     return model
+
+
+_PLAIN = (nn.Linear, PackedLinear)  # layers whose output is exactly F.linear(x, weight)
+
+
+def _fingerprint(model: nn.Module) -> list[tuple[int, int, int | None]]:
+    """Which tensors the model's parameters are, and how often each was changed in place:
+    ``(id, data_ptr, version)`` per parameter. Replacing a parameter (``load_state_dict(...,
+    assign=True)``, ``model.double()``) changes the first two, an in-place write the third."""
+    return [(id(p), p.data_ptr(), tensor_version(p)) for p in model.parameters()]
 
 
 class _Layer(nn.Module):
@@ -149,8 +182,10 @@ class FastGreedyDecoder(nn.Module):
     Args:
         model: the model whose weights are copied in (the layers' stacked) or shared (the
             embedding, final norm and head). ``generate`` refuses to run after the model's
-            weights were changed in place (an optimizer step, ``load_state_dict``): build a
-            new decoder. Writes through ``weight.data`` bypass that check.
+            weights were changed in place (an optimizer step, ``load_state_dict``) or
+            replaced (``load_state_dict(..., assign=True)``, ``model.double()``): build a new
+            decoder. Writes through ``weight.data`` bypass that check. Its linear layers
+            must be plain (``nn.Linear`` or ``PackedLinear``), not LoRA or quantized ones.
         batch_size: rows per call (``B``); prompts must come in batches of exactly this size.
         max_length: prompt + new tokens per call, at most the model's ``max_seq_len``; the
             cache is ``(B, Hkv, max_length, D)`` keys and values per layer.
@@ -231,9 +266,11 @@ class FastGreedyDecoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-        # Each model weight (a weak reference: the decoder does not keep the model alive,
-        # and a deep copy of the decoder shares it) and its version counter now.
-        self._sources = [(weakref.ref(p), tensor_version(p)) for p in model.parameters()]
+        # The model (a weak reference: the decoder does not keep it alive, and a deep copy of
+        # the decoder shares it; none to its parameters, which would stop torch swapping
+        # them in model.to()) and what its parameters are now.
+        self._model = weakref.ref(model)
+        self._fingerprint = _fingerprint(model)
         self.compile_seconds = 0.0
         self._step = self._decode_step
         if compile:
@@ -320,13 +357,11 @@ class FastGreedyDecoder(nn.Module):
         ``batch_size`` rows and prompt + ``max_new_tokens`` must fit in ``max_length``.
         """
         vocab = self.vocab_size
-        if any(
-            v is not None and (t := ref()) is not None and tensor_version(t) != v
-            for ref, v in self._sources
-        ):
+        model = self._model()
+        if model is not None and _fingerprint(model) != self._fingerprint:
             raise ValueError(
-                "the model's weights were changed in place after this decoder was built (it "
-                "holds copies of them): build a new FastGreedyDecoder"
+                "the model's weights were changed in place or replaced after this decoder was "
+                "built (it holds copies of them): build a new FastGreedyDecoder"
             )
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         pad_token_id = _check_token_id("pad_token_id", pad_token_id, vocab)
