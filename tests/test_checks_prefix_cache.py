@@ -80,7 +80,7 @@ def test_count_hits_reference_matches_the_set_walk():
 
 def test_count_hits_check_passes_a_correct_answer(capsys):
     checks.check_count_hits(good_count_hits)
-    assert "✔ count_hits: all 5 cases" in capsys.readouterr().out
+    assert "✔ count_hits: all 6 cases" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -137,12 +137,16 @@ def _hit_cases() -> list[tuple[tuple, dict]]:
     chat2 = chat1 + _tokens(3, 9)
     chat3 = chat2 + _tokens(4, 12)
     shared = _tokens(5, 40)
+    turn1 = _tokens(9, 40)  # the lab's three chat turns of 40, 75 and 130 tokens
+    turn2 = turn1 + _tokens(10, 35)
+    turn3 = turn2 + _tokens(11, 55)
     return [
         (([a, b, a, exact, exact, moved], 4), {}),
         (([chat1, chat2, chat3], 2), {}),
         (([], 4), {}),
         (([shared + _tokens(6, 7), shared + _tokens(7, 30), shared[:33], _tokens(8, 20)], 16), {}),
         (([[4], [4], [4, 4], [4, 4, 4]], 1), {}),
+        (([turn1, turn2, turn3], 16), {}),
     ]
 
 
