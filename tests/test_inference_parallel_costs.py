@@ -64,6 +64,15 @@ def test_bad_types_are_refused():
         pc.bubble_fraction(2.0, 4)
 
 
+def test_bytes_sent_takes_each_collective_as_a_ring():
+    log = [("all_reduce", 1000), ("send", 8), ("recv", 8), ("all_gather_into_tensor", 250),
+           ("reduce_scatter_tensor", 1000)]  # fmt: skip
+    assert pc.bytes_sent(log, 4) == 1500 + 8 + 0 + 750 + 750
+    assert pc.bytes_sent(log, 1) == 8  # one rank: only the explicit send
+    with pytest.raises(ValueError, match="unknown operation 'all_to_all'"):
+        pc.bytes_sent([("all_to_all", 4)], 2)
+
+
 def test_bubble_fraction_values():
     assert pc.bubble_fraction(1, 5) == 0
     assert pc.bubble_fraction(4, 1) == pytest.approx(0.75)
@@ -191,6 +200,13 @@ def test_lab_workers_equal_one_process_and_count_exactly():
     assert sum(r["fsdp"]["param_bytes"] for r in results) == n_bytes
     assert sum(r["fsdp"]["grad_bytes"] for r in results) == n_bytes
     assert sum(r["fsdp"]["optim_bytes"] for r in results) == 2 * n_bytes
+    # FSDP's traffic, counted: each block's weights all-gathered in forward and again in
+    # backward, the root's (embeddings, final norm) once (FSDP2 keeps the root gathered
+    # until backward), every gradient reduce-scattered; (W - 1) / W of each, in a ring
+    root = sum(p.numel() * 4 for n, p in lm.named_parameters() if not n.startswith("blocks."))
+    for r in results:
+        assert {op for op, _ in r["fsdp"]["comm"]} == {"all_gather_into_tensor", "reduce_scatter_tensor"}
+        assert pc.bytes_sent(r["fsdp"]["comm"], 2) == (3 * n_bytes - root) / 2
     for r in results:  # a batch of 3 on 2 ranks: unequal shards would average wrongly
         assert "batch size" in r["fsdp_odd"] and "world_size" in r["fsdp_odd"], r["fsdp_odd"]
     # tensor parallel: outputs and dL/dx equal; two all-reduces of (B, T, C) fp32 each

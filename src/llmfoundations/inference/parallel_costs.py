@@ -7,6 +7,7 @@ numbers one process would; this module measures what they cost, as exact integer
   the Python API (``torch.distributed.<op>``: ``all_reduce``, ``send``, ``recv``,
   ``broadcast`` and the all-gathers and reduce-scatters of one tensor), with the bytes of
   its tensor;
+- ``bytes_sent``: what one rank sends for such a log, collectives taken as rings;
 - ``ring_all_reduce_bytes``: a ring all-reduce of ``S`` bytes sends ``2 (W - 1) / W * S`` per
   rank (a reduce-scatter then an all-gather, each ``W - 1`` steps of ``S / W``; Patarasuk &
   Yuan, 2009);
@@ -50,6 +51,7 @@ from llmfoundations.layers import FeedForward, SwiGLU
 __all__ = [
     "count_communication",
     "ring_all_reduce_bytes",
+    "bytes_sent",
     "zero_bytes_per_rank",
     "bubble_fraction",
     "Slot",
@@ -138,6 +140,29 @@ def ring_all_reduce_bytes(n_bytes: int, world_size: int) -> float:
     return 2 * (world_size - 1) / world_size * n_bytes
 
 
+def bytes_sent(log: list[tuple[str, int]], world_size: int) -> float:
+    """Bytes one rank sends for the calls ``count_communication`` logged, in the ring model:
+    ``2 (W - 1) / W`` of an all-reduced tensor, ``W - 1`` times an all-gather's input shard
+    (``(W - 1) / W`` of the whole), ``(W - 1) / W`` of a reduce-scatter's full input, a
+    ``send``'s tensor; a ``recv`` sends nothing. A ``broadcast`` counts its tensor on every
+    rank (its source's bytes: an upper bound for the others; the course's methods make none).
+    """
+    check_int("world_size", world_size, minimum=1)
+    total = 0.0
+    for op, n in log:
+        if op == "all_reduce":
+            total += ring_all_reduce_bytes(n, world_size)
+        elif op in ("send", "broadcast"):
+            total += n
+        elif op == "all_gather_into_tensor":
+            total += (world_size - 1) * n
+        elif op == "reduce_scatter_tensor":
+            total += (world_size - 1) / world_size * n
+        elif op != "recv":
+            raise ValueError(f"bytes_sent: unknown operation {op!r} in log")
+    return total
+
+
 def zero_bytes_per_rank(n_params: int, world_size: int, stage: int, k_optimizer: int = 12) -> float:
     """Model-state bytes per rank under ZeRO ``stage`` 0-3, mixed-precision Adam.
 
@@ -224,7 +249,8 @@ def data_parallel_worker(rank: int, world_size: int, model: nn.Module, ids: Tens
 
 
 def fsdp_adam_worker(rank: int, world_size: int, model: nn.Module, ids: Tensor, lr: float) -> dict[str, Any]:
-    """Worker: one Adam step under FSDP2; the updated weights and what this rank stores.
+    """Worker: one Adam step under FSDP2; the updated weights, what this rank stores and
+    what it sent (``comm``, the step's collectives as ``count_communication`` logs them).
 
     Bytes are those of this rank's shards after the step: weights, gradients and Adam's
     two moments (``exp_avg``, ``exp_avg_sq``; the scalar step counts are left out).
@@ -237,8 +263,9 @@ def fsdp_adam_worker(rank: int, world_size: int, model: nn.Module, ids: Tensor, 
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model(shard, labels=shard).loss.backward()
-    optimizer.step()
+    with count_communication() as log:
+        model(shard, labels=shard).loss.backward()
+        optimizer.step()
     params = list(model.parameters())
     states = [optimizer.state[p][k] for p in params for k in ("exp_avg", "exp_avg_sq")]
     return {
@@ -246,6 +273,7 @@ def fsdp_adam_worker(rank: int, world_size: int, model: nn.Module, ids: Tensor, 
         "param_bytes": sum(tensor_bytes(p.detach()) for p in params),
         "grad_bytes": sum(tensor_bytes(p.grad) for p in params if p.grad is not None),
         "optim_bytes": sum(tensor_bytes(s) for s in states),
+        "comm": log,
     }
 
 
@@ -280,3 +308,4 @@ def pipeline_worker(
         by_hand = par.pipeline_by_hand(rank, world_size, copy.deepcopy(stages), x, y, n_microbatches)
     gpipe = par.pipeline_gpipe(rank, world_size, copy.deepcopy(stages), x, y, n_microbatches)
     return {"by_hand": by_hand, "gpipe": gpipe, "comm": log}
+

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from llmfoundations._validate import check_divisible, check_int, check_tensor
 from llmfoundations.inference import parallel as par
-from llmfoundations.inference.parallel_costs import count_communication, tensor_bytes
+from llmfoundations.inference.parallel_costs import bytes_sent, count_communication, tensor_bytes
 from llmfoundations.layers import FeedForward
 
 __all__ = [
@@ -283,25 +283,6 @@ def _full_params(
     return out
 
 
-def _sent_bytes(log: list[tuple[str, int]], world_size: int) -> float:
-    """Bytes this rank sent for the calls in ``log`` (a ring for ``all_reduce`` /
-    ``all_gather`` / ``reduce_scatter``; a ``recv`` sends nothing; a ``broadcast`` is counted
-    on every rank, its source's bytes: an upper bound, and no strategy here makes one)."""
-    total = 0.0
-    for op, n in log:
-        if op == "all_reduce":
-            total += 2 * (world_size - 1) / world_size * n
-        elif op in ("send", "broadcast"):
-            total += n
-        elif op in ("all_gather_into_tensor", "reduce_scatter_tensor"):
-            total += (
-                (world_size - 1) * n
-                if op == "all_gather_into_tensor"
-                else (world_size - 1) / world_size * n
-            )
-    return total
-
-
 def timed_steps_worker(
     rank: int,
     world_size: int,
@@ -362,7 +343,7 @@ def timed_steps_worker(
             "times": times,
             "losses": losses,
             "bytes": state_bytes(module, optimizer),
-            "sent": _sent_bytes(log, world_size) / (warmup + steps),
+            "sent": bytes_sent(log, world_size) / (warmup + steps),
             "params": _full_params(strategy, rank, world_size, module, len(model)),
         }
         dist.barrier()
