@@ -46,6 +46,7 @@ def test_blocks_check_passes_correct_answers(capsys):
     checks.check_blocks_to_allocate(lambda t, n, p: float(good_blocks(t, n, p)))
     checks.check_blocks_to_allocate(lambda t, n, p: torch.tensor(good_blocks(t, n, p)))
     checks.check_blocks_to_allocate(lambda t, n, p: np.int64(good_blocks(t, n, p)))  # once refused
+    checks.check_blocks_to_allocate(lambda t, n, p: np.float32(good_blocks(t, n, p)))
 
 
 @pytest.mark.parametrize(
@@ -59,6 +60,7 @@ def test_blocks_check_passes_correct_answers(capsys):
         (lambda t, n, p: 0.5, "must return an int"),
         (lambda t, n, p: good_blocks(t, n, p) > 0, "must return an int"),
         (lambda t, n, p: np.bool_(good_blocks(t, n, p) > 0), "must return an int"),
+        (lambda t, n, p: torch.tensor([good_blocks(t, n, p)] * 2), "must return an int"),
     ],
 )
 def test_blocks_check_rejects_wrong_answers(wrong, hint):

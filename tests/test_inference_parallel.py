@@ -321,6 +321,10 @@ def test_bad_layer_inputs_are_named():
     # dropout would make the split layer differ from the whole one in training
     with pytest.raises(ValueError, match="dropout"):
         par.TensorParallelAttention(MultiHeadAttention(8, n_heads=2, dropout=0.5), 0, 1)
+    with pytest.raises(ValueError, match="dropout"):  # refused before any process group
+        par.tensor_parallel_attention_dtensor(
+            0, 1, MultiHeadAttention(8, n_heads=2, dropout=0.5), torch.zeros(1, 2, 8)
+        )
 
 
 def test_pipeline_refuses_targets_that_would_broadcast():
@@ -331,6 +335,10 @@ def test_pipeline_refuses_targets_that_would_broadcast():
         par.pipeline_by_hand(0, 1, [nn.Identity()], x, torch.zeros(4, 1), 2)  # F.mse_loss broadcasts
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         par.pipeline_by_hand(0, 1, [nn.Identity()], [[0.0, 0.0]] * 4, torch.zeros(4, 2), 2)
+    ids = torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]])  # token ids into an embedding stage
+    embed = nn.Embedding(10, 3)
+    got = par.pipeline_by_hand(0, 1, [embed], ids, embed(ids).detach(), 2)
+    assert got["loss"] == 0
     zero = nn.Linear(2, 2)
     nn.init.zeros_(zero.weight), nn.init.zeros_(zero.bias)
     got = par.pipeline_by_hand(0, 1, [zero], x, torch.ones(4, 2), 2)  # outputs 0, targets 1
@@ -396,6 +404,17 @@ def test_sizes_not_divisible_by_world_size_are_refused():
 def test_shard_batch_covers_the_batch_once():
     x = torch.arange(12).reshape(6, 2)
     torch.testing.assert_close(torch.cat([par.shard_batch(x, r, 3) for r in range(3)]), x)
+
+
+@pytest.mark.slow
+def test_demos_run_on_four_ranks():
+    # every size in the demos divides by 4 (the attention demo once had a head size of 1)
+    results = par.run_workers(par.demo_all, 4, timeout=180)
+    assert set(results[0]) == {
+        "data_by_hand", "ddp", "fsdp", "tensor", "tensor_attn", "dtensor", "dtensor_attn",
+        "pipeline", "gpipe",
+    }  # fmt: skip
+    assert all(v < 1e-5 for r in results for v in r.values()), results
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ formula).
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,13 +72,17 @@ def _block_mistakes() -> list[tuple[Callable[..., Any], str]]:
 def _count(x: Any) -> int | None:
     """``x`` as an int if it is a whole number (an int, NumPy integer, whole float, or a
     one-element tensor of one), else ``None``. ``True`` / ``False`` are not counts."""
-    if isinstance(x, torch.Tensor) and x.numel() == 1:
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            return None
         x = x.item()
     if isinstance(x, bool) or str(getattr(x, "dtype", "")) == "bool":  # NumPy's bool too
         return None
-    if isinstance(x, float) and x.is_integer():
+    if hasattr(x, "__index__"):
+        return operator.index(x)
+    if isinstance(x, numbers.Real) and float(x).is_integer():  # 3.0, np.float32(3.0)
         return int(x)
-    return operator.index(x) if hasattr(x, "__index__") else None
+    return None
 
 
 @exercise_check

@@ -184,7 +184,8 @@ class FastGreedyDecoder(nn.Module):
             embedding, final norm and head). ``generate`` refuses to run after the model's
             weights were changed in place (an optimizer step, ``load_state_dict``) or
             replaced (``load_state_dict(..., assign=True)``, ``model.double()``): build a new
-            decoder. Writes through ``weight.data`` bypass that check. Its linear layers
+            decoder. Writes through ``weight.data`` bypass that check; ``share_memory()``
+            moves the weights, so it needs a new decoder too. Its linear layers
             must be plain (``nn.Linear`` or ``PackedLinear``), not LoRA or quantized ones.
         batch_size: rows per call (``B``); prompts must come in batches of exactly this size.
         max_length: prompt + new tokens per call, at most the model's ``max_seq_len``; the

@@ -398,6 +398,15 @@ def _check_features(x: Tensor, d_model: int, ndim: int | None = None) -> None:
         raise ValueError(f"x must have d_model = {d_model} features (last dimension), got shape {tuple(x.shape)}")
 
 
+def _check_no_dropout(attn: MultiHeadAttention) -> None:
+    """Each rank would drop its own heads' weights at random: not what one process does."""
+    if attn.dropout > 0:
+        raise ValueError(
+            f"tensor-parallel attention applies no attention dropout, got attn.dropout = "
+            f"{attn.dropout} (build the MultiHeadAttention with dropout=0)"
+        )
+
+
 def _check_rank(rank: int, world_size: int) -> None:
     check_int("world_size", world_size, minimum=1)
     check_int("rank", rank, minimum=0)
@@ -464,11 +473,7 @@ class TensorParallelAttention(nn.Module):
         _check_rank(rank, world_size)
         check_divisible("n_heads", attn.n_heads, "world_size", world_size)
         check_divisible("n_kv_heads", attn.n_kv_heads, "world_size", world_size)
-        if attn.dropout > 0:
-            raise ValueError(
-                f"TensorParallelAttention applies no attention dropout, got attn.dropout = "
-                f"{attn.dropout} (build the MultiHeadAttention with dropout=0)"
-            )
+        _check_no_dropout(attn)
         d = attn.head_dim
         self.n_heads, self.n_kv_heads = attn.n_heads // world_size, attn.n_kv_heads // world_size
         self.d_model, self.head_dim, self.causal = attn.d_model, d, attn.causal
@@ -572,6 +577,7 @@ def tensor_parallel_attention_dtensor(
     _check_rank(rank, world_size)
     check_divisible("n_heads", attn.n_heads, "world_size", world_size)
     check_divisible("n_kv_heads", attn.n_kv_heads, "world_size", world_size)
+    _check_no_dropout(attn)
     mesh = init_device_mesh("cpu", (world_size,))
     plan = {f"{n}_proj": ColwiseParallel() for n in "qkv"} | {"o_proj": RowwiseParallel()}
     parallelize_module(attn, mesh, plan)
@@ -595,7 +601,7 @@ def _check_pipeline(
 ) -> None:
     if len(stages) != world_size:
         raise ValueError(f"need one stage per rank: {world_size} ranks, got {len(stages)} stages")
-    check_tensor("x", x, min_ndim=1, floating=True, nonempty=True)
+    check_tensor("x", x, min_ndim=1, nonempty=True)  # token ids, for a first stage that embeds
     check_tensor("y", y, min_ndim=1, floating=True, nonempty=True)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have x's batch size {x.shape[0]}, got shape {tuple(y.shape)}")
@@ -750,14 +756,15 @@ def demo_tensor(rank: int, world_size: int) -> dict[str, float]:
     import copy
 
     torch.manual_seed(0)
-    mlp, x = FeedForward(8, 16), torch.randn(2, 3, 8)
-    attn = MultiHeadAttention(8, n_heads=2 * world_size, rope_theta=10000.0)
+    mlp, x_mlp = FeedForward(8, 16 * world_size), torch.randn(2, 3, 8)
+    d = 4 * world_size  # two heads of size 2 per rank, for any number of ranks
+    attn, x_attn = MultiHeadAttention(d, n_heads=2 * world_size, rope_theta=10000.0), torch.randn(2, 3, d)
     results: dict[str, float] = {}
-    for name, layer, split in (
-        ("tensor", mlp, tensor_parallel_mlp),
-        ("tensor_attn", attn, tensor_parallel_attention),
-        ("dtensor", mlp, tensor_parallel_mlp_dtensor),
-        ("dtensor_attn", attn, tensor_parallel_attention_dtensor),
+    for name, layer, split, x in (
+        ("tensor", mlp, tensor_parallel_mlp, x_mlp),
+        ("tensor_attn", attn, tensor_parallel_attention, x_attn),
+        ("dtensor", mlp, tensor_parallel_mlp_dtensor, x_mlp),
+        ("dtensor_attn", attn, tensor_parallel_attention_dtensor, x_attn),
     ):
         whole = _run_tensor_parallel(copy.deepcopy(layer), x)
         got = split(rank, world_size, copy.deepcopy(layer), x)
