@@ -433,12 +433,11 @@ class PagedKVCache:
         """Allocate the blocks for ``num_new_tokens`` more positions now (all or nothing:
         ``OutOfBlocks`` before any compute, instead of in the middle of a forward pass).
         ``append`` allocates on demand, so calling this is optional."""
-        n = self.blocks_needed(seq_id, num_new_tokens)
-        self._tables[seq_id].extend(self._allocate(n))
+        self._reserve_rows([seq_id], [num_new_tokens])
 
     def _reserve_rows(self, seq_ids: Sequence[int], num_new_tokens: Sequence[int]) -> None:
-        """:meth:`reserve` for every row of a view, all rows or none: ``OutOfBlocks`` (the
-        rows' total) before any row gets a block (unchecked ids and counts)."""
+        """:meth:`reserve` for several rows (a view's), all rows or none: ``OutOfBlocks`` (the
+        rows' total) before any row gets a block."""
         needed = [self.blocks_needed(s, n) for s, n in zip(seq_ids, num_new_tokens, strict=True)]
         if sum(needed) > self.num_free_blocks:
             raise OutOfBlocks(sum(needed), self.num_free_blocks)
@@ -528,9 +527,10 @@ class PagedKVCache:
 
         ``num_new_tokens``: the tokens every row brings in the *next* forward pass. Given,
         the view is *planned* for that one pass: the blocks for the new tokens are reserved
-        now, for every row or none (``OutOfBlocks`` before any compute), and the slots to write and to read are
-        computed once for all layers, so each layer writes with one ``index_copy_`` and
-        reads every row with one ``index_select`` instead of gathering row by row.
+        now, for every row or none (``OutOfBlocks`` before any compute), and the slots to
+        write and to read are computed once for all layers, so each layer writes with one
+        ``index_copy_`` and reads every row with one ``index_select`` instead of gathering
+        row by row.
         """
         ids = [seq_ids] if isinstance(seq_ids, int) and not isinstance(seq_ids, bool) else seq_ids
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:

@@ -53,6 +53,7 @@ fault tolerance (``torchrun --max-restarts``).
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -398,8 +399,15 @@ def _check_features(x: Tensor, d_model: int, ndim: int | None = None) -> None:
         raise ValueError(f"x must have d_model = {d_model} features (last dimension), got shape {tuple(x.shape)}")
 
 
-def _check_no_dropout(attn: MultiHeadAttention) -> None:
-    """Each rank would drop its own heads' weights at random: not what one process does."""
+def _check_head_split(attn: object, rank: int, world_size: int) -> None:
+    """``attn`` a ``MultiHeadAttention`` whose heads split evenly over ``world_size`` ranks,
+    without dropout (each rank would drop its own heads' weights at random: not what one
+    process does)."""
+    if not isinstance(attn, MultiHeadAttention):
+        raise TypeError(f"attn must be a MultiHeadAttention, got {type(attn).__name__}")
+    _check_rank(rank, world_size)
+    check_divisible("n_heads", attn.n_heads, "world_size", world_size)
+    check_divisible("n_kv_heads", attn.n_kv_heads, "world_size", world_size)
     if attn.dropout > 0:
         raise ValueError(
             f"tensor-parallel attention applies no attention dropout, got attn.dropout = "
@@ -468,12 +476,7 @@ class TensorParallelAttention(nn.Module):
 
     def __init__(self, attn: MultiHeadAttention, rank: int, world_size: int) -> None:
         super().__init__()
-        if not isinstance(attn, MultiHeadAttention):
-            raise TypeError(f"attn must be a MultiHeadAttention, got {type(attn).__name__}")
-        _check_rank(rank, world_size)
-        check_divisible("n_heads", attn.n_heads, "world_size", world_size)
-        check_divisible("n_kv_heads", attn.n_kv_heads, "world_size", world_size)
-        _check_no_dropout(attn)
+        _check_head_split(attn, rank, world_size)
         d = attn.head_dim
         self.n_heads, self.n_kv_heads = attn.n_heads // world_size, attn.n_kv_heads // world_size
         self.d_model, self.head_dim, self.causal = attn.d_model, d, attn.causal
@@ -572,12 +575,7 @@ def tensor_parallel_attention_dtensor(
         parallelize_module,
     )
 
-    if not isinstance(attn, MultiHeadAttention):
-        raise TypeError(f"attn must be a MultiHeadAttention, got {type(attn).__name__}")
-    _check_rank(rank, world_size)
-    check_divisible("n_heads", attn.n_heads, "world_size", world_size)
-    check_divisible("n_kv_heads", attn.n_kv_heads, "world_size", world_size)
-    _check_no_dropout(attn)
+    _check_head_split(attn, rank, world_size)
     mesh = init_device_mesh("cpu", (world_size,))
     plan = {f"{n}_proj": ColwiseParallel() for n in "qkv"} | {"o_proj": RowwiseParallel()}
     parallelize_module(attn, mesh, plan)
@@ -725,8 +723,6 @@ def _max_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
 
 def demo_data(rank: int, world_size: int) -> dict[str, float]:
     """Data parallel by hand and with DDP vs one process on the whole batch."""
-    import copy
-
     model, ids = _tiny_lm()
     reference = copy.deepcopy(model)
     _lm_loss(reference, ids).backward()
@@ -738,8 +734,6 @@ def demo_data(rank: int, world_size: int) -> dict[str, float]:
 
 def demo_fsdp(rank: int, world_size: int) -> dict[str, float]:
     """FSDP2, one SGD step, vs one process."""
-    import copy
-
     model, ids = _tiny_lm()
     reference = copy.deepcopy(model)
     _lm_loss(reference, ids).backward()
@@ -753,8 +747,6 @@ def demo_fsdp(rank: int, world_size: int) -> dict[str, float]:
 def demo_tensor(rank: int, world_size: int) -> dict[str, float]:
     """The column/row-parallel MLP and head-split attention, by hand and with DTensor, vs
     the whole layers: the largest difference of outputs and ``dL/dx``."""
-    import copy
-
     torch.manual_seed(0)
     mlp, x_mlp = FeedForward(8, 16 * world_size), torch.randn(2, 3, 8)
     d = 4 * world_size  # two heads of size 2 per rank, for any number of ranks
@@ -776,8 +768,6 @@ def demo_tensor(rank: int, world_size: int) -> dict[str, float]:
 
 def demo_pipeline(rank: int, world_size: int) -> dict[str, float]:
     """GPipe by hand and with ``ScheduleGPipe`` vs one process: this rank's stage gradients."""
-    import copy
-
     torch.manual_seed(0)
     stages = [FeedForward(8, 16) for _ in range(world_size)]
     x, y = torch.randn(4, 8), torch.randn(4, 8)

@@ -308,4 +308,3 @@ def pipeline_worker(
         by_hand = par.pipeline_by_hand(rank, world_size, copy.deepcopy(stages), x, y, n_microbatches)
     gpipe = par.pipeline_gpipe(rank, world_size, copy.deepcopy(stages), x, y, n_microbatches)
     return {"by_hand": by_hand, "gpipe": gpipe, "comm": log}
-
