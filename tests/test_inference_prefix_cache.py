@@ -194,6 +194,13 @@ def test_logits_with_a_cached_prefix_equal_logits_without():
     with torch.no_grad():
         full = model(torch.tensor([tokens])).logits
     torch.testing.assert_close(out.logits, full[:, 16:], **TOL)
+    # A server's prefill: the last position's logits only, the same row.
+    cache.free_sequence(out.seq_id)
+    last = prefill(model, cache, system + users[1], logits_to_keep=1)
+    assert last.logits.shape == (1, 1, V) and last.num_cached_tokens == 16
+    with torch.no_grad():
+        full = model(torch.tensor([system + users[1]])).logits
+    torch.testing.assert_close(last.logits, full[:, -1:], **TOL)
 
 
 def test_greedy_decoding_on_a_cached_prefix_equals_generate():
@@ -451,6 +458,8 @@ def test_bad_inputs():
         alloc.cache_block(0, "h")
     with pytest.raises(TypeError, match="PrefixCache"):
         prefill(_model(), cache.kv, [1])
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 0, got -1"):
+        prefill(_model(), cache, [1], logits_to_keep=-1)
     tree = RadixCache(BlockAllocator(4))
     with pytest.raises(ValueError, match="one slot per token"):
         tree.insert([1, 2], [0])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmfoundations.kv_cache import KVCache
 from llmfoundations.models import (
     IGNORE_INDEX,
     DecoderLM,
@@ -353,6 +354,37 @@ def test_llama_logits_match_transformers(tie, hf_llama_copy):
         ref = hf(ids, attention_mask=mask).logits
     real = mask.bool()
     torch.testing.assert_close(got[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [1, 3, 11, 20])
+def test_logits_to_keep_matches_transformers_and_the_full_logits(keep, hf_llama_copy):
+    ours = _perturb(_model(ModelConfig.llama(V, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, d_ff=80)))
+    hf = hf_llama_copy(ours, attn_implementation="eager")
+    ids = torch.randint(0, V, (2, 11))
+    with torch.no_grad():
+        full = ours(ids).logits  # (2, 11, V)
+        got = ours(ids, logits_to_keep=keep).logits  # (2, min(keep, 11), V)
+        ref = hf(ids, logits_to_keep=keep).logits
+    assert got.shape == (2, min(keep, 11), V)
+    torch.testing.assert_close(got, full[:, -keep:], atol=1e-6, rtol=1e-5)  # fewer GEMM rows: rounding
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # with a cache: the last position of a continued sequence
+    cache = KVCache.for_model(ours, 2, 11)
+    with torch.no_grad():
+        ours(ids[:, :6], kv_cache=cache, logits_to_keep=1)
+        step = ours(ids[:, 6:], kv_cache=cache, logits_to_keep=1).logits  # (2, 1, V)
+    torch.testing.assert_close(step, full[:, -1:], atol=1e-5, rtol=1e-5)
+
+
+def test_logits_to_keep_errors():
+    model = _model(PRESETS["llama"]())
+    ids = torch.randint(0, V, (2, 5))
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 0, got -1"):
+        model(ids, logits_to_keep=-1)
+    with pytest.raises(TypeError, match="logits_to_keep must be an int, got float"):
+        model(ids, logits_to_keep=1.0)
+    with pytest.raises(ValueError, match="logits_to_keep=1 cannot be combined with labels"):
+        model(ids, labels=ids, logits_to_keep=1)
 
 
 def test_interleaved_rope_with_permuted_rows_equals_split_half():

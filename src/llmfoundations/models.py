@@ -590,8 +590,9 @@ class DecoderLM(_TransformerModel):
         kv_cache: KVCache | None = None,
         labels: Tensor | None = None,
         output_attentions: bool = False,
+        logits_to_keep: int = 0,
     ) -> LMOutput:
-        """Next-token logits for every position.
+        """Next-token logits for every position (or the last ``logits_to_keep``).
 
         Args:
             input_ids: ``(B, T)`` token ids.
@@ -611,6 +612,10 @@ class DecoderLM(_TransformerModel):
                 Shifted inside, as in Hugging Face: ``logits[:, t]`` is scored against
                 ``labels[:, t + 1]``.
             output_attentions: return every layer's attention weights (slower path).
+            logits_to_keep: ``0`` (default) computes logits for every position; ``k > 0``
+                only for the last ``k`` (all of them when ``k >= T``), as transformers'
+                argument of that name: a prefill that only needs the next token skips the
+                ``(T - 1) x V`` logits nobody reads. Cannot be combined with ``labels``.
         """
         config = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -652,6 +657,12 @@ class DecoderLM(_TransformerModel):
         if labels is not None:
             _check_labels(labels, (b, t), config.vocab_size)
         check_bool("output_attentions", output_attentions)
+        check_int("logits_to_keep", logits_to_keep, minimum=0)
+        if logits_to_keep and labels is not None:
+            raise ValueError(
+                f"logits_to_keep={logits_to_keep} cannot be combined with labels: the loss "
+                "needs the logits of every position"
+            )
         return self.forward_unchecked(
             input_ids,
             inputs_embeds=inputs_embeds,
@@ -660,6 +671,7 @@ class DecoderLM(_TransformerModel):
             kv_cache=kv_cache,
             labels=labels,
             output_attentions=output_attentions,
+            logits_to_keep=logits_to_keep,
         )
 
     def forward_unchecked(
@@ -672,6 +684,7 @@ class DecoderLM(_TransformerModel):
         kv_cache: KVCache | None = None,
         labels: Tensor | None = None,
         output_attentions: bool = False,
+        logits_to_keep: int = 0,
     ) -> LMOutput:
         """:meth:`forward` without its argument checks (same arguments, same result).
 
@@ -705,7 +718,7 @@ class DecoderLM(_TransformerModel):
             x = out.hidden
             outs.append(out)
         x = self.norm(x)
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T or k, V)
 
         loss = None
         if labels is not None:

@@ -364,7 +364,8 @@ class PrefixCache:
 @dataclass(frozen=True)
 class PrefillOutput:
     """``seq_id``; ``num_cached_tokens`` read from the cache; ``logits`` (1, T - cached, V)
-    of the positions that were computed (the last row predicts the next token)."""
+    of the positions that were computed (the last row predicts the next token), or of the
+    last ``logits_to_keep`` of them."""
 
     seq_id: int
     num_cached_tokens: int
@@ -372,16 +373,23 @@ class PrefillOutput:
 
 
 @torch.no_grad()
-def prefill(model: nn.Module, cache: PrefixCache, tokens: Sequence[int]) -> PrefillOutput:
+def prefill(
+    model: nn.Module, cache: PrefixCache, tokens: Sequence[int], *, logits_to_keep: int = 0
+) -> PrefillOutput:
     """Add the prompt ``tokens`` as a sequence of ``cache``, run ``model`` on the part that
-    is not cached, and commit its full blocks."""
+    is not cached, and commit its full blocks. ``logits_to_keep=1`` asks the model (a
+    ``DecoderLM``, or a model with transformers' argument of that name) for the last
+    position's logits only, all a server needs for the first new token; ``0`` (default)
+    keeps every computed position's."""
     if not isinstance(cache, PrefixCache):
         raise TypeError(f"cache must be a PrefixCache, got {type(cache).__name__}")
     ids = _check_tokens("tokens", tokens)
+    check_int("logits_to_keep", logits_to_keep, minimum=0)
     seq, n_cached = cache.add_sequence(ids)
     device = cache.kv.k_pools[0].device
     rest = torch.tensor([ids[n_cached:]], dtype=torch.long, device=device)  # (1, T - cached)
-    logits = model(rest, kv_cache=cache.kv.view(seq)).logits  # (1, T - cached, V)
+    keep = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}  # other models: as before
+    logits = model(rest, kv_cache=cache.kv.view(seq), **keep).logits  # (1, T - cached or k, V)
     cache.commit(seq, ids)
     return PrefillOutput(seq, n_cached, logits)
 
