@@ -1,4 +1,5 @@
-"""What the benchmark scripts say about the machine they ran on (imported by each script;
+"""What the benchmark scripts share: the machine they ran on, percentiles, and writing a
+results file only when the outputs compared were equal (imported by each script;
 ``python benchmarks/NAME.py`` puts this folder on ``sys.path``)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from llmfoundations.course import cpu_name as _model_name
 
-__all__ = ["cpu_name", "publish"]
+__all__ = ["cpu_name", "percentile", "publish"]
 
 
 def cpu_name() -> str:
@@ -37,10 +38,28 @@ def cpu_name() -> str:
     return f"{name} ({', '.join(details)})" if details else name
 
 
-def publish(lines: list[str], path: Path, write: bool = True) -> None:
-    """Print a results table's lines and, unless ``write`` is false, write them to ``path``."""
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, linear between order statistics (NumPy's
+    default, "type 7")."""
+    if not values:
+        raise ValueError("percentile of no values")
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def publish(lines: list[str], path: Path, write: bool = True, *, mismatch: str = "") -> None:
+    """Print a results table's lines and, unless ``write`` is false, write them to ``path``.
+
+    ``mismatch``, when not empty, says which outputs that should be equal were not: the
+    lines are printed, nothing is written, and the script exits with an error, since a
+    speed comparison of different outputs means nothing."""
     text = "\n".join(lines).rstrip("\n") + "\n"
     print(text)
+    if mismatch:
+        raise SystemExit(f"not written: {mismatch}")
     if write:
         path.write_text(text)
         print(f"wrote {path}")

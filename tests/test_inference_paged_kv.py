@@ -102,6 +102,38 @@ def test_allocator_shared_block_returns_after_its_last_owner():
     assert alloc.ref_counts[b] == 0 and alloc.num_free == 2
 
 
+@pytest.mark.parametrize("caching", [False, True])
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_allocator_peak_is_the_most_blocks_owned_at_once(caching, seed):
+    from llmfoundations.inference.prefix_cache import CachingBlockAllocator
+
+    alloc = CachingBlockAllocator(8) if caching else BlockAllocator(8)
+    rng, owned, most = random.Random(seed), [], 0
+    for step in range(30):
+        op = rng.choice(["allocate", "free", "share", "reset"])
+        if op == "allocate" and alloc.num_free:
+            blocks = alloc.allocate(rng.randint(1, alloc.num_free))
+            owned += blocks
+            if caching:  # cached blocks stay findable after their owner frees them
+                for b in blocks:
+                    alloc.cache_block(b, f"{seed}-{step}-{b}".encode())
+        elif op == "free" and owned:
+            alloc.free([owned.pop(rng.randrange(len(owned)))])
+        elif op == "share":
+            cached = [b for b in range(8) if caching and alloc.hashes[b] is not None]
+            pool = owned + cached
+            if pool:
+                b = rng.choice(pool)
+                alloc.share([b])
+                owned.append(b)
+        elif op == "reset":
+            alloc.reset_peak()
+            most = 0
+        most = max(most, alloc.num_used)  # brute force: owners counted after every call
+        assert alloc.peak_used == most
+
+
 def test_allocator_bad_inputs():
     with pytest.raises(ValueError, match="num_blocks"):
         BlockAllocator(0)

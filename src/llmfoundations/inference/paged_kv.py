@@ -113,6 +113,9 @@ class BlockAllocator:
     ``share(blocks)`` adds an owner, ``free(blocks)`` removes one; a block whose count
     drops to 0 goes back to the tail of the free list. ``allocate`` is all-or-nothing:
     it raises ``OutOfBlocks`` without allocating anything when too few are free.
+    ``peak_used`` is the most blocks owned at once since construction or ``reset_peak()``
+    (as ``torch.cuda.max_memory_allocated``: reading ``num_used`` between steps misses a
+    step that allocates before it frees).
 
     >>> alloc = BlockAllocator(4)
     >>> alloc.allocate(3), alloc.num_free
@@ -126,6 +129,7 @@ class BlockAllocator:
         self.num_blocks = num_blocks
         self.ref_counts = [0] * num_blocks  # block id -> number of owners
         self._free: deque[int] = deque(range(num_blocks))  # the next block to hand out first
+        self.peak_used = 0
 
     @property
     def num_free(self) -> int:
@@ -145,7 +149,17 @@ class BlockAllocator:
         blocks = [self._pop_free() for _ in range(n)]
         for b in blocks:
             self.ref_counts[b] = 1
+        self._note_peak()
         return blocks
+
+    def reset_peak(self) -> None:
+        """Start ``peak_used`` again from the blocks owned now."""
+        self.peak_used = 0
+        self._note_peak()
+
+    def _note_peak(self) -> None:
+        # Every block with an owner is off the free list, and only those are.
+        self.peak_used = max(self.peak_used, self.num_blocks - len(self._free))
 
     def share(self, blocks: Iterable[int]) -> None:
         """Add one owner to each block (each must be allocated)."""

@@ -197,6 +197,7 @@ class CachingBlockAllocator(BlockAllocator):
             if self.ref_counts[b] == 0:
                 del self._free[b]  # touch: no longer evictable
             self.ref_counts[b] += 1
+        self._note_peak()
 
     def cache_block(self, block: int, h: bytes) -> None:
         """Name an owned, full block by its hash, so that later requests can find it."""
