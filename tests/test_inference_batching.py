@@ -321,6 +321,80 @@ def test_cancel_a_waiting_request_and_cancel_from_a_callback():
     assert engine.cache.num_free_blocks == 20 and "waiting=0" in repr(engine)
 
 
+def test_a_callback_that_cancels_a_running_request_stops_it_from_the_next_step():
+    model = _model()
+    engine = Engine(model, num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=8))
+    b = None
+
+    def cancel_b(event):
+        if len(engine.output(event.request_id)) == 2:  # a's second token: b is decoding too
+            assert engine.cancel(b) is True
+
+    a = engine.add_request(_prompt(3, 1), 6, on_token=cancel_b)
+    b = engine.add_request(_prompt(2, 2), 6)
+    events = list(engine.stream())
+    b_tokens = [e.token for e in events if e.request_id == b]
+    assert b_tokens == engine.output(b) == _reference(model, _prompt(2, 2), 6)[:2]  # then none
+    assert engine.output(a) == _reference(model, _prompt(3, 1), 6)
+    assert engine.requests[b].status == "cancelled" and engine.cache.num_free_blocks == 20
+
+
+def test_a_callback_that_raises_leaves_every_other_request_correct():
+    model = _model()
+    engine = Engine(model, num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=8))
+
+    def fail_once(event):
+        if len(engine.output(event.request_id)) == 2 and not failed:
+            failed.append(event)
+            raise RuntimeError("a client went away")
+
+    failed: list[TokenEvent] = []
+    a = engine.add_request(_prompt(3, 1), 5, on_token=fail_once)
+    b = engine.add_request(_prompt(4, 2), 5)
+    with pytest.raises(RuntimeError, match="went away"):
+        engine.run()
+    assert len(engine.output(b)) == 2  # b's token of that step was recorded before a's callback
+    outs = engine.run()
+    assert outs[a] == _reference(model, _prompt(3, 1), 5)
+    assert outs[b] == _reference(model, _prompt(4, 2), 5)
+    assert engine.cache.num_free_blocks == 20
+
+
+def test_admission_counts_the_blocks_a_running_request_already_holds():
+    # 5 blocks of 4. a: at most 4 + 5 - 1 = 8 positions, 2 blocks, 1 held after its prefill,
+    # so 1 more promised and 4 - 1 = 3 spare; b: 5 + 8 - 1 = 12 positions, 3 blocks: it fits
+    # now. Counting a's 2 blocks as still to come would leave 2 spare and make b wait.
+    engine = Engine(
+        _model(), num_blocks=5, block_size=4, config=SchedulerConfig(token_budget=16, max_running=4)
+    )
+    engine.add_request(_prompt(4, 1), 5)
+    engine.step()
+    b = engine.add_request(_prompt(5, 2), 8)
+    engine.step()
+    assert engine.last_plan.admitted == [b]
+
+
+def test_partly_prefilled_prompts_keep_their_arrival_order():
+    engine = Engine(
+        _model(), num_blocks=30, block_size=4, config=SchedulerConfig(token_budget=5, max_running=3)
+    )
+    a = engine.add_request(_prompt(12, 1), 2)
+    b = engine.add_request(_prompt(12, 2), 2)
+    plans = []
+    for _ in range(4):
+        engine.step()
+        plans.append(engine.last_plan.prefill)
+    # the budget goes to a's prompt first, the rest to b's, step after step
+    assert plans == [[(a, 5)], [(a, 5)], [(a, 2), (b, 3)], [(b, 4)]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU for a CUDA generator")
+def test_a_generator_on_another_device_is_refused():
+    engine = Engine(_model(), num_blocks=4, block_size=4)
+    with pytest.raises(ValueError, match="generator is on cuda"):
+        engine.add_request([1, 2], 2, generator=torch.Generator(device="cuda"))
+
+
 def test_training_mode_is_restored():
     model = _model()
     model.train()
@@ -483,6 +557,29 @@ def test_fast_engine_gives_the_reference_engines_tokens(kind):
     assert runs[0] == runs[1]
     with pytest.raises(TypeError, match="fast must be a bool"):
         Engine(model, num_blocks=4, block_size=4, fast=1)
+
+
+class _Wrapped(torch.nn.Module):
+    """A model without ``forward_unchecked``: the fast engine cannot pack its steps."""
+
+    def __init__(self, inner: DecoderLM) -> None:
+        super().__init__()
+        self.inner, self.config, self.lm_head = inner, inner.config, inner.lm_head
+
+    def forward(self, ids, **kwargs):
+        return self.inner(ids, **kwargs)
+
+
+def test_fast_engine_on_a_model_it_cannot_pack_still_equals_generate():
+    model = _model()
+    engine = Engine(
+        _Wrapped(model), 30, 4, SchedulerConfig(token_budget=5, max_running=3), fast=True
+    )
+    assert not engine._can_pack
+    prompts = [_prompt(n, n) for n in (3, 9, 1)]
+    ids = [engine.add_request(p, 6) for p in prompts]
+    outs = engine.run()
+    assert [outs[i] for i in ids] == [_reference(model, p, 6) for p in prompts]
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt"])

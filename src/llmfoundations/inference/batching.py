@@ -87,7 +87,8 @@ GREEDY = SamplingConfig(do_sample=False)
 
 
 class TokenEvent(NamedTuple):
-    """One generated token of one request; ``finished``: it was the request's last."""
+    """One generated token of one request; ``finished``: the request ended with it (a stop
+    token or ``max_new_tokens``). A request cancelled meanwhile ends without such an event."""
 
     request_id: int
     token: int
@@ -324,6 +325,8 @@ class Engine:
         self.model = model
         self.cache = PagedKVCache.for_model(model, num_blocks=num_blocks, block_size=block_size)
         self.scheduler = Scheduler(config or SchedulerConfig(), self.cache)
+        # Every request ever added, finished and cancelled ones too (their outputs stay
+        # readable); a long-running server would drop finished ones, e.g. after `run`.
         self.requests: dict[int, Request] = {}
         self.step_count = 0
         self.last_plan: StepPlan | None = None
@@ -350,7 +353,9 @@ class Engine:
         ``prompt``: token ids (at least one); ``max_new_tokens`` >= 1; the request stops
         after producing one of ``stop_token_ids`` (the stop token is part of its output,
         as in ``generate``); ``sampling`` (default greedy) with its own ``generator``;
-        ``on_token`` receives each of its :class:`TokenEvent` s.
+        ``on_token`` receives each of its :class:`TokenEvent` s, after the step has
+        recorded every request's token (an exception it raises leaves the engine
+        consistent, but the step's later callbacks are not called).
         """
         prompt = self._check_prompt(prompt)
         check_int("max_new_tokens", max_new_tokens, minimum=1)
@@ -360,6 +365,11 @@ class Engine:
                 f"sampling must be a SamplingConfig or None, got {type(sampling).__name__}"
             )
         _check_generator(generator)
+        if generator is not None and generator.device.type != self._device.type:
+            raise ValueError(
+                f"generator is on {generator.device}, the model on {self._device}: give a "
+                f"torch.Generator(device={str(self._device)!r})"
+            )
         if on_token is not None and not callable(on_token):
             raise TypeError(f"on_token must be callable or None, got {type(on_token).__name__}")
         _check_length_fits(self.model, len(prompt) + max_new_tokens)
@@ -465,10 +475,14 @@ class Engine:
         finally:
             if was_training:
                 self.model.train()
-        for request_id in sorted(chosen):
-            request = self.requests[request_id]
-            if not request.is_done:  # an on_token callback may have cancelled it
-                events.append(self._emit(request, chosen[request_id]))
+        # Every token of the step is recorded before any callback runs, so a callback that
+        # raises or cancels a request cannot leave another one half-stepped (its keys and
+        # values written, its token not). A cancel takes effect from the next step.
+        events = [self._record(self.requests[i], chosen[i]) for i in sorted(chosen)]
+        for event in events:
+            on_token = self.requests[event.request_id].on_token
+            if on_token is not None:
+                on_token(event)
         return events
 
     def _forward(self, ids: torch.Tensor, seq_ids: list[int]) -> torch.Tensor:
@@ -570,21 +584,20 @@ class Engine:
             seen = torch.tensor([request.prompt + request.output], device=self._device)  # (1, T)
         return int(request.sampling.choose_unchecked(logits, seen, request.generator)[0])
 
-    def _emit(self, request: Request, token: int) -> TokenEvent:
+    def _record(self, request: Request, token: int) -> TokenEvent:
         """Record a token; finish the request (freeing its blocks) if it was the last."""
         request.output.append(token)
         done = token in request.stop_token_ids or len(request.output) == request.max_new_tokens
         if done:
             self.scheduler.remove(request)
             request.status = "finished"
-        event = TokenEvent(request.request_id, token, done)
-        if request.on_token is not None:
-            request.on_token(event)
-        return event
+        return TokenEvent(request.request_id, token, done)
 
     def stream(self) -> Iterator[TokenEvent]:
         """Step until no request is waiting or running, yielding every token as it comes.
-        Requests may be added or cancelled between the events."""
+        Requests may be added or cancelled between the events; like a cancel from an
+        ``on_token`` callback, a cancel takes effect from the next step (the events of the
+        step already run still come)."""
         while self.has_work:
             yield from self.step()
 
