@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import inspect
 import platform
 import re
 import statistics
@@ -178,16 +179,18 @@ def hf_runner(system_ids: list[int]):
     path = smollm2_gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     hf.eval()
+    # transformers 5.x names the argument `cache` (`past_key_values` is deprecated there)
+    arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
     with torch.no_grad():
         base = DynamicCache(config=hf.config)
-        hf(torch.tensor([system_ids]), past_key_values=base, use_cache=True)
+        hf(torch.tensor([system_ids]), use_cache=True, **{arg: base})
 
     @torch.no_grad()
     def reuse(prompt: list[int]) -> tuple[float, int]:
         start = time.perf_counter()
         cache = copy.deepcopy(base)
         rest = torch.tensor([prompt[len(system_ids) :]])  # (1, T - S)
-        out = hf(rest, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = hf(rest, use_cache=True, logits_to_keep=1, **{arg: cache})
         token = int(out.logits[0, -1].argmax())
         return time.perf_counter() - start, token
 
