@@ -49,6 +49,29 @@ def test_blocks_check_passes_correct_answers(capsys):
     checks.check_blocks_to_allocate(lambda t, n, p: np.float32(good_blocks(t, n, p)))
 
 
+def free_slots_mod(length, num_new, block_size):
+    """A common wrong answer: the last block's free slots as block_size - length % block_size."""
+    free = block_size - length % block_size  # block_size when the last block is full (or absent)
+    return max(0, math.ceil((num_new - free) / block_size))
+
+
+def free_slots_mod_but_empty(length, num_new, block_size):
+    """The same mistake with the empty sequence handled: wrong on full last blocks only."""
+    if length == 0:
+        return math.ceil(num_new / block_size)
+    return free_slots_mod(length, num_new, block_size)
+
+
+@pytest.mark.parametrize("wrong", [free_slots_mod, free_slots_mod_but_empty])
+def test_blocks_check_names_the_full_last_block_mistake(wrong):
+    # It reproduces rounding down on an empty sequence (the first case), so the order of the
+    # hints decides: it must not be told to round up.
+    with pytest.raises(AssertionError, match="blocks_to_allocate") as err:
+        checks.check_blocks_to_allocate(wrong)
+    assert "a full last block has no free slot" in str(err.value)
+    assert "round up" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     "wrong, hint",
     [
@@ -93,6 +116,10 @@ def test_waste_check_passes_correct_answers(capsys):
     assert "✔ static_waste: all 6 cases" in capsys.readouterr().out
     checks.check_static_waste(lambda p, a: list(good_waste(p, a)))  # a list is accepted
     checks.check_static_waste(lambda p, a: tuple(np.array(good_waste(p, a))))  # NumPy ints
+    checks.check_static_waste(lambda p, a: np.array(good_waste(p, a)))  # a 1-D NumPy array
+    checks.check_static_waste(lambda p, a: np.array(good_waste(p, a), dtype=np.float64))  # whole floats
+    checks.check_static_waste(lambda p, a: [np.int32(x) for x in good_waste(p, a)])
+    checks.check_static_waste(lambda p, a: torch.tensor(good_waste(p, a)))  # a 1-D tensor
 
 
 @pytest.mark.parametrize(
@@ -105,6 +132,17 @@ def test_waste_check_passes_correct_answers(capsys):
         (lambda p, a: sum(good_waste(p, a)), "tuple of two ints"),
         (lambda p, a: tuple(x + 0.5 for x in good_waste(p, a)), "tuple of two ints"),
         (lambda p, a: (*good_waste(p, a), 0), "tuple of two ints"),
+        (lambda p, a: np.array([*good_waste(p, a), 0]), "tuple of two ints"),  # wrong length
+        (lambda p, a: np.array(good_waste(p, a))[:1], "tuple of two ints"),
+        (lambda p, a: np.array(good_waste(p, a)).reshape(2, 1), "tuple of two ints"),  # 2-D
+        (lambda p, a: np.array(good_waste(p, a)) > 0, "tuple of two ints"),  # NumPy bools
+        (lambda p, a: (True, good_waste(p, a)[1]), "tuple of two ints"),
+        (lambda p, a: [False, True], "tuple of two ints"),
+        (lambda p, a: None, "tuple of two ints"),
+        (lambda p, a: dict(enumerate(good_waste(p, a))), "tuple of two ints"),  # {0: pad, 1: idle}
+        (lambda p, a: (None, good_waste(p, a)[1]), "tuple of two ints"),
+        (lambda p, a: "ab", "tuple of two ints"),
+        (lambda p, a: np.int64(good_waste(p, a)[0]), "tuple of two ints"),  # a NumPy scalar
         (lambda p, a: (0, good_waste(p, a)[1]), "static_waste"),
     ],
 )

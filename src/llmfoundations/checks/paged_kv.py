@@ -7,11 +7,14 @@ hint where the wrong result is a known mistake:
 
 - ``blocks_to_allocate(length, num_new_tokens, block_size)``: the reference is the
   course's ``PagedKVCache.blocks_needed`` on a cache that holds ``length`` tokens. Known
-  mistakes: rounding down (``//``) instead of up, ``ceil(num_new / P)`` (as if the last
-  block had no room left), the total blocks of the grown sequence instead of the new ones;
-- ``static_waste(prompt_lens, answer_lens)``: ``(padding positions, idle row-steps)``.
-  Known mistakes: the two the wrong way round, all the batch's slots instead of the
-  wasted ones, an idle count off by one row-step per row.
+  mistakes: the free slots of the last block counted as ``P - length % P`` (a full last
+  block, or no block at all, taken for ``P`` free slots), rounding down (``//``) instead
+  of up, ``ceil(num_new / P)`` (as if the last block had no room left), the total blocks
+  of the grown sequence instead of the new ones;
+- ``static_waste(prompt_lens, answer_lens)``: ``(padding positions, idle row-steps)``,
+  returned as any sequence of two whole numbers (a tuple, a list, a 1-D NumPy array or
+  tensor). Known mistakes: the two the wrong way round, all the batch's slots instead of
+  the wasted ones, an idle count off by one row-step per row.
 
 Left out: the checks do not look at how the answer is computed (a loop is as good as a
 formula).
@@ -55,8 +58,22 @@ _BLOCK_CASES = [((t, n, p), {}) for t, n, p in [
 ]]  # fmt: skip
 
 
+def _free_slots_mod(t: int, n: int, p: int) -> int:
+    """The mistake ``free = p - t % p``: a full last block (``t % p == 0``, an empty
+    sequence too) is taken for ``p`` free slots, so its next token gets no new block."""
+    free = p - t % p
+    return max(0, -(-(n - free) // p))
+
+
 def _block_mistakes() -> list[tuple[Callable[..., Any], str]]:
+    # Order matters: where a student's results match no mistake in every case, the first
+    # mistake that reproduces the first wrong case wins. The free-slots mistake and rounding
+    # down agree on an empty sequence (the first case), so the narrower one goes first.
     return [
+        (_free_slots_mod,
+         "a full last block has no free slot: block_size - length % block_size counts block_size "
+         "free slots when length % block_size == 0 (and an empty sequence holds no block at all); "
+         "the last block's free slots are ceil(length / block_size) * block_size - length"),
         (lambda t, n, p: (t + n) // p - t // p,
          "round up, not down: a sequence of T tokens holds ceil(T / block_size) blocks (its last "
          "block may be partly full), in Python -(-T // block_size)"),
@@ -144,21 +161,42 @@ def _waste_mistakes() -> list[tuple[Callable[..., Any], str]]:
     ]  # fmt: skip
 
 
+def _pair(x: Any) -> tuple[int, int] | None:
+    """``x`` as two ints if it is a sequence of two whole numbers (a tuple, a list, a 1-D
+    NumPy array or tensor), else ``None``: bools, strings, mappings, scalars, arrays of
+    another rank or length are not pairs."""
+    if isinstance(x, (str, bytes)):
+        return None
+    ndim = getattr(x, "ndim", None)  # NumPy arrays and tensors are not Sequences
+    if ndim is not None:
+        if ndim != 1:
+            return None
+    elif not isinstance(x, Sequence):
+        return None
+    items = list(x)
+    if len(items) != 2:
+        return None
+    first, second = _count(items[0]), _count(items[1])
+    if first is None or second is None:
+        return None
+    return first, second
+
+
 @exercise_check
 def check_static_waste(student: Callable[[list[int], list[int]], tuple[int, int]]) -> None:
     """Lab 06-7: ``static_waste(prompt_lens, answer_lens)`` -> ``(sum(max(p) - p),
-    sum(max(a) - a))``, a tuple of two ints (a list is accepted)."""
+    sum(max(a) - a))``, a tuple of two ints (a list or a 1-D array of two is accepted)."""
     check_callable("static_waste", student)
 
     def as_pair(p: Sequence[int], a: Sequence[int]) -> tuple[int, int]:
         got = student(list(p), list(a))
-        pair = tuple(_count(x) for x in got) if isinstance(got, (tuple, list)) else ()
-        if len(pair) != 2 or None in pair:
+        pair = _pair(got)
+        if pair is None:
             raise AssertionError(
                 f"static_waste({list(p)}, {list(a)}) must return a tuple of two ints "
                 f"(padding positions, idle row-steps), got {got!r}"
             )
-        return pair  # type: ignore[return-value]
+        return pair
 
     compare_with_reference(
         "static_waste", as_pair, _static_reference, _WASTE_CASES, hints=_waste_mistakes()
