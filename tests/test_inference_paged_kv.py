@@ -631,3 +631,52 @@ def test_packed_view_mask_positions_and_refusals():
     cache.append(0, b, torch.zeros(2, 1, 8), torch.zeros(2, 1, 8))  # layer 0 only
     with pytest.raises(ValueError, match="middle of a forward pass"):
         cache.packed_view([b], [1])
+
+
+# ----------------------------------------------------------------------------- contracts (mutation review)
+
+
+# free_sequence counts a partly written last block as full
+def test_a_partial_block_freed_by_its_sequence_is_not_full():
+    cache = PagedKVCache(1, 4, 4, 1, 1)
+    a = cache.add_sequence()
+    cache.append(0, a, torch.ones(1, 6, 1), torch.ones(1, 6, 1))  # blocks [0, 1], 1 half written
+    cache.allocator.share([1])  # another owner (a radix tree, say) keeps block 1 alive
+    cache.free_sequence(a)
+    with pytest.raises(ValueError, match=r"\[1\] that are not full"):
+        cache.add_sequence(prefix_blocks=[1])
+
+
+# blocks_needed must count from the layer that is furthest ahead
+def test_blocks_needed_counts_from_the_furthest_layer():
+    cache = PagedKVCache(2, 8, 4, 1, 1)
+    s = cache.add_sequence()
+    cache.append(0, s, torch.ones(1, 6, 1), torch.ones(1, 6, 1))  # layer 0: 6, layer 1: 0
+    assert cache.blocks_needed(s, 3) == 1  # layer 0 writes positions 6..8: a 3rd block
+
+
+# block_table returns a copy
+def test_block_table_is_a_copy():
+    cache = PagedKVCache(1, 4, 2, 1, 1)
+    s = cache.add_sequence()
+    cache.reserve(s, 3)
+    cache.block_table(s).append(3)
+    assert cache.block_table(s) == [0, 1]
+
+
+# a view's length is what every layer holds (the minimum over layers)
+def test_view_length_is_the_minimum_over_layers():
+    cache = PagedKVCache(2, 4, 2, 1, 1)
+    s = cache.add_sequence()
+    cache.append(0, s, torch.ones(1, 3, 1), torch.ones(1, 3, 1))  # layer 1 still at 0
+    view = cache.view(s)
+    assert (view.layers[0].length, view.layers[1].length, view.length) == (3, 0, 0)
+
+
+# a packed view's length is the sum of its sequences' cached positions
+def test_packed_view_length_is_the_sum_of_cached_lengths():
+    cache = PagedKVCache(1, 8, 2, 1, 1)
+    a, b = cache.add_sequence(), cache.add_sequence()
+    cache.append(0, a, torch.ones(1, 3, 1), torch.ones(1, 3, 1))
+    cache.append(0, b, torch.ones(1, 2, 1), torch.ones(1, 2, 1))
+    assert cache.packed_view([a, b], [1, 1]).length == 5

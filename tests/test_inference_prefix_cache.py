@@ -33,9 +33,9 @@ def _model(seed: int = 0) -> DecoderLM:
     return DecoderLM(config).eval()
 
 
-def _manager(num_blocks: int, block_size: int) -> PrefixCache:
+def _manager(num_blocks: int, block_size: int, salt: str | None = None) -> PrefixCache:
     kv = PagedKVCache(1, num_blocks, block_size, 1, 1, allocator=CachingBlockAllocator(num_blocks))
-    return PrefixCache(kv)
+    return PrefixCache(kv, salt=salt)
 
 
 def _compute(cache: PrefixCache, seq: int, tokens: list[int], n: int) -> None:
@@ -472,3 +472,75 @@ def test_bad_inputs():
         RadixCache(None)
     with pytest.raises(ValueError, match="num_tokens"):
         tree.evict(-1)
+
+
+# ----------------------------------------------------------------------------- contracts (mutation review)
+
+
+# the salt goes into the first block's hash only, in match and in commit
+def test_salted_prefix_cache_hits_every_block_and_salts_only_the_first():
+    a, b = block_hashes(list(range(6)), 3, "t")
+    assert b == block_hash(a, [3, 4, 5])
+    cache = _manager(8, 2, salt="t")
+    tokens = list(range(7))
+    s, _ = cache.add_sequence(tokens)
+    _compute(cache, s, tokens, 7)
+    assert cache.add_sequence(tokens)[1] == 6  # 3 whole blocks of the 6 usable tokens
+    other = PrefixCache(cache.kv, salt="u")
+    assert other.match(tokens).num_tokens == 0
+
+
+# lookup returns the first block cached under a hash
+def test_lookup_returns_the_first_of_duplicated_blocks():
+    alloc = CachingBlockAllocator(4)
+    a = alloc.allocate(3)
+    alloc.cache_block(a[0], b"x")
+    alloc.cache_block(a[2], b"y")
+    alloc.cache_block(a[1], b"y")
+    assert alloc.lookup([b"x", b"y"]) == [0, 2]
+
+
+# lookup stops at the first hash that is not cached
+def test_lookup_stops_at_the_first_miss():
+    alloc = CachingBlockAllocator(2)
+    (b,) = alloc.allocate(1)
+    alloc.cache_block(b, b"x")
+    assert alloc.lookup([b"missing", b"x"]) == []
+
+
+# commit after a hit must refuse tokens that disagree with the cached prefix
+def test_commit_after_a_hit_refuses_a_different_prefix():
+    cache = _manager(8, 2)
+    tokens = [1, 2, 3, 4, 5]
+    s, _ = cache.add_sequence(tokens)
+    _compute(cache, s, tokens, 5)
+    t, hit = cache.add_sequence(tokens)
+    assert hit == 4
+    cache.kv.append(0, t, torch.zeros(1, 1, 1), torch.zeros(1, 1, 1))
+    with pytest.raises(ValueError, match="extend"):
+        cache.commit(t, [9, 9, 3, 4, 5])
+
+
+# prefill keeps logits_to_keep positions, not always 1
+def test_prefill_keeps_the_asked_number_of_logits():
+    model = _model()
+    cache = PrefixCache.for_model(model, num_blocks=8, block_size=4)
+    tokens = list(range(1, 8))
+    out = prefill(model, cache, tokens, logits_to_keep=3)
+    with torch.no_grad():
+        full = model(torch.tensor([tokens])).logits
+    assert out.logits.shape == (1, 3, V)
+    torch.testing.assert_close(out.logits, full[:, -3:], **TOL)
+
+
+# eviction never takes a locked node, even one its eviction left without children
+def test_evict_keeps_a_locked_node_left_childless():
+    alloc = BlockAllocator(4)
+    tree = RadixCache(alloc)
+    slots = alloc.allocate(3)
+    tree.insert([1, 2, 3], slots)
+    alloc.free(slots)
+    found = tree.match_prefix([1, 2])  # splits [1, 2, 3]; [1, 2] keeps child [3]
+    tree.lock(found.node)
+    assert tree.evict(10) == [2]
+    assert tree.match_prefix([1, 2]).blocks == [0, 1] and alloc.ref_counts[:2] == [1, 1]
