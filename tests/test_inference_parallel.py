@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -434,3 +435,61 @@ def test_torchrun_runs_the_same_workers():
         "pipeline", "gpipe",
     }  # fmt: skip
     assert all(float(v) < 1e-5 for v in lines.values()), lines
+
+
+# ----------------------------------------------------------------------------- contracts (mutation review)
+
+
+# layer options the slice test never builds
+@pytest.mark.parametrize("make", [
+    lambda: FeedForward(16, 32, activation="relu"),
+    lambda: MultiHeadAttention(16, n_heads=4, causal=False),
+    lambda: MultiHeadAttention(16, n_heads=4, n_kv_heads=2, rope_theta=100.0, rope_interleaved=True),
+], ids=["relu", "non_causal", "rope_interleaved"])
+def test_tensor_parallel_slices_sum_to_the_whole_for_other_options(make):
+    torch.manual_seed(1)
+    layer, x = make(), torch.randn(2, 3, 16)
+    is_attn = isinstance(layer, MultiHeadAttention)
+    split = par.TensorParallelAttention if is_attn else par.TensorParallelMLP
+    parts = [split(layer, r, 2) for r in range(2)]
+    bias = parts[0].o_bias if is_attn else parts[0].down_bias
+    total = sum(p(x) for p in parts) - (0 if bias is None else bias)
+    torch.testing.assert_close(total, layer(x), **TOL)
+
+
+# the DTensor split of a SwiGLU (gate_proj) is never run
+def test_dtensor_splits_a_swiglu_like_the_whole_layer():
+    torch.manual_seed(3)
+    mlp, x = SwiGLU(8, 16), torch.randn(2, 3, 8)
+    results = par.run_workers(par.tensor_parallel_mlp_dtensor, 2, mlp, x, timeout=120)
+    whole, xx = copy.deepcopy(mlp), x.clone().requires_grad_(True)
+    out = whole(xx)
+    out.square().sum().backward()
+    for r in results:
+        torch.testing.assert_close(r["out"], out.detach(), **TOL)
+        torch.testing.assert_close(r["x_grad"], xx.grad, **TOL)
+        for n, p in whole.named_parameters():
+            torch.testing.assert_close(r["grads"][n], p.grad, **TOL)
+
+
+# a function whose module-level name now means another object
+def _twin(rank, world_size):
+    return rank
+
+
+def test_run_workers_refuses_a_function_its_name_no_longer_finds():
+    impostor = types.FunctionType(_twin.__code__, globals(), "_twin")  # same module and name
+    with pytest.raises(ValueError, match="redefined"):
+        par.run_workers(impostor, 2, timeout=60)
+
+
+# each rank computes on its own shard only (no process group: nothing is averaged)
+def test_data_parallel_gradients_use_only_this_ranks_shard():
+    torch.manual_seed(0)
+    lm = DecoderLM(ModelConfig.gpt(vocab_size=32, d_model=16, n_layers=1, n_heads=2))
+    ids = torch.randint(0, 32, (4, 8))
+    got = par.data_parallel_gradients(1, 2, copy.deepcopy(lm), ids)
+    ref = copy.deepcopy(lm)
+    ref(ids[2:], labels=ids[2:]).loss.backward()
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, **TOL)

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -235,3 +236,27 @@ def test_lab_workers_equal_one_process_and_count_exactly():
         assert ops == ["recv", "recv", "send", "send"]
         assert {b for _, b in r["pp"]["comm"]} == {2 * 8 * 4}
     torch.testing.assert_close(results[1]["pp"]["gpipe"]["loss"], loss.detach(), **TOL)
+
+
+# ----------------------------------------------------------------------------- contracts (mutation review)
+
+
+# broadcast is in _COUNTED and bytes_sent but never exercised
+def test_broadcast_is_counted_and_sent_whole():
+    assert pc.bytes_sent([("broadcast", 100)], 4) == 100
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pc.count_communication() as log:
+            dist.broadcast(torch.ones(3), src=0)
+    finally:
+        dist.destroy_process_group()
+    assert log == [("broadcast", 12)]
+
+
+# GPipe runs the backwards in reverse microbatch order
+def test_gpipe_schedule_runs_backwards_in_reverse_order():
+    slots = pc.gpipe_schedule(3, 4)
+    for stage in range(3):
+        mine = sorted((s for s in slots if s.stage == stage), key=lambda s: s.start)
+        assert [s.microbatch for s in mine if s.phase == "forward"] == [0, 1, 2, 3]
+        assert [s.microbatch for s in mine if s.phase == "backward"] == [3, 2, 1, 0]

@@ -79,3 +79,21 @@ def test_bad_arguments_are_named():
         pt.train_single(model, x, y, 0)
     with pytest.raises(ValueError, match="d_model"):
         pt.mlp_stack(0, 8, 1)
+
+
+# ----------------------------------------------------------------------------- contracts (mutation review)
+
+
+# pipelines over more blocks than ranks
+def test_pipelines_hold_consecutive_blocks_named_as_in_the_stack():
+    model = pt.mlp_stack(8, 16, 4)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 8, generator=g), torch.randn(8, 8, generator=g)
+    single = pt.train_single(model, x, y, 1)
+    strategies = ["pipeline_by_hand", "pipeline_gpipe"]
+    results = run_workers(pt.timed_steps_worker, 2, strategies, model, x, y, 1, 0, 1e-3, 2, timeout=120)
+    for strategy in strategies:
+        params = {**results[0][strategy]["params"], **results[1][strategy]["params"]}
+        assert params.keys() == single["params"].keys(), strategy
+        for n, p in single["params"].items():
+            torch.testing.assert_close(params[n], p, rtol=1e-4, atol=1e-5, msg=f"{strategy} {n}")
