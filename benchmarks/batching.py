@@ -151,7 +151,8 @@ def measure(d_model: int, args: argparse.Namespace) -> tuple[str, float, dict, b
     step = (time.perf_counter() - start) / 33  # one solo decode step (prefill included)
     trace = make_trace(args.requests, args.gap * step, config.vocab_size, args.seed)
 
-    head = Trace(trace.arrival[:2], trace.prompts[:2], [2, 2])
+    head = Trace(trace.arrival[:2], trace.prompts[:2], [2] * len(trace.arrival[:2]))
+    run_static(model, head, args.max_batch)  # a first padded batch
     run_continuous(model, head, args.budget, args.max_batch)  # the engine's first steps
     best: dict[str, dict[str, float]] = {}
     same = True

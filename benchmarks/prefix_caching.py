@@ -179,7 +179,8 @@ def hf_runner(system_ids: list[int]):
     path = smollm2_gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     hf.eval()
-    # transformers 5.x names the argument `cache` (`past_key_values` is deprecated there)
+    # transformers 5.x names the argument `cache` (`past_key_values` is deprecated there);
+    # the script needs a recent transformers anyway (DynamicCache(config=), logits_to_keep)
     arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
     with torch.no_grad():
         base = DynamicCache(config=hf.config)

@@ -349,12 +349,15 @@ def test_a_callback_that_raises_leaves_every_other_request_correct():
             raise RuntimeError("a client went away")
 
     failed: list[TokenEvent] = []
+    seen_by_b: list[int] = []
     a = engine.add_request(_prompt(3, 1), 5, on_token=fail_once)
-    b = engine.add_request(_prompt(4, 2), 5)
+    b = engine.add_request(_prompt(4, 2), 5, on_token=lambda e: seen_by_b.append(e.token))
     with pytest.raises(RuntimeError, match="went away"):
         engine.run()
     assert len(engine.output(b)) == 2  # b's token of that step was recorded before a's callback
+    assert seen_by_b == engine.output(b)  # and b's callback still got it
     outs = engine.run()
+    assert seen_by_b == outs[b]
     assert outs[a] == _reference(model, _prompt(3, 1), 5)
     assert outs[b] == _reference(model, _prompt(4, 2), 5)
     assert engine.cache.num_free_blocks == 20
@@ -388,11 +391,32 @@ def test_partly_prefilled_prompts_keep_their_arrival_order():
     assert plans == [[(a, 5)], [(a, 5)], [(a, 2), (b, 3)], [(b, 4)]]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU for a CUDA generator")
 def test_a_generator_on_another_device_is_refused():
     engine = Engine(_model(), num_blocks=4, block_size=4)
-    with pytest.raises(ValueError, match="generator is on cuda"):
-        engine.add_request([1, 2], 2, generator=torch.Generator(device="cuda"))
+    engine._device = torch.device("meta")  # as if the model were on another device
+    with pytest.raises(ValueError, match="generator is on cpu, the model on meta"):
+        engine.add_request([1, 2], 2, generator=torch.Generator())
+
+
+def test_callbacks_may_cancel_a_finished_request_and_add_new_ones():
+    model = _model()
+    engine = Engine(model, num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=8))
+    late: list[int] = []
+    cancelled: list[bool] = []
+
+    def on_a(event):
+        cancelled.append(engine.cancel(b))  # b ends in this same step (1 token): too late
+        if not late:
+            late.append(engine.add_request(_prompt(2, 3), 3))
+
+    a = engine.add_request(_prompt(3, 1), 2, on_token=on_a)
+    b = engine.add_request(_prompt(2, 2), 1)
+    outs = engine.run()
+    assert cancelled[0] is False and engine.requests[b].status == "finished"
+    assert outs[b] == _reference(model, _prompt(2, 2), 1)
+    assert outs[a] == _reference(model, _prompt(3, 1), 2)
+    assert outs[late[0]] == _reference(model, _prompt(2, 3), 3)
+    assert engine.cache.num_free_blocks == 20
 
 
 def test_training_mode_is_restored():

@@ -366,6 +366,7 @@ def test_logits_to_keep_matches_transformers_and_the_full_logits(keep, hf_llama_
         got = ours(ids, logits_to_keep=keep).logits  # (2, min(keep, 11), V)
         ref = hf(ids, logits_to_keep=keep).logits
     assert got.shape == (2, min(keep, 11), V)
+    assert ours(ids, logits_to_keep=keep).hidden_states.shape == (2, 11, 48)  # all positions
     torch.testing.assert_close(got, full[:, -keep:], atol=1e-6, rtol=1e-5)  # fewer GEMM rows: rounding
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     # with a cache: the last position of a continued sequence

@@ -354,8 +354,9 @@ class Engine:
         after producing one of ``stop_token_ids`` (the stop token is part of its output,
         as in ``generate``); ``sampling`` (default greedy) with its own ``generator``;
         ``on_token`` receives each of its :class:`TokenEvent` s, after the step has
-        recorded every request's token (an exception it raises leaves the engine
-        consistent, but the step's later callbacks are not called).
+        recorded every request's token. An exception it raises is raised by ``step`` after
+        the step's other callbacks have run; the engine stays consistent, and the step's
+        tokens, which ``step`` then does not return, are in :meth:`output`.
         """
         prompt = self._check_prompt(prompt)
         check_int("max_new_tokens", max_new_tokens, minimum=1)
@@ -477,12 +478,19 @@ class Engine:
                 self.model.train()
         # Every token of the step is recorded before any callback runs, so a callback that
         # raises or cancels a request cannot leave another one half-stepped (its keys and
-        # values written, its token not). A cancel takes effect from the next step.
+        # values written, its token not). A cancel takes effect from the next step. Every
+        # callback is called; the first exception one raised is raised after the last.
         events = [self._record(self.requests[i], chosen[i]) for i in sorted(chosen)]
+        error: Exception | None = None
         for event in events:
             on_token = self.requests[event.request_id].on_token
             if on_token is not None:
-                on_token(event)
+                try:
+                    on_token(event)
+                except Exception as e:  # noqa: BLE001 (re-raised below)
+                    error = error or e
+        if error is not None:
+            raise error
         return events
 
     def _forward(self, ids: torch.Tensor, seq_ids: list[int]) -> torch.Tensor:
