@@ -9,10 +9,12 @@ import weakref
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmfoundations.generate import generate_output
+from llmfoundations.inference import prepack
 from llmfoundations.inference.fast_decode import FastGreedyDecoder, check_fast_decodable
 from llmfoundations.models import DecoderLM, ModelConfig
 
@@ -330,3 +332,86 @@ def test_compiled_step_writes_the_cache_in_place():
         logits, codes = run_and_get_code(compiled, token, col, col.expand(2, 1))
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert f"empty_strided_cpu(({b}, {g}, {t}, {d})," not in "".join(codes)
+
+
+# ----------------------------------------------------------------------------- contracts (mutation review)
+
+
+def test_no_query_row_is_fully_masked(monkeypatch):
+    # A padding query reads itself: a fully masked row gives NaN on torch < 2.5 (0 on newer
+    # torch, which hides the bug), and NaN keys/values poison every later layer.
+    sdpa = F.scaled_dot_product_attention
+
+    def checked(q, k, v, attn_mask=None, **kw):
+        assert attn_mask.any(dim=-1).all(), "a query row is fully masked"
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", checked)
+    FastGreedyDecoder(_model(), 2, 10).generate([[5, 6, 7, 8], [9]], 3)  # row 1 left-padded
+
+
+@pytest.mark.parametrize("library", ["onednn", "mkl"])
+def test_weights_are_packed_for_the_batch_size(library):
+    if library not in prepack.available_libraries():
+        pytest.skip(f"no {library}")
+    decoder = FastGreedyDecoder(_model(), 3, 10, prepack=True, library=library)
+    # MKL uses its packed copy only for exactly `rows` rows: packed for 1, a batch of 3
+    # would silently multiply by the plain weight every step.
+    for layer in decoder.layers:
+        assert {n: p.rows for n, p in layer.packed.items()} == dict.fromkeys(("qkv", "o", "gate_up", "down"), 3)
+    assert decoder.head_packed.rows == 3
+
+
+def test_plus_inf_logits_are_refused_not_decoded():
+    # isfinite, not only isnan: a +inf logit (or a row of only -inf) has no sensible argmax.
+    model = _model()
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w[0, 0], w[1, 0] = float("inf"), float("-inf")  # one of tokens 0/1 gets +inf, the other -inf
+    with pytest.raises(ValueError, match=r"step 0 hold NaN or \+inf"):
+        FastGreedyDecoder(model, 2, 8).generate([[5, 6, 7], [8, 9, 10]], 1)  # equal lengths: no padding token
+
+
+def test_float64_model_decodes_like_generate():
+    # The cache takes the weights' dtype (and device); a float32 cache breaks other dtypes.
+    model = _model().double()
+    prompts = [[5, 6, 7], [8, 9]]
+    got = FastGreedyDecoder(model, 2, 8).generate(prompts, 3)
+    assert torch.equal(got.sequences, generate_output(model, prompts, 3).sequences)
+
+
+def test_untied_head_is_read():
+    # Every other test model ties lm_head to embed, so reading the wrong one goes unseen.
+    model = _model(tie_embeddings=False)
+    assert model.lm_head.weight is not model.embed.weight
+    prompts = [[5, 6, 7], [8, 9]]
+    ref = generate_output(model, prompts, 4)
+    decoder = FastGreedyDecoder(model, 2, 8)
+    assert torch.equal(decoder.generate(prompts, 4).sequences, ref.sequences)
+
+
+def test_stops_when_every_row_has_stopped():
+    # Only some rows stop in the existing tests: decoding on after all stopped went unseen.
+    model, prompts = _model(), [[5, 6, 7], [8, 9]]
+    free = generate_output(model, prompts, 6).new_tokens
+    stops = [int(free[0, 1]), int(free[1, 1])]
+    ref = generate_output(model, prompts, 6, stop_token_ids=stops)
+    assert bool(ref.stopped.all()) and ref.steps <= 2
+    seen = []
+    out = FastGreedyDecoder(model, 2, 10).generate(prompts, 6, stop_token_ids=stops, streamer=seen.append)
+    assert torch.equal(out.sequences, ref.sequences) and out.steps == ref.steps == len(seen)
+
+
+def test_libraries_reports_what_each_weight_is_packed_for(monkeypatch):
+    if len(prepack.available_libraries()) < 2:
+        pytest.skip("needs both libraries")
+    # "auto" chooses per shape: make the head's choice differ from the layers'
+    monkeypatch.setattr(prepack, "_CHOICES", {})
+    for n, k in ((48 + 2 * 16, 48), (48, 48), (2 * 128, 48), (48, 128)):
+        prepack._CHOICES[(n, k, 2, torch.get_num_threads())] = "mkl"
+    prepack._CHOICES[(97, 48, 2, torch.get_num_threads())] = "onednn"
+    decoder = FastGreedyDecoder(_model(), 2, 8, prepack=True)
+    assert decoder.head_packed.library == "onednn"
+    assert decoder.libraries["head"] == decoder.head_packed.library
+    for layer in decoder.layers:
+        assert all(decoder.libraries[n] == p.library for n, p in layer.packed.items())
