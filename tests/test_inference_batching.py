@@ -419,6 +419,34 @@ def test_callbacks_may_cancel_a_finished_request_and_add_new_ones():
     assert engine.cache.num_free_blocks == 20
 
 
+def test_release_forgets_finished_requests_and_refuses_running_ones():
+    model = _model()
+    engine = Engine(model, num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=8))
+    sent: list[list[int]] = []
+
+    def send_b(event):  # a server sends b's answer, from a's callback, in the step b ends
+        if b in engine.requests and engine.requests[b].is_done:
+            sent.append(engine.release(b))
+
+    a = engine.add_request(_prompt(3, 1), 4, on_token=send_b)
+    b = engine.add_request(_prompt(2, 2), 1)  # ends in the first step, sorted after a
+    with pytest.raises(ValueError, match="request 0 is still waiting: cancel it before release"):
+        engine.release(a)
+    engine.step()
+    assert sent == [_reference(model, _prompt(2, 2), 1)] and set(engine.requests) == {a}
+    with pytest.raises(ValueError, match="still running"):
+        engine.release(a)
+    with pytest.raises(ValueError, match=r"request_id 1 is unknown \(ids 0 .. 1 were given and it was released\)"):
+        engine.output(b)
+    assert engine.run() == {a: _reference(model, _prompt(3, 1), 4)}
+    assert engine.release(a) == _reference(model, _prompt(3, 1), 4) and engine.requests == {}
+    c = engine.add_request([1, 2], 1)
+    assert c == 2 and engine.cancel(c) and engine.release(c) == []  # ids are never reused
+    with pytest.raises(TypeError, match="request_id must be an int"):
+        engine.release("0")
+    assert engine.cache.num_free_blocks == 20
+
+
 def test_training_mode_is_restored():
     model = _model()
     model.train()

@@ -297,7 +297,8 @@ class Engine:
 
     Use: ``add_request`` (any time, returns an id), ``step`` (one scheduled forward step,
     returns its :class:`TokenEvent` s), ``stream`` (steps until nothing is left, yielding
-    events), ``cancel``, ``run`` (everything to the end: id -> tokens).
+    events), ``cancel``, ``run`` (everything to the end: id -> tokens), ``release`` (forget
+    a finished request).
 
     >>> from llmfoundations.models import DecoderLM, ModelConfig
     >>> _ = torch.manual_seed(0)
@@ -325,8 +326,8 @@ class Engine:
         self.model = model
         self.cache = PagedKVCache.for_model(model, num_blocks=num_blocks, block_size=block_size)
         self.scheduler = Scheduler(config or SchedulerConfig(), self.cache)
-        # Every request ever added, finished and cancelled ones too (their outputs stay
-        # readable); a long-running server would drop finished ones, e.g. after `run`.
+        # Every request added and not yet released, finished and cancelled ones too (their
+        # outputs stay readable); a long-running server calls `release` once it has sent one.
         self.requests: dict[int, Request] = {}
         self.step_count = 0
         self.last_plan: StepPlan | None = None
@@ -434,13 +435,25 @@ class Engine:
         request.status = "cancelled"
         return True
 
+    def release(self, request_id: int) -> list[int]:
+        """Forget a finished or cancelled request and return its output, so that a
+        long-running server does not keep every request it ever served. A request still
+        waiting or running is refused (``cancel`` it first); its id is never reused."""
+        request = self._get(request_id)
+        if not request.is_done:
+            raise ValueError(
+                f"request {request_id} is still {request.status}: cancel it before release"
+            )
+        del self.requests[request_id]
+        return list(request.output)
+
     def _get(self, request_id: object) -> Request:
         if isinstance(request_id, bool) or not isinstance(request_id, int):
             raise TypeError(f"request_id must be an int, got {type(request_id).__name__}")
         if request_id not in self.requests:
-            raise ValueError(
-                f"request_id {request_id} is unknown (ids 0 .. {self._next_id - 1} were given)"
-            )
+            given = f"ids 0 .. {self._next_id - 1} were given" if self._next_id else "none given"
+            gone = " and it was released" if 0 <= request_id < self._next_id else ""
+            raise ValueError(f"request_id {request_id} is unknown ({given}{gone})")
         return self.requests[request_id]
 
     def output(self, request_id: int) -> list[int]:
@@ -481,9 +494,9 @@ class Engine:
         # values written, its token not). A cancel takes effect from the next step. Every
         # callback is called; the first exception one raised is raised after the last.
         events = [self._record(self.requests[i], chosen[i]) for i in sorted(chosen)]
-        error: Exception | None = None
-        for event in events:
-            on_token = self.requests[event.request_id].on_token
+        callbacks = [self.requests[e.request_id].on_token for e in events]  # (before any
+        error: Exception | None = None  # callback can release a finished request)
+        for event, on_token in zip(events, callbacks, strict=True):
             if on_token is not None:
                 try:
                     on_token(event)
