@@ -494,8 +494,9 @@ class Engine:
         # values written, its token not). A cancel takes effect from the next step. Every
         # callback is called; the first exception one raised is raised after the last.
         events = [self._record(self.requests[i], chosen[i]) for i in sorted(chosen)]
-        callbacks = [self.requests[e.request_id].on_token for e in events]  # (before any
-        error: Exception | None = None  # callback can release a finished request)
+        # (Callbacks are looked up first: one may release another request of this step.)
+        callbacks = [self.requests[e.request_id].on_token for e in events]
+        error: Exception | None = None
         for event, on_token in zip(events, callbacks, strict=True):
             if on_token is not None:
                 try:
