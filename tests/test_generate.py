@@ -89,6 +89,31 @@ def test_uncached_reference_gives_the_same_steps(name):
     torch.testing.assert_close(cached.logits, full.logits, **STEP_TOL)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_head_reads_only_the_last_position(use_cache):
+    """generate needs one position's logits per step: DecoderLM's head is given (B, 1, C),
+    in the prefill and without a cache too; a model whose forward does not take
+    logits_to_keep gets the call it always got, and the same tokens."""
+    model = _model("llama")
+    rows: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    try:
+        got = generate(model, _prompts(3, [5, 2]), 4, use_cache=use_cache)
+    finally:
+        hook.remove()
+    assert rows == [1, 1, 1, 1]
+
+    class Plain(torch.nn.Module):  # a forward without logits_to_keep (or forward_unchecked)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, ids, attention_mask=None, kv_cache=None):
+            return self.inner(ids, attention_mask=attention_mask, kv_cache=kv_cache)
+
+    assert torch.equal(generate(Plain(model), _prompts(3, [5, 2]), 4, use_cache=use_cache), got)
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     name=st.sampled_from(list(CONFIGS)),

@@ -30,13 +30,14 @@ if it were alone. When nothing is padded the mask is left out and positions are 
 Left out: beam search with a cache (``sampling.beam_search`` recomputes the prefix),
 speculative decoding (``speculative.py``), paged caches and continuous batching (rows
 that finish keep their slot until the whole batch ends), stop *strings*, constraints and
-grammars, and a ``logits_to_keep``-style prefill that computes logits only for the last
-prompt position (``DecoderLM`` returns logits for all of them).
+grammars. A model whose forward takes ``logits_to_keep`` (``DecoderLM``) computes logits
+for the last position only, in the prefill and in the uncached reference alike.
 """
 
 from __future__ import annotations
 
 import codecs
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -348,6 +349,13 @@ def _check_length_fits(model: nn.Module, total: int) -> None:
         )
 
 
+def _takes_logits_to_keep(forward: Callable[..., object]) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # no signature to read (some C-implemented callables)
+        return False
+
+
 @torch.inference_mode()
 def _generation_loop(
     model: nn.Module,
@@ -374,6 +382,10 @@ def _generation_loop(
     # has one) and the sampling processors' (choose_unchecked). What stays is one
     # device-to-host copy per step: are the logits finite, and has every row stopped.
     forward = getattr(model, "forward_unchecked", model)
+    # Only the last position's logits are read: a model that can skip the others (its head
+    # over one position instead of every prompt position, and every position of the whole
+    # sequence without a cache) is asked to, as transformers' generate does.
+    keep = {"logits_to_keep": 1} if _takes_logits_to_keep(forward) else {}
     # The mask is only needed when a prompt is padded; without it the model uses positions
     # cache length + arange(T) and the plain causal kernel. (Once a row stops, its later
     # positions are masked in the output mask, but what the model computes for that row no
@@ -385,10 +397,10 @@ def _generation_loop(
         if use_cache:
             # Prefill: the prompt, T tokens. Decode: the newest token only; the keys and
             # values of everything before it are in the cache.
-            logits = forward(feed, attention_mask=forward_mask, kv_cache=cache).logits
+            logits = forward(feed, attention_mask=forward_mask, kv_cache=cache, **keep).logits
         else:
             # Reference: recompute every position of the whole sequence, every step.
-            logits = forward(ids, attention_mask=forward_mask).logits  # (B, T_so_far, V)
+            logits = forward(ids, attention_mask=forward_mask, **keep).logits  # (B, 1 or T, V)
         next_logits = logits[:, -1].float()  # (B, V) scores of the next token
         if output_logits:
             step_logits.append(next_logits)
