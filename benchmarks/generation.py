@@ -45,14 +45,17 @@ import gc
 import os
 import platform
 import shlex
+import shutil
+import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
-from _machine import cpu_name
+from _machine import cpu_name, publish
 
 from llmfoundations import pretrained
 from llmfoundations.generate import generate
@@ -136,6 +139,7 @@ class Case:
     batch: int
     run: object  # () -> (sequences, StepClock)
     kv_bytes: int | None
+    new_tokens: int
     times: list[tuple[float, float, float]] = field(default_factory=list)  # (ttft, decode, total)
     peak_mib: float | None = None
     sequences: torch.Tensor | None = None
@@ -149,6 +153,11 @@ class Case:
         start = time.perf_counter()
         sequences, clock = self.run()
         total = time.perf_counter() - start
+        if len(clock.times) != self.new_tokens:  # one stamp per generated token, or the
+            raise RuntimeError(  # rates below would be wrong
+                f"{self.name}, batch {self.batch}: {len(clock.times)} steps timed, "
+                f"{self.new_tokens} expected"
+            )
         growth = peak_growth_mib(before)
         if growth is not None:
             self.peak_mib = max(self.peak_mib or 0.0, growth)
@@ -156,11 +165,40 @@ class Case:
         self.times.append((first - start, last - first, total))
         self.sequences = sequences
 
-    def best(self, new_tokens: int) -> dict[str, float]:
-        ttft = min(t[0] for t in self.times)
-        decode = max(self.batch * (new_tokens - 1) / t[1] for t in self.times)
-        total = max(self.batch * new_tokens / t[2] for t in self.times)
-        return {"ttft": ttft, "decode": decode, "total": total}
+    def rates(self) -> list[dict[str, float]]:
+        """Per round: time to first token (s), decode and end-to-end tokens/s."""
+        n, b = self.new_tokens, self.batch
+        return [{"ttft": t[0], "decode": b * (n - 1) / t[1], "total": b * n / t[2]}
+                for t in self.times]
+
+    def best(self) -> dict[str, float]:
+        rates = self.rates()
+        return {"ttft": min(r["ttft"] for r in rates), "decode": max(r["decode"] for r in rates),
+                "total": max(r["total"] for r in rates)}
+
+
+def paired(case: Case, other: Case, key: str) -> tuple[float, float, float]:
+    """Median, min and max over rounds of ``case``'s rate / ``other``'s in the same round
+    (the two ran minutes apart at most, so drift of the machine between rounds cancels)."""
+    ratios = sorted(a[key] / b[key] for a, b in zip(case.rates(), other.rates(), strict=True))
+    return statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def fmt_paired(r: tuple[float, float, float], digits: int = 2) -> str:
+    median, low, high = r
+    return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})" if high > low else f"{median:.{digits}f}"
+
+
+def mismatches(cases: list[Case]) -> list[str]:
+    """Which outputs that should be equal are not: ours with the cache against transformers
+    and against ours without the cache, and every fast path against ours."""
+    seqs = {(c.name, c.batch): c.sequences for c in cases}
+    checks = [(("ours, KV cache", b), ("transformers, KV cache", b)) for b in (1, 8)]
+    checks.append((("ours, no cache", 1), ("ours, KV cache", 1)))
+    checks += [((c.name, c.batch), ("ours, KV cache", c.batch)) for c in cases
+               if c.name in (*FAST_NAMES.values(), HF_PACKED)]
+    return [f"{a[0]}, batch {a[1]} vs {b[0]}" for a, b in checks
+            if not torch.equal(seqs[a], seqs[b])]
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -226,16 +264,19 @@ def make_cases(
                 )
             return out, clock
 
-        cases.append(Case("ours, KV cache", batch, lambda f=ours_run: f(True), cache))
+        cases.append(Case("ours, KV cache", batch, lambda f=ours_run: f(True), cache, new_tokens))
         if batch == 1:
-            cases.append(Case("ours, no cache", batch, lambda f=ours_run: f(False), None))
-        cases.append(Case("transformers, KV cache", batch, hf_run, cache))
+            cases.append(
+                Case("ours, no cache", batch, lambda f=ours_run: f(False), None, new_tokens)
+            )
+        cases.append(Case("transformers, KV cache", batch, hf_run, cache, new_tokens))
         if hf_packed is not None:  # the same library change applied to transformers' model
             model, counts, held, setup_s = hf_packed[batch]
             run = lambda f=hf_run, m=model: f(hf=m)  # noqa: E731
             chosen = ", ".join(f"{n} linears {lib}" for lib, n in sorted(counts.items()))
             cases.append(
-                Case(HF_PACKED, batch, run, cache, libraries=chosen, held_mib=held, setup_s=setup_s)
+                Case(HF_PACKED, batch, run, cache, new_tokens, libraries=chosen, held_mib=held,
+                     setup_s=setup_s)
             )
         for mode in fast_modes:
             before, start = reset_peak_memory(), time.perf_counter()
@@ -261,7 +302,8 @@ def make_cases(
                 )
                 return out.sequences, clock
 
-            case = Case(FAST_NAMES[mode], batch, fast_run, cache, held_mib=held, setup_s=setup_s)
+            case = Case(FAST_NAMES[mode], batch, fast_run, cache, new_tokens, held_mib=held,
+                        setup_s=setup_s)
             case.compile_s = decoder.compile_seconds if decoder.compile_seconds else None
             case.libraries = ", ".join(f"{w} {lib}" for w, lib in decoder.libraries.items())
             cases.append(case)
@@ -349,30 +391,37 @@ def report(
     rounds: int,
     load: str | None,
     weight_mib: float,
-    bandwidth: tuple[float, float],
+    bandwidth: list[tuple[float, float]],
     library: str = "auto",
     argv: str = "",
 ) -> str:
-    """The results page. ``bandwidth``: (read, copy) in GB/s; ``argv``: the command's flags."""
-    read_gbs, copy_gbs = bandwidth
+    """The results page. ``bandwidth``: (read, copy) in GB/s, one pair per measurement;
+    ``argv``: the command's flags."""
+    read_gbs = statistics.median(b[0] for b in bandwidth)
+    copy_gbs = statistics.median(b[1] for b in bandwidth)
+    read_range = f"{min(b[0] for b in bandwidth):.1f}-{max(b[0] for b in bandwidth):.1f}"
+    copy_range = f"{min(b[1] for b in bandwidth):.1f}-{max(b[1] for b in bandwidth):.1f}"
     bound = read_gbs * 1e9 / (weight_mib * 2**20)  # steps/s if a step only read the weights
     copy_bound = copy_gbs * 1e9 / (weight_mib * 2**20)  # the same at the copy bandwidth
-    best = {(c.name, c.batch): c.best(new_tokens) for c in cases}
+    best = {(c.name, c.batch): c.best() for c in cases}
+    by_key = {(c.name, c.batch): c for c in cases}
     lines = [
         "# Decoding with and without a KV cache, a fast path, and transformers' `generate`",
         "",
         f"SmolLM2-135M-Instruct (float32, from the same GGUF file), greedy, {new_tokens} new "
-        f"tokens after chat-formatted prompts, no early stop; best of {rounds} interleaved "
-        "rounds. Written by `benchmarks/generation.py`.",
+        f"tokens after chat-formatted prompts, no early stop; {rounds} interleaved rounds. "
+        "Times and rates: the best round. Ratios: the median over rounds of the ratio within "
+        "a round (both sides ran minutes apart at most), with the lowest and highest round "
+        "in brackets. Written by `benchmarks/generation.py`.",
         "",
         "| implementation | batch | time to first token (s) | decode tokens/s | "
-        "end-to-end tokens/s | decode / transformers | KV cache (MiB) | "
+        "end-to-end tokens/s | decode / transformers (range) | KV cache (MiB) | "
         "peak RSS growth (MiB) | held from set-up (MiB) | set-up (s) | compile (s) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in cases:
         b = best[(c.name, c.batch)]
-        hf = best[("transformers, KV cache", c.batch)]
+        vs_hf = fmt_paired(paired(c, by_key[("transformers, KV cache", c.batch)], "decode"))
         kv = "" if c.kv_bytes is None else f"{c.kv_bytes / 2**20:.1f}"
         peak = "n/a" if c.peak_mib is None else f"{c.peak_mib:.0f}"
         compiled = "" if c.compile_s is None else f"{c.compile_s:.0f}"
@@ -380,12 +429,12 @@ def report(
         setup = "" if c.setup_s is None else f"{c.setup_s:.1f}"
         lines.append(
             f"| {c.name} | {c.batch} | {b['ttft']:.2f} | {b['decode']:.1f} | "
-            f"{b['total']:.1f} | {b['decode'] / hf['decode']:.2f} | {kv} | {peak} | "
+            f"{b['total']:.1f} | {vs_hf} | {kv} | {peak} | "
             f"{held} | {setup} | {compiled} |"
         )
-    ours1, hf1 = best[("ours, KV cache", 1)], best[("transformers, KV cache", 1)]
-    slow1 = best[("ours, no cache", 1)]
-    ours8, hf8 = best[("ours, KV cache", 8)], best[("transformers, KV cache", 8)]
+    ours1, hf1 = by_key[("ours, KV cache", 1)], by_key[("transformers, KV cache", 1)]
+    slow1 = by_key[("ours, no cache", 1)]
+    ours8, hf8 = by_key[("ours, KV cache", 8)], by_key[("transformers, KV cache", 8)]
     same = {
         batch: torch.equal(
             next(c for c in cases if c.name == "ours, KV cache" and c.batch == batch).sequences,
@@ -408,14 +457,17 @@ def report(
     ]
     lines += [
         "",
-        "Ratios of decode tokens/s (end-to-end in brackets):",
+        "Ratios of decode tokens/s, median over rounds (lowest-highest), and of end-to-end "
+        "tokens/s (median):",
         "",
-        f"- ours with cache / transformers, batch 1: **{ours1['decode'] / hf1['decode']:.2f}** "
-        f"({ours1['total'] / hf1['total']:.2f})",
-        f"- ours with cache / transformers, batch 8: **{ours8['decode'] / hf8['decode']:.2f}** "
-        f"({ours8['total'] / hf8['total']:.2f})",
-        f"- ours with cache / without cache, batch 1: **{ours1['decode'] / slow1['decode']:.1f}** "
-        f"({ours1['total'] / slow1['total']:.1f})",
+        f"- ours with cache / transformers, batch 1: **{fmt_paired(paired(ours1, hf1, 'decode'))}**"
+        f"; end-to-end {paired(ours1, hf1, 'total')[0]:.2f}",
+        f"- ours with cache / transformers, batch 8: **{fmt_paired(paired(ours8, hf8, 'decode'))}**"
+        f"; end-to-end {paired(ours8, hf8, 'total')[0]:.2f}",
+        "- ours with cache / without cache, batch 1: "
+        f"**{fmt_paired(paired(ours1, slow1, 'decode'), 1)}**; end-to-end "
+        f"{paired(ours1, slow1, 'total')[0]:.1f} (both compute the logits of the last "
+        "position only)",
         "",
         "Same tokens as transformers: "
         f"batch 1 {'yes' if same[1] else 'NO'}, batch 8 {'yes' if same[8] else 'NO'}; "
@@ -430,7 +482,10 @@ def report(
         "(preallocated) cache written in place, stacked q/k/v and gate/up weights, SDPA "
         "with `enable_gqa`, checks once per call; optionally `torch.compile` of the decoding "
         "step (compiled once per batch size, before timing; its compile time is in the last "
-        "column, and in the set-up time beside it) and inductor's weight freezing (which packs float32 weights for MKL); or "
+        "column, and in the set-up time beside it: a compile into an empty inductor cache, "
+        "a new temporary folder per run, after the process's first compile of a throwaway "
+        "model; with inductor's caches already holding the graphs it takes a fraction of "
+        "that) and inductor's weight freezing (which packs float32 weights for MKL); or "
         "every matrix multiply from weights packed once for oneDNN or MKL "
         "(`inference.prepack`; `auto` times both for each weight shape and batch size on "
         "this machine and keeps the faster), eager or compiled. The row *transformers, "
@@ -438,9 +493,11 @@ def report(
         "`prepack_linears`: how much of the gain is the matrix-multiply library, which "
         "any model can use. Reading the weights bounds a step, roughly: "
         f"{weight_mib:.0f} MiB of float32 weights per step at the read bandwidth measured "
-        f"here (a sum over a 256 MiB tensor: {read_gbs:.1f} GB/s) allows at most about "
+        f"here (a sum over a 256 MiB tensor, median of {len(bandwidth)} measurements, one per "
+        f"round: {read_gbs:.1f} GB/s, range {read_range}) allows at most about "
         f"{bound:.0f} steps/s, i.e. {bound:.0f} tokens/s at batch 1 and {8 * bound:.0f} at "
-        f"batch 8; at the copy bandwidth ({copy_gbs:.1f} GB/s, read + write bytes of a copy) "
+        f"batch 8; at the copy bandwidth ({copy_gbs:.1f} GB/s, range {copy_range}, read + "
+        "write bytes of a copy) "
         f"{copy_bound:.0f} steps/s (activations, the "
         "cache and the logits add bytes; caches hold part of the weights between steps).",
         "",
@@ -493,6 +550,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    # Compile times into an empty cache: inductor keeps compiled graphs on disk between
+    # processes (by default under the temporary directory), and a warm cache makes a compile
+    # several times faster, so timings would depend on what ran before.
+    inductor_cache = None
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        inductor_cache = tempfile.mkdtemp(prefix="generation-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
     # Every compiled decoder adds a graph for the same code (its decoding step); dynamo
     # allows 8 per code object by default, and this script builds up to 10.
     torch._dynamo.config.recompile_limit = 32
@@ -511,7 +575,7 @@ def main() -> None:
             setup_s, held = time.perf_counter() - start, rss_growth_mib(before)
             hf_packed[b] = (model, counts, held, setup_s)
     weight_mib = sum(p.numel() * p.element_size() for p in ours.parameters()) / 2**20
-    bandwidth = (read_bandwidth_gbs(), copy_bandwidth_gbs())
+    bandwidth = []  # (read, copy) GB/s, once per round: it moves with the machine's load
     cases = make_cases(
         ours, hf, tokenizer, args.new_tokens, args.fast, hf_packed, args.library
     )
@@ -526,6 +590,7 @@ def main() -> None:
     pairs = [(by_key[("ours, KV cache", b)], by_key[("transformers, KV cache", b)]) for b in (1, 8)]
     timed = [c for pair in pairs for c in pair] + fast
     for r in range(args.rounds):
+        bandwidth.append((read_bandwidth_gbs(), copy_bandwidth_gbs()))
         # Every case once per round, in reverse order every other round, so that over two
         # rounds each sees the machine early and late alike; the long uncached run last.
         order = timed if r % 2 == 0 else timed[::-1]
@@ -544,12 +609,14 @@ def main() -> None:
             cases, args.new_tokens, r + 1, load, weight_mib, bandwidth, args.library,
             shlex.join(sys.argv[1:]),
         )
-        if not args.no_write:
+        wrong = mismatches(cases)
+        if not args.no_write and not wrong:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text)
-    print(text)
-    if not args.no_write:
-        print(f"wrote {args.out}")
+    if inductor_cache is not None:
+        shutil.rmtree(inductor_cache, ignore_errors=True)
+    publish(text.splitlines(), args.out, not args.no_write,
+            mismatch="different tokens: " + "; ".join(wrong) if wrong else "")
 
 
 if __name__ == "__main__":

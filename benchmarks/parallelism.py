@@ -10,7 +10,9 @@ turn); one process running the whole batch is timed with 1 and with 2 threads.
 Reported per strategy:
 
 - time per step: per step the slower rank's time, then the median over the ``--steps``
-  timed steps; the best of ``--rounds`` rounds;
+  timed steps; the median of ``--rounds`` rounds, with their range. The strategies run one
+  after another in the same two processes, so the order turns by one each round (the
+  first one of a process runs slower): each takes each place once in 7 rounds;
 - model state per rank: bytes of the weights, gradients and Adam's two moments that the
   rank holds after the last step (computed from its tensors; a DTensor counts its shard);
 - bytes sent per rank per step: from the formulas (``parallel_costs.ring_all_reduce_bytes``
@@ -30,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -79,9 +83,20 @@ def formula_bytes(strategy: str, weight_bytes: int, act_bytes: int, n_layers: in
     return float(act_bytes)  # rank 0 sends activations forward, rank 1 gradients back
 
 
-def reading(best: dict[str, float], args: argparse.Namespace, weight_bytes: int) -> list[str]:
-    """The honest reading, with this run's numbers."""
+def _range(low_high: tuple[float, float]) -> str:
+    return f"{1e3 * low_high[0]:.1f}-{1e3 * low_high[1]:.1f}"
+
+
+def reading(
+    best: dict[str, float],
+    spread: dict[str, tuple[float, float]],
+    args: argparse.Namespace,
+    weight_bytes: int,
+) -> list[str]:
+    """The honest reading, with this run's numbers (``best``: the median round's time;
+    ``spread``: the fastest and slowest round's)."""
     b = best
+    overlap = lambda p, q: spread[p][0] <= spread[q][1] and spread[q][0] <= spread[p][1]  # noqa: E731
     bubble = bubble_fraction(WORLD, args.microbatches)
     fastest = min(STRATEGIES, key=lambda s: b[s])
     return [
@@ -93,8 +108,8 @@ def reading(best: dict[str, float], args: argparse.Namespace, weight_bytes: int)
         f"Here the fastest strategy is {LABELS[fastest]} at "
         f"{b['single2'] / b[fastest]:.2f}x the 2-thread process"
         + (
-            "; a margin this small sits inside the run-to-run spread (below)."
-            if abs(b["single2"] / b[fastest] - 1) < 0.15
+            "; their rounds overlap, so the order may change from run to run."
+            if overlap("single2", fastest)
             else "."
         ),
         "",
@@ -122,9 +137,9 @@ def reading(best: dict[str, float], args: argparse.Namespace, weight_bytes: int)
         f"batch. `ScheduleGPipe` takes {b['pipeline_gpipe'] / b['pipeline_by_hand']:.2f}x "
         "the by-hand time.",
         "",
-        "Timings on a shared 2-core machine move between runs (by 10-40 % in shorter "
-        "development runs); the byte counts, "
-        "the state per rank and the agreement with one process do not.",
+        "Timings on a shared 2-core machine move between rounds (the column *rounds*) and "
+        "between runs; the byte counts, the state per rank and the agreement with one "
+        "process do not.",
     ]
 
 
@@ -135,12 +150,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--microbatches", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=len(STRATEGIES))
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    argv = shlex.join(a for a in sys.argv[1:] if a != "--no-write")
 
     model = mlp_stack(args.d_model, args.d_ff, args.layers)
     g = torch.Generator().manual_seed(1)
@@ -152,28 +168,30 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     single: dict[str, dict] = {}
-    best: dict[str, float] = {}
-    runs: dict[str, list[dict]] = {}
+    rounds: dict[str, list[float]] = {}  # name -> each round's median step time (s)
+    runs: dict[str, list[list[dict]]] = {}  # strategy -> each round's per-rank results
     start = time.perf_counter()
-    for _ in range(args.rounds):  # interleaved: one process, then every strategy
+    for r in range(args.rounds):  # interleaved: one process, then every strategy
         for n in (1, 2):
             torch.set_num_threads(n)
-            out = train_single(model, x, y, total, args.lr)
-            name = f"single{n}"
-            t = statistics.median(out["times"][args.warmup :])
-            if t < best.get(name, float("inf")):
-                best[name], single[name] = t, out
+            single[f"single{n}"] = out = train_single(model, x, y, total, args.lr)
+            rounds.setdefault(f"single{n}", []).append(
+                statistics.median(out["times"][args.warmup :])
+            )
         torch.set_num_threads(threads)
+        turn = r % len(STRATEGIES)  # the first strategy of a process runs slower
+        order = [*STRATEGIES[turn:], *STRATEGIES[:turn]]
         ranks = run_workers(
-            timed_steps_worker, WORLD, STRATEGIES, model, x, y, args.steps, args.warmup,
+            timed_steps_worker, WORLD, order, model, x, y, args.steps, args.warmup,
             args.lr, args.microbatches, timeout=600,
         )  # fmt: skip
         for s in STRATEGIES:
-            per_step = [max(r[s]["times"][i] for r in ranks) for i in range(args.steps)]
-            t = statistics.median(per_step)
-            if t < best.get(s, float("inf")):
-                best[s], runs[s] = t, [r[s] for r in ranks]
+            per_step = [max(rank[s]["times"][i] for rank in ranks) for i in range(args.steps)]
+            rounds.setdefault(s, []).append(statistics.median(per_step))
+            runs.setdefault(s, []).append([rank[s] for rank in ranks])
     elapsed = time.perf_counter() - start
+    best = {name: statistics.median(ts) for name, ts in rounds.items()}  # (the median round)
+    spread = {name: (min(ts), max(ts)) for name, ts in rounds.items()}
 
     reference = single["single1"]
     ref_bytes = sum(reference["bytes"].values())
@@ -187,45 +205,56 @@ def main() -> None:
         f"float32), Adam (lr {args.lr:g}), mean squared error on a batch of {args.batch} x "
         f"{args.d_model}; pipelines: {args.layers // WORLD} blocks per rank, "
         f"{args.microbatches} microbatches. Time: per step the slower rank, median of "
-        f"{args.steps} steps after {args.warmup} warm-up steps, best of {args.rounds} rounds "
-        f"(one process and the strategies interleaved; {elapsed:.0f} s in all). "
-        "Command: `python benchmarks/parallelism.py`.",
+        f"{args.steps} steps after {args.warmup} warm-up steps; the median of {args.rounds} "
+        "rounds, with the fastest and slowest round (one process and the strategies "
+        "interleaved; the strategies' order turned by one each round, as the first one a "
+        f"process runs is slower; {elapsed:.0f} s in all). "
+        f"Command: `python benchmarks/parallelism.py{' ' + argv if argv else ''}`.",
         "",
-        "| strategy | ms per step | vs 1 process, 1 thread | vs 1 process, 2 threads "
+        "| strategy | ms per step | rounds (ms) | vs 1 process, 1 thread | vs 1 process, 2 threads "
         "| weights + grads + Adam per rank (MB) | of one process | sent per rank per step, "
         "formula (MB) | counted (MB) | max abs weight diff | max abs loss diff |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ("single1", "single2"):
         t = best[name]
         lines.append(
             f"| one process, {name[-1]} thread{'s' if name == 'single2' else ''} | "
-            f"{1e3 * t:.1f} | {best['single1'] / t:.2f}x | {best['single2'] / t:.2f}x | "
-            f"{ref_bytes / 1e6:.1f} | 100 % | 0 | - | - | - |"
+            f"{1e3 * t:.1f} | {_range(spread[name])} | {best['single1'] / t:.2f}x | "
+            f"{best['single2'] / t:.2f}x | {ref_bytes / 1e6:.1f} | 100 % | 0 | - | - | - |"
         )
-    all_close = True
+    far: list[str] = []  # strategies whose weights or losses left one process's
     for s in STRATEGIES:
-        ranks, t = runs[s], best[s]
-        params = {k: v for r in ranks for k, v in r["params"].items()}
-        assert params.keys() == reference["params"].keys(), s
-        w_diff = max(float((params[k] - v).abs().max()) for k, v in reference["params"].items())
-        seen = [[r["losses"][i] for r in ranks if r["losses"][i] is not None] for i in range(total)]
-        losses = [sum(v) / len(v) for v in seen]  # equal data shards: the mean is the full loss
-        l_diff = max(abs(a - b) for a, b in zip(losses, reference["losses"], strict=True))
-        all_close = all_close and w_diff < 1e-4 and l_diff < 1e-4
+        w_diff = l_diff = 0.0
+        for ranks in runs[s]:  # every round's training is checked
+            params = {k: v for r in ranks for k, v in r["params"].items()}
+            assert params.keys() == reference["params"].keys(), s
+            w_diff = max(
+                w_diff, *(float((params[k] - v).abs().max()) for k, v in reference["params"].items())
+            )
+            seen = [[r["losses"][i] for r in ranks if r["losses"][i] is not None] for i in range(total)]
+            losses = [sum(v) / len(v) for v in seen]  # equal data shards: the mean is the full loss
+            l_diff = max(
+                l_diff, *(abs(a - b) for a, b in zip(losses, reference["losses"], strict=True))
+            )
+        if not (w_diff < 1e-4 and l_diff < 1e-4):
+            far.append(f"{s} (weights {w_diff:.1e}, losses {l_diff:.1e})")
+        ranks, t = runs[s][-1], best[s]
         held = max(sum(r["bytes"].values()) for r in ranks)
         counted = max(r["sent"] for r in ranks)
         counted_text = f"{counted / 1e6:.2f}" if s in COUNTED else "not visible"
         lines.append(
-            f"| {LABELS[s]} | {1e3 * t:.1f} | {best['single1'] / t:.2f}x | "
+            f"| {LABELS[s]} | {1e3 * t:.1f} | {_range(spread[s])} | {best['single1'] / t:.2f}x | "
             f"{best['single2'] / t:.2f}x | {held / 1e6:.1f} | {100 * held / ref_bytes:.0f} % | "
             f"{formula_bytes(s, weight_bytes, act_bytes, args.layers) / 1e6:.2f} | "
             f"{counted_text} | {w_diff:.1e} | {l_diff:.1e} |"
         )
     lines += [
         "",
-        f"Check: after {total} Adam steps every strategy's weights and per-step losses agree "
-        f"with one process's to float32 rounding: {'yes' if all_close else 'NO'} (1e-4). "
+        f"Check: after {total} Adam steps, in every round, every strategy's weights and "
+        "per-step losses agree with one process's to float32 rounding: "
+        f"{'NO: ' + ', '.join(far) if far else 'yes'} (1e-4; the largest difference over "
+        "the rounds is shown). "
         "A ratio above 1x is faster than one process. Model state: the rank holding the most "
         "(the tensor-parallel ranks both hold the second linear's bias whole). Bytes sent "
         "per rank: a ring for all-reduces (`2 (W - 1) / W` of the tensor), all-gathers and "
@@ -237,10 +266,11 @@ def main() -> None:
         "memory (RSS) is not shown: every strategy runs in the same two processes one after "
         "the other, and their RSS is mostly the torch runtime.",
         "",
-        *reading(best, args, weight_bytes),
+        *reading(best, spread, args, weight_bytes),
         "",
     ]
-    publish(lines, RESULTS, write=not args.no_write)
+    publish(lines, RESULTS, write=not args.no_write,
+            mismatch="not equal to one process: " + ", ".join(far) if far else "")
 
 
 if __name__ == "__main__":
