@@ -90,3 +90,48 @@ def test_blank_answers_are_not_attempted(check):
 
     with pytest.raises(NotImplementedError, match="not attempted yet"):
         check(blank)
+
+
+# ---------------------------------------------- from a review of the graders (hand-written)
+
+
+def test_calling_the_reference_is_refused():
+    from llmfoundations.inference import parallel_costs as pc
+
+    for check, student in (
+        (checks.check_ring_all_reduce_bytes, lambda s, w: pc.ring_all_reduce_bytes(s, w)),
+        (checks.check_ring_all_reduce_bytes, pc.ring_all_reduce_bytes),
+        (checks.check_zero_bytes_per_rank, lambda p, w, s: pc.zero_bytes_per_rank(p, w, s)),
+    ):
+        with pytest.raises(AssertionError, match="the function this exercise rebuilds"):
+            check(student)
+
+
+def test_float32_and_0d_array_answers_pass_and_near_misses_fail(capsys):
+    checks.check_zero_bytes_per_rank(lambda p, w, s: np.float32(good_zero(p, w, s)))
+    checks.check_zero_bytes_per_rank(lambda p, w, s: 2 * torch.tensor(p) / 2 * good_zero(1, w, s))
+    checks.check_ring_all_reduce_bytes(lambda s, w: np.array(good_ring(s, w)))
+    checks.check_ring_all_reduce_bytes(lambda s, w: np.float32(good_ring(s, w)))
+    assert capsys.readouterr().out.count("✔") == 4
+    for check, near in (
+        (checks.check_ring_all_reduce_bytes, lambda s, w: good_ring(s, w) * (1 + 1e-5)),
+        (checks.check_zero_bytes_per_rank, lambda p, w, s: good_zero(p, w, s) * (1 + 1e-5)),
+    ):
+        with pytest.raises(AssertionError):
+            check(near)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda s, w: good_ring(s, w) if w > 1 else float(s), "with W = 1 there is no other rank"),
+        (lambda p, w, s: good_zero(p, w, s) if s else 16 * p / w, None),  # shards at stage 0
+        (lambda p, w, s: good_zero(p, max(w - 1, 1), s), None),  # W - 1: 7e-4 off at W = 64
+    ],
+)
+def test_single_case_mistakes_are_caught(wrong, hint):
+    check = checks.check_ring_all_reduce_bytes if wrong.__code__.co_argcount == 2 else checks.check_zero_bytes_per_rank
+    with pytest.raises(AssertionError) as err:
+        check(wrong)
+    if hint is not None:
+        assert hint in str(err.value)

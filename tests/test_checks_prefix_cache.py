@@ -80,7 +80,7 @@ def test_count_hits_reference_matches_the_set_walk():
 
 def test_count_hits_check_passes_a_correct_answer(capsys):
     checks.check_count_hits(good_count_hits)
-    assert "✔ count_hits: all 6 cases" in capsys.readouterr().out
+    assert "✔ count_hits: all 7 cases" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -97,3 +97,100 @@ def test_count_hits_check_rejects_wrong_answers(wrong, hint):
     if hint is not None:
         assert hint in str(err.value)
 
+
+
+# ---------------------------------------------- from a review of the graders (hand-written)
+
+
+def _hits_keyed(prompts, p, key, partial=False, last_rule=True):
+    """count_hits variants written apart from the module's own mistakes: ``key(prompt, s,
+    p)`` names the block starting at ``s``; ``partial`` also caches and reuses a partial last
+    block; without ``last_rule`` a whole prompt may be read from the cache."""
+    cached, hits = set(), []
+    for prompt in prompts:
+        limit = len(prompt) - 1 if last_rule else len(prompt)
+        n = 0
+        for s in range(0, limit if partial else limit // p * p, p):
+            if key(prompt, s, p) not in cached:
+                break
+            n += min(p, limit - s)
+        hits.append(n)
+        ends = range(0, len(prompt) if partial else len(prompt) - p + 1, p)
+        cached.update(key(prompt, s, p) for s in ends)
+    return hits
+
+
+def _chained_key(prompt, s, p):
+    return tuple(prompt[: s + p])  # the whole prefix names a block, as a chained hash does
+
+
+@pytest.mark.parametrize(
+    "key, partial, last_rule, hint",
+    [
+        (lambda pr, s, p: tuple(pr[s : s + p]), False, True, "a block is reused only after the"),
+        (lambda pr, s, p: (s, tuple(pr[s : s + p])), False, True, None),  # position + tokens
+        (_chained_key, True, True, None),  # partial blocks cached and reused
+        (_chained_key, False, False, "the last token of a prompt is always"),
+    ],
+)
+def test_count_hits_rejects_lookups_that_are_not_whole_chained_blocks(key, partial, last_rule, hint):
+    cases = pc._hit_cases()
+    right = [_hits_keyed(*args, key=_chained_key) for args, _ in cases]
+    assert right == [pc.reference_count_hits(*args) for args, _ in cases]  # the harness is right
+    with pytest.raises(AssertionError, match="count_hits") as err:
+        checks.check_count_hits(lambda prompts, p: _hits_keyed(prompts, p, key, partial, last_rule))
+    if hint is not None:
+        assert hint in str(err.value)
+
+
+def test_the_check_sees_a_block_cached_after_another_prefix_and_a_one_token_extension():
+    # the case added for the two false acceptances above: [0, 0, 4, 0, 4]
+    args = pc._hit_cases()[-1][0]
+    assert pc.reference_count_hits(*args) == [0, 0, 4, 0, 4]
+
+
+def test_calling_block_hashes_is_refused_in_any_spelling():
+    from llmfoundations.inference import prefix_cache as cache_module
+    from llmfoundations.inference.prefix_cache import block_hashes as bh
+
+    for student in (
+        cache_module.block_hashes,  # the function itself
+        lambda t, p: cache_module.block_hashes(t, p),  # an attribute
+        lambda t, p: bh(t, p),  # an alias
+        lambda t, p: [h for h in (lambda: bh(t, p))()],  # inside a nested function
+    ):
+        with pytest.raises(AssertionError, match="block_hashes, the function this exercise rebuilds.*chain block_hash yourself"):
+            checks.check_chained_block_hashes(student)
+
+
+def test_count_hits_accepts_arrays_and_the_hex_mistake_gets_a_hint(capsys):
+    np = pytest.importorskip("numpy")
+    import torch
+
+    checks.check_count_hits(lambda prompts, p: np.array(good_count_hits(prompts, p)))
+    checks.check_count_hits(lambda prompts, p: torch.tensor(good_count_hits(prompts, p)))
+    assert capsys.readouterr().out.count("✔ count_hits") == 2
+    with pytest.raises(AssertionError, match=r"Hint: return the names as block_hash returns"):
+        checks.check_chained_block_hashes(
+            lambda t, p: [h.hex() for h in good_chained_block_hashes(t, p)]
+        )
+
+
+def test_a_student_that_empties_its_input_leaves_the_cases_alone(capsys):
+    def consuming_hashes(tokens, p):
+        names = good_chained_block_hashes(tokens, p)
+        tokens.clear()
+        return names
+
+    def consuming_hits(prompts, p):
+        hits = good_count_hits(prompts, p)
+        for prompt in prompts:
+            prompt.clear()
+        return hits
+
+    before = repr(pc._HASH_CASES)
+    for _ in range(2):  # a cell run twice
+        checks.check_chained_block_hashes(consuming_hashes)
+        checks.check_count_hits(consuming_hits)
+    assert repr(pc._HASH_CASES) == before
+    assert capsys.readouterr().out.count("✔") == 4

@@ -8,11 +8,14 @@ Three things make a failing check useful to a student rather than merely strict:
 - ``compare_with_reference(..., hints=...)`` tries known wrong answers when the student's
   result differs and adds a ``Hint:`` line naming the mistake it reproduces;
 - ``compare_with_reference(..., forbid=...)`` fails a function that calls a torch function
-  the exercise asks the student not to use (``forbidding_torch_calls``).
+  the exercise asks the student not to use (``forbidding_torch_calls``);
+  ``refuse_calling`` fails one whose code calls the course function it is rebuilding.
 
 Left out: a hint is given only when a known mistake reproduces the student's result; the
 forbidding watch sees calls made through ``torch`` (any spelling: ``F.x``, ``torch.x``,
-``tensor.x``, an alias), not a call of some other library's implementation.
+``tensor.x``, an alias), not a call of some other library's implementation;
+``refuse_calling`` reads the student's code, not what it runs, so a call made through
+another function of the student's is not seen.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -122,6 +126,34 @@ def forbidding_torch_calls(advice: Mapping[str, str]) -> Iterator[None]:
         return
     with _Forbid(advice):
         yield
+
+
+def _cell(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None
+
+
+def refuse_calling(name: str, student: object, rebuilt: Callable[..., Any], advice: str) -> None:
+    """Fail ``student`` (the exercise's function ``name``) if it is ``rebuilt``, the course
+    function the exercise asks the student to write, or if its code, or that of a function
+    or lambda defined inside it, refers to it: by its name (``f(...)``, ``module.f(...)``) or
+    through a global or closure variable bound to it (``from ... import f as g``)."""
+    why = f"{rebuilt.__name__}, the function this exercise rebuilds (and the check's reference)"
+    if student is rebuilt:
+        raise AssertionError(f"{name} is {why}; {advice}")
+    cells = getattr(student, "__closure__", None) or ()
+    if any(_cell(c) is rebuilt for c in cells):  # a variable of an enclosing function
+        raise AssertionError(f"{name} calls {why}; {advice}")
+    code = getattr(student, "__code__", None)
+    scope = getattr(student, "__globals__", {})
+    stack = [code] if isinstance(code, types.CodeType) else []
+    while stack:
+        code = stack.pop()
+        if any(n == rebuilt.__name__ or scope.get(n) is rebuilt for n in code.co_names):
+            raise AssertionError(f"{name} calls {why}; {advice}")
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
 
 
 # -------------------------------------------------------------------------------- hints

@@ -88,9 +88,10 @@ def _block_mistakes() -> list[tuple[Callable[..., Any], str]]:
 
 def _count(x: Any) -> int | None:
     """``x`` as an int if it is a whole number (an int, NumPy integer, whole float, or a
-    one-element tensor of one), else ``None``. ``True`` / ``False`` are not counts."""
-    if isinstance(x, torch.Tensor):
-        if x.numel() != 1:
+    one-element tensor or NumPy array of one), else ``None``. ``True`` / ``False`` are not
+    counts."""
+    if isinstance(x, torch.Tensor) or hasattr(x, "ndim"):  # a tensor, NumPy array or scalar
+        if (x.numel() if isinstance(x, torch.Tensor) else getattr(x, "size", None)) != 1:
             return None
         x = x.item()
     if isinstance(x, bool) or str(getattr(x, "dtype", "")) == "bool":  # NumPy's bool too

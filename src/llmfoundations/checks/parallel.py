@@ -22,7 +22,7 @@ from torch import Tensor
 
 from llmfoundations.inference.parallel_costs import ring_all_reduce_bytes, zero_bytes_per_rank
 
-from .core import check_callable, compare_with_reference, exercise_check
+from .core import check_callable, compare_with_reference, exercise_check, refuse_calling
 
 __all__ = ["check_ring_all_reduce_bytes", "check_zero_bytes_per_rank"]
 
@@ -35,8 +35,8 @@ def _scalar(x: float) -> Tensor:
 def _as_number(name: str, student: Callable[..., Any]) -> Callable[..., Tensor]:
     def run(*args: Any) -> Tensor:
         got = student(*args)
-        if isinstance(got, Tensor) and got.numel() == 1:
-            got = got.item()
+        if (isinstance(got, Tensor) and got.numel() == 1) or getattr(got, "shape", None) == ():
+            got = got.item()  # a one-element tensor, a 0-d NumPy array
         if isinstance(got, bool) or not isinstance(got, numbers.Real):  # NumPy's too
             raise AssertionError(f"{name} must return a number, got {type(got).__name__}")
         return _scalar(got)
@@ -61,6 +61,8 @@ def _ring_mistakes() -> list[tuple[Callable[..., Any], str]]:
          "a rank never sends its own chunk to itself: 2 (W - 1) / W * S, which is 0 for W = 1"),
         (lambda s, w: float(s),
          "count both phases, reduce-scatter and all-gather: 2 (W - 1) chunks of S / W"),
+        (lambda s, w: 2 * (w - 1) / w * s if w > 1 else float(s),
+         "with W = 1 there is no other rank: nothing is sent, and 2 (W - 1) / W * S gives 0"),
     ]  # fmt: skip
 
 
@@ -69,9 +71,10 @@ def check_ring_all_reduce_bytes(student: Callable[[int, int], float]) -> None:
     """Lab 06-8: ``ring_bytes(n_bytes, world_size)`` -> bytes each rank sends in a ring
     all-reduce, ``2 (W - 1) / W * n_bytes``."""
     check_callable("ring_bytes", student)
-    compare_with_reference(
+    refuse_calling("ring_bytes", student, ring_all_reduce_bytes, "work it out from the steps")
+    compare_with_reference(  # (rtol: float32 arithmetic passes, the nearest mistake is far)
         "ring_bytes", _as_number("ring_bytes", student),
-        lambda s, w: _scalar(ring_all_reduce_bytes(s, w)), _RING_CASES, atol=1e-6, rtol=1e-9,
+        lambda s, w: _scalar(ring_all_reduce_bytes(s, w)), _RING_CASES, atol=1e-6, rtol=1e-6,
         hints=[(lambda s, w, f=f: _scalar(f(s, w)), m) for f, m in _ring_mistakes()],
     )  # fmt: skip
 
@@ -109,8 +112,9 @@ def check_zero_bytes_per_rank(student: Callable[[int, int, int], float]) -> None
     """Lab 06-8: ``zero_bytes(n_params, world_size, stage)`` -> model-state bytes per rank
     under ZeRO stage 0-3 with mixed-precision Adam (2 + 2 + 12 bytes per parameter)."""
     check_callable("zero_bytes", student)
-    compare_with_reference(
+    refuse_calling("zero_bytes", student, zero_bytes_per_rank, "work it out from the description")
+    compare_with_reference(  # (rtol: float32 arithmetic passes; W - 1 for W at 64 is 7e-4 off)
         "zero_bytes", _as_number("zero_bytes", student),
-        lambda p, w, s: _scalar(zero_bytes_per_rank(p, w, s)), _ZERO_CASES, atol=1e-3, rtol=1e-9,
+        lambda p, w, s: _scalar(zero_bytes_per_rank(p, w, s)), _ZERO_CASES, atol=1e-3, rtol=1e-6,
         hints=[(lambda p, w, s, f=f: _scalar(f(p, w, s)), m) for f, m in _zero_mistakes()],
     )  # fmt: skip

@@ -32,7 +32,7 @@ from llmfoundations.inference.prefix_cache import (
     block_hashes,
 )
 
-from .core import check_callable, compare_with_reference, exercise_check
+from .core import check_callable, compare_with_reference, exercise_check, refuse_calling
 
 __all__ = ["check_chained_block_hashes", "check_count_hits"]
 
@@ -43,6 +43,8 @@ def _tokens(seed: int, n: int, vocab: int = 50) -> list[int]:
 
 
 def _as_list(name: str, got: object) -> list:
+    if getattr(got, "ndim", None) == 1 and hasattr(got, "tolist"):  # 1-D NumPy array, tensor
+        got = got.tolist()
     if not isinstance(got, (list, tuple)):
         raise AssertionError(f"{name} must return a list, got {type(got).__name__}")
     return list(got)
@@ -79,7 +81,16 @@ def _hash_mistakes() -> list[tuple[Callable[..., Any], str]]:
             out.append(parent)
         return out
 
+    def as_hex(tokens: list[int], p: int) -> list[str]:  # right names, printed form
+        out, parent = [], None
+        for s in range(0, len(tokens) - p + 1, p):
+            parent = block_hash(parent, tokens[s : s + p])
+            out.append(parent.hex())
+        return out
+
     return [
+        (as_hex,
+         "return the names as block_hash returns them (bytes); .hex() is only for printing"),
         (unchained,
          "each block must be hashed together with its parent's hash: block_hash(previous_hash, "
          "block) (None for the first block), so that equal hashes mean equal prefixes"),
@@ -97,6 +108,7 @@ def check_chained_block_hashes(student: Callable[[list[int], int], list[bytes]])
     """Lab 06-6: ``chained_block_hashes(tokens, block_size)`` -> one hash per full block,
     ``h_j = block_hash(h_{j-1}, tokens[j*P:(j+1)*P])`` with ``h_{-1} = None``."""
     check_callable("chained_block_hashes", student)
+    refuse_calling("chained_block_hashes", student, block_hashes, "chain block_hash yourself")
 
     def run(tokens: list[int], p: int) -> list:
         return _as_list("chained_block_hashes", student(list(tokens), p))
@@ -147,6 +159,11 @@ def _hit_cases() -> list[tuple[tuple, dict]]:
         (([shared + _tokens(6, 7), shared + _tokens(7, 30), shared[:33], _tokens(8, 20)], 16), {}),
         (([[4], [4], [4, 4], [4, 4, 4]], 1), {}),
         (([turn1, turn2, turn3], 16), {}),
+        # block 1 of the third prompt was cached after another block 0 (same position and
+        # tokens, other prefix); the fifth prompt extends the fourth by one token, which
+        # fills no new block (a partial block is never reused)
+        (([list(range(1, 10)), [60, 61, 62, 63, *range(10, 15)], [1, 2, 3, 4, *range(10, 14), 15, 16],
+           [70, 71, 72, 73, 74], [70, 71, 72, 73, 74, 75]], 4), {}),
     ]
 
 
