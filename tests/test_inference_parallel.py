@@ -368,6 +368,28 @@ def test_main_runs_as_one_rank_without_torchrun(capsys, monkeypatch):
     assert all(float(v) < 1e-5 for v in lines.values()), lines
 
 
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR and MASTER_PORT are not: launch with `torchrun"),
+        ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, r"RANK must be in 0 .. WORLD_SIZE - 1 = 1, got 2"),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be an integer, got 'two'"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE must be >= 1, got 0"),
+    ],
+)
+def test_main_explains_a_wrong_launch_before_waiting(env, message, monkeypatch):
+    # each once ended in torch's "environment variable MASTER_ADDR expected", a bare int()
+    # error, or a silent wait for a rank that never comes
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        par.main(["data"])
+    assert not dist.is_initialized()
+
+
 def test_fully_shard_is_found_on_torch_before_2_6(monkeypatch):
     import types
 
@@ -408,9 +430,11 @@ def test_shard_batch_covers_the_batch_once():
 
 
 @pytest.mark.slow
-def test_demos_run_on_four_ranks():
-    # every size in the demos divides by 4 (the attention demo once had a head size of 1)
-    results = par.run_workers(par.demo_all, 4, timeout=180)
+@pytest.mark.parametrize("world_size", [3, 4])
+def test_demos_run_on_three_and_four_ranks(world_size):
+    # 4: the attention demo once had a head size of 1; 3: the data and FSDP demos' batch of
+    # 4 rows could not be split (torchrun --nproc-per-node 3 or 8 failed)
+    results = par.run_workers(par.demo_all, world_size, timeout=180)
     assert set(results[0]) == {
         "data_by_hand", "ddp", "fsdp", "tensor", "tensor_attn", "dtensor", "dtensor_attn",
         "pipeline", "gpipe",

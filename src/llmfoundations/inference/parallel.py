@@ -38,14 +38,17 @@ machines (one ``torchrun`` on each node, each with ``--nnodes N --rdzv-backend c
 --rdzv-endpoint host:port``; the default ``static`` rendezvous needs a distinct
 ``--node-rank`` per node instead)::
 
-    torchrun --nproc-per-node 2 -m llmfoundations.inference.parallel data
-    torchrun --nproc-per-node 2 -m llmfoundations.inference.parallel all
+    torchrun --standalone --nproc-per-node 2 -m llmfoundations.inference.parallel data
+    torchrun --standalone --nproc-per-node 2 -m llmfoundations.inference.parallel all
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; ``main``
 reads them, runs the named demo (``data``, ``fsdp``, ``tensor``, ``pipeline`` or ``all``)
-and rank 0 prints the largest difference from a one-process run of the same numbers.
+and rank 0 prints the largest difference from a one-process run of the same numbers
+(``--standalone``: a rendezvous on a free local port, for one machine; any number of
+processes per node works).
 
-Left out: GPUs and NCCL (the same code with ``backend="nccl"`` and one device per rank),
+Left out: GPUs and NCCL (``backend="nccl"``, ``torch.cuda.set_device(LOCAL_RANK)`` in each
+process, and the models and batches moved to that device; see ``main``),
 sequence/context parallelism, expert parallelism, ZeRO-1/2, mixed precision and gradient
 bucketing by hand, interleaved and 1F1B pipeline schedules, activation checkpointing, and
 fault tolerance (``torchrun --max-restarts``).
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 import os
 import sys
 import tempfile
@@ -706,12 +710,14 @@ def pipeline_gpipe(
 # ------------------------------------------------------------------ demos for torchrun
 
 
-def _tiny_lm() -> tuple[nn.Module, Tensor]:
+def _tiny_lm(world_size: int) -> tuple[nn.Module, Tensor]:
+    """A tiny GPT and a batch that every rank can take an equal share of: 4 rows, or the
+    least multiple of 4 that ``world_size`` divides (8 ranks: 8 rows; 3 ranks: 12)."""
     from llmfoundations.models import DecoderLM, ModelConfig
 
     torch.manual_seed(0)
     model = DecoderLM(ModelConfig.gpt(vocab_size=32, d_model=16, n_layers=2, n_heads=2))
-    ids = torch.randint(0, 32, (4, 8))  # (B, T)
+    ids = torch.randint(0, 32, (math.lcm(4, world_size), 8))  # (B, T)
     return model, ids
 
 
@@ -723,7 +729,7 @@ def _max_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
 
 def demo_data(rank: int, world_size: int) -> dict[str, float]:
     """Data parallel by hand and with DDP vs one process on the whole batch."""
-    model, ids = _tiny_lm()
+    model, ids = _tiny_lm(world_size)
     reference = copy.deepcopy(model)
     _lm_loss(reference, ids).backward()
     expected = _grads(reference)
@@ -734,7 +740,7 @@ def demo_data(rank: int, world_size: int) -> dict[str, float]:
 
 def demo_fsdp(rank: int, world_size: int) -> dict[str, float]:
     """FSDP2, one SGD step, vs one process."""
-    model, ids = _tiny_lm()
+    model, ids = _tiny_lm(world_size)
     reference = copy.deepcopy(model)
     _lm_loss(reference, ids).backward()
     with torch.no_grad():
@@ -798,23 +804,60 @@ DEMOS: dict[str, Callable[[int, int], dict[str, float]]] = {
 }
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def _rendezvous_from_env() -> tuple[int, int, bool]:
+    """``(rank, world_size, launched)`` from the variables ``torchrun`` sets, checked: a
+    missing ``MASTER_ADDR`` / ``MASTER_PORT`` or a rank outside the world would otherwise
+    end in torch's own error or a silent wait for ranks that never come."""
+    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    if world_size < 1:
+        raise ValueError(f"WORLD_SIZE must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK must be in 0 .. WORLD_SIZE - 1 = {world_size - 1}, got {rank}")
+    launched = "MASTER_ADDR" in os.environ or world_size > 1
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if launched and missing:
+        raise ValueError(
+            f"WORLD_SIZE={world_size} and RANK={rank} are set but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not: launch with `torchrun "
+            "--standalone --nproc-per-node 2 -m llmfoundations.inference.parallel DEMO`, or "
+            "unset WORLD_SIZE and RANK to run one rank"
+        )
+    return rank, world_size, launched
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``torchrun ... -m llmfoundations.inference.parallel DEMO``.
 
     Reads ``RANK`` and ``WORLD_SIZE`` (and, through ``init_method="env://"``,
     ``MASTER_ADDR`` / ``MASTER_PORT``) as ``torchrun`` sets them; rank 0 prints one line
-    ``name max_abs_diff`` per check. Without ``torchrun`` it runs as a single rank (on an
-    in-process store, so it opens no port).
+    ``name max_abs_diff`` per check (the other ranks, on every node, print nothing).
+    Without ``torchrun`` it runs as a single rank (on an in-process store, so it opens no
+    port). A rank that waits more than 5 minutes for the others gives up with an error.
+    Gloo on the CPU only: on GPUs one would pass ``"nccl"``, call
+    ``torch.cuda.set_device(LOCAL_RANK)`` and move the models and batches to that device.
     """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m llmfoundations.inference.parallel")
     parser.add_argument("demo", choices=sorted(DEMOS))
     demo = parser.parse_args(argv).demo
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size, launched = _rendezvous_from_env()
     torch.set_num_threads(1)
-    if "MASTER_ADDR" in os.environ or world_size > 1:  # a launcher set the rendezvous
-        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size)
+    if launched:  # a launcher set the rendezvous
+        dist.init_process_group(
+            "gloo", init_method="env://", rank=rank, world_size=world_size,
+            timeout=timedelta(minutes=5),
+        )  # fmt: skip
     else:  # one rank on its own: an in-process store, no port to collide with another run
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
