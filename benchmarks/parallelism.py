@@ -96,7 +96,9 @@ def reading(
     """The honest reading, with this run's numbers (``best``: the median round's time;
     ``spread``: the fastest and slowest round's)."""
     b = best
-    overlap = lambda p, q: spread[p][0] <= spread[q][1] and spread[q][0] <= spread[p][1]  # noqa: E731
+    def overlap(p: str, q: str) -> bool:  # one's median round inside the other's rounds
+        return spread[q][0] <= b[p] <= spread[q][1] or spread[p][0] <= b[q] <= spread[p][1]
+
     bubble = bubble_fraction(WORLD, args.microbatches)
     fastest = min(STRATEGIES, key=lambda s: b[s])
     return [
@@ -108,7 +110,8 @@ def reading(
         f"Here the fastest strategy is {LABELS[fastest]} at "
         f"{b['single2'] / b[fastest]:.2f}x the 2-thread process"
         + (
-            "; their rounds overlap, so the order may change from run to run."
+            "; the median round of one lies within the other's rounds, so the order may "
+            "change from run to run."
             if overlap("single2", fastest)
             else "."
         ),
