@@ -617,6 +617,7 @@ class _Wrapped(torch.nn.Module):
     def __init__(self, inner: DecoderLM) -> None:
         super().__init__()
         self.inner, self.config, self.lm_head = inner, inner.config, inner.lm_head
+        self.train(inner.training)  # (a new module trains: the engine would restore that)
 
     def forward(self, ids, **kwargs):
         return self.inner(ids, **kwargs)
@@ -680,3 +681,304 @@ def test_fast_engine_packs_each_prefilling_step_into_one_pass(kind, monkeypatch)
     assert ref.keys() == got.keys()
     for key, row in got.items():
         torch.testing.assert_close(row, ref[key], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- contracts (second mutation review: 82 mutants, 24 gaps)
+
+
+def test_config_minimums_and_the_equal_boundary():
+    """token_budget and max_running must be >= 1 (a max_running of 0 would admit nothing and
+    ``run`` would spin forever); max_running == token_budget is allowed."""
+    with pytest.raises(ValueError, match="token_budget must be >= 1"):
+        SchedulerConfig(token_budget=0, max_running=0)
+    with pytest.raises(ValueError, match="max_running must be >= 1"):
+        SchedulerConfig(token_budget=4, max_running=0)
+    assert SchedulerConfig(token_budget=3, max_running=3).max_running == 3
+
+
+def test_bad_prompt_tokens_are_refused_before_queueing():
+    """Negative ids (an embedding would wrap or fail mid-step), bools and bytes are refused
+    by add_request, and nothing is queued."""
+    engine = Engine(_model(), num_blocks=8, block_size=4)
+    with pytest.raises(ValueError, match="outside \\[0, vocab_size=53\\)"):
+        engine.add_request([1, -1], 2)
+    with pytest.raises(TypeError, match="prompt must hold ints"):
+        engine.add_request([1, True], 2)
+    with pytest.raises(TypeError, match="prompt must be a list"):
+        engine.add_request(b"\x01\x02", 2)  # bytes are a Sequence of ints
+    with pytest.raises(TypeError, match="request_id must be an int"):
+        engine.cancel(False)  # a bool is not an id (False == 0)
+    with pytest.raises(TypeError, match="request_id must be an int"):
+        engine.output(True)
+    assert engine.requests == {} and not engine.has_work
+
+
+def test_a_request_that_fills_max_seq_len_exactly_is_accepted():
+    """prompt + max_new_tokens = max_seq_len + 1 writes max_seq_len positions (the last token
+    is never fed back): allowed, as in generate, and gives generate's tokens."""
+    model = _model()
+    prompt = _prompt(16, 5)
+    engine = Engine(model, num_blocks=8, block_size=4, config=SchedulerConfig(token_budget=8))
+    a = engine.add_request(prompt, MAX_SEQ_LEN + 1 - 16)
+    assert engine.run()[a] == _reference(model, prompt, MAX_SEQ_LEN + 1 - 16)
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+def test_a_request_waiting_for_blocks_holds_back_later_ones():
+    """First come first served: b waits for blocks, so c, which would fit, waits behind it
+    (no overtaking), and b is admitted before c."""
+    model = _model()
+    engine = Engine(
+        model, num_blocks=6, block_size=4, config=SchedulerConfig(token_budget=16, max_running=4)
+    )
+    prompts = [_prompt(4, 1), _prompt(5, 2), _prompt(2, 3)]
+    a = engine.add_request(prompts[0], 8)  # 11 positions: 3 blocks
+    b = engine.add_request(prompts[1], 12)  # 16 positions: 4 blocks, only 3 spare
+    c = engine.add_request(prompts[2], 2)  # 3 positions: 1 block, would fit
+    engine.step()
+    assert engine.last_plan.admitted == [a]
+    assert engine.requests[b].status == engine.requests[c].status == "waiting"
+    admitted = []
+    while engine.has_work:
+        engine.step()
+        admitted += engine.last_plan.admitted
+    assert admitted == [b, c]
+    outs = engine.run()
+    assert [outs[i] for i in (a, b, c)] == [
+        _reference(model, p, n) for p, n in zip(prompts, (8, 12, 2), strict=True)
+    ]
+
+
+def test_without_chunking_a_prompt_waiting_for_budget_holds_back_later_ones():
+    """No chunking: b's prompt does not fit in what the budget leaves, so c (which would fit)
+    waits behind it rather than overtaking it."""
+    engine = Engine(
+        _model(),
+        num_blocks=30,
+        block_size=4,
+        config=SchedulerConfig(token_budget=6, max_running=3, chunked_prefill=False),
+    )
+    a = engine.add_request(_prompt(3, 1), 5)
+    b = engine.add_request(_prompt(5, 2), 5)
+    c = engine.add_request(_prompt(2, 3), 5)
+    engine.step()
+    assert engine.last_plan.prefill == [(a, 3)]  # 3 left: b (5) waits, and so does c
+    engine.step()
+    assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a], [(b, 5)])
+    engine.step()
+    assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a, b], [(c, 2)])
+
+
+# ----------------------------------------------------------------------------- engine contract
+
+
+def test_callbacks_that_raise_the_first_error_is_raised_after_all_ran():
+    engine = Engine(_model(), num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=8))
+    called: list[int] = []
+
+    def boom(message):
+        def on_token(event):
+            called.append(event.request_id)
+            raise RuntimeError(message)
+
+        return on_token
+
+    a = engine.add_request(_prompt(3, 1), 2, on_token=boom("first"))
+    b = engine.add_request(_prompt(2, 2), 2, on_token=boom("second"))
+    with pytest.raises(RuntimeError, match="first"):
+        engine.step()
+    assert called == [a, b]
+
+
+def test_output_and_run_return_copies():
+    """Changing what output or run returned does not change the engine's requests."""
+    model = _model()
+    engine = Engine(model, num_blocks=20, block_size=2, config=SchedulerConfig(token_budget=8))
+    a = engine.add_request(_prompt(3, 1), 5)
+    engine.step()
+    engine.output(a).clear()  # a caller's list, not the engine's
+    outs = engine.run()
+    assert outs[a] == _reference(model, _prompt(3, 1), 5)
+    outs[a].append(0)
+    assert engine.output(a) == engine.run()[a] == _reference(model, _prompt(3, 1), 5)
+
+
+def test_an_eval_model_stays_in_eval_mode():
+    model = _model()
+    assert not model.training
+    engine = Engine(model, num_blocks=8, block_size=4)
+    engine.add_request([1, 2], 2)
+    engine.step()
+    assert not model.training
+
+
+def test_a_training_model_runs_in_eval_mode():
+    """A model in train mode with dropout: the step runs it in eval mode (no dropout), so
+    the tokens are generate's on the eval model, and train mode is back afterwards."""
+    base = _model()
+    config = ModelConfig.llama(
+        V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=MAX_SEQ_LEN, dropout=0.5
+    )
+    model = DecoderLM(config)
+    model.load_state_dict(base.state_dict())
+    model.train()
+    engine = Engine(model, num_blocks=20, block_size=4, config=SchedulerConfig(token_budget=8))
+    prompts = [_prompt(5, 1), _prompt(3, 2)]
+    ids = [engine.add_request(p, 6) for p in prompts]
+    outs = engine.run()
+    assert model.training
+    assert [outs[i] for i in ids] == [_reference(base, p, 6) for p in prompts]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_steps_build_no_autograd_graph(fast):
+    """The cache pools are written under no_grad: they never require grad (otherwise every
+    step would extend an autograd graph kept alive by the pool)."""
+    engine = Engine(_model(), num_blocks=8, block_size=4, fast=fast)
+    engine.add_request(_prompt(5, 1), 3)
+    engine.add_request(_prompt(2, 2), 3)
+    engine.step()
+    engine.step()
+    assert not any(p.requires_grad for p in engine.cache.k_pools + engine.cache.v_pools)
+
+
+# ----------------------------------------------------------------------------- logits checks
+
+
+def _edit_logits(model, edit):
+    """A forward hook on the output layer that edits its output (B, T, V) in place."""
+
+    def hook(_module, _args, out):
+        edit(out)
+        return out
+
+    return model.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_plus_inf_and_all_minus_inf_logits_raise_but_some_minus_inf_are_fine(fast):
+    model = _model()
+
+    def run(edit):
+        engine = Engine(model, num_blocks=8, block_size=4, fast=fast)
+        engine.add_request(_prompt(5, 1), 4)
+        engine.add_request(_prompt(3, 2), 4)
+        handle = _edit_logits(model, edit)
+        try:
+            return engine.run()
+        finally:
+            handle.remove()
+
+    with pytest.raises(ValueError, match="NaN or \\+inf"):
+        run(lambda out: out[..., 7].fill_(float("inf")))
+    with pytest.raises(ValueError, match="only -inf"):
+        run(lambda out: out.fill_(float("-inf")))
+    # a model may rule tokens out with -inf (here every even id): not an error
+    outs = run(lambda out: out[..., ::2].fill_(float("-inf")))
+    assert all(t % 2 == 1 for tokens in outs.values() for t in tokens)
+
+
+def test_nan_logits_in_one_row_of_a_batch_raise():
+    """One bad row among the decoding rows is enough to raise (not only an all-NaN batch)."""
+    model = _model()
+    engine = Engine(model, num_blocks=8, block_size=4)
+    engine.add_request(_prompt(5, 1), 4)
+    engine.add_request(_prompt(3, 2), 4)
+    engine.step()  # both prefilled (one pass each)
+    handle = _edit_logits(model, lambda out: out[1:].fill_(float("nan")) if len(out) > 1 else None)
+    try:
+        with pytest.raises(ValueError, match="NaN"):
+            engine.step()  # one decode pass, 2 rows: the second one is NaN
+    finally:
+        handle.remove()
+
+
+class _NoHead(torch.nn.Module):
+    """A model that can pack (``forward_unchecked``) but has no ``lm_head`` attribute: the fast
+    engine cannot trim its logits with a hook and must pick each row's last position itself."""
+
+    def __init__(self, inner: DecoderLM) -> None:
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+        self.train(inner.training)  # (a new module trains: the engine would restore that)
+
+    def forward(self, ids, **kwargs):
+        return self.inner(ids, **kwargs)
+
+    def forward_unchecked(self, ids, **kwargs):
+        return self.inner.forward_unchecked(ids, **kwargs)
+
+
+def test_fast_engine_packs_a_model_without_lm_head():
+    model = _model()
+    engine = Engine(
+        _NoHead(model), 30, 4, SchedulerConfig(token_budget=6, max_running=3), fast=True
+    )
+    assert engine._can_pack
+    prompts = [_prompt(n, n) for n in (3, 9, 1)]
+    ids = [engine.add_request(p, 5) for p in prompts]
+    outs = engine.run()
+    assert [outs[i] for i in ids] == [_reference(model, p, 5) for p in prompts]
+
+
+def test_admission_never_promises_more_blocks_than_the_pool_has():
+    """Two identical requests whose worst cases (3 blocks each) together exceed the pool
+    (5 blocks) by one: the second waits; admitting it would make both grow in lockstep to
+    6 blocks and run the pool dry mid-decode."""
+    model = _model()
+    engine = Engine(
+        model, num_blocks=5, block_size=4, config=SchedulerConfig(token_budget=16, max_running=4)
+    )
+    prompts = [_prompt(4, 1), _prompt(4, 2)]
+    a, b = (engine.add_request(p, 9) for p in prompts)  # 4 + 9 - 1 = 12 positions: 3 blocks
+    engine.step()
+    assert engine.last_plan.admitted == [a] and engine.requests[b].status == "waiting"
+    outs = engine.run()
+    assert [outs[a], outs[b]] == [_reference(model, p, 9) for p in prompts]
+
+
+def test_fast_engine_without_packing_computes_last_position_logits_only():
+    """fast=True on a model it cannot pack: each prefill chunk (its own pass) still asks the
+    output layer for its last position only."""
+    model = _model()
+    shapes: list[tuple[int, ...]] = []
+    handle = model.lm_head.register_forward_hook(
+        lambda _m, _a, out: shapes.append(tuple(out.shape[:2]))
+    )
+    try:
+        engine = Engine(_Wrapped(model), 20, 4, SchedulerConfig(token_budget=5, max_running=1), fast=True)
+        engine.add_request(_prompt(7, 1), 2)
+        engine.run()
+    finally:
+        handle.remove()
+    assert shapes == [(1, 1)] * 3  # chunks of 5 and 2 tokens, then one decode
+
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_bfloat16_models_logits_are_processed_in_float32_like_generate(fast):
+    """A bfloat16 model: its logits are processed (here a repetition penalty) in float32, as
+    generate does. Token 5 (in the prompt) scores 1.3046875 and token 3 scores 1.0; after the
+    penalty 1.3, token 5 scores 1.0036 in float32 and wins, while in bfloat16 it would round
+    to 1.0, a tie that argmax gives to token 3."""
+    model = DecoderLM(_model().config).eval()
+    model.load_state_dict(_model().state_dict())
+    model.to(torch.bfloat16)
+
+    def edit(out):
+        out.fill_(-10.0)
+        out[..., 3] = 1.0
+        out[..., 5] = 1.3046875  # exactly representable in bfloat16
+
+    sampling = SamplingConfig(do_sample=False, repetition_penalty=1.3)
+    prompt = [5, 7, 9]
+    handle = _edit_logits(model, edit)
+    try:
+        expected = _reference(model, prompt, 1, sampling=sampling)
+        engine = Engine(model, num_blocks=4, block_size=4, fast=fast)
+        a = engine.add_request(prompt, 1, sampling=sampling)
+        assert engine.run()[a] == expected == [5]
+    finally:
+        handle.remove()
