@@ -236,6 +236,8 @@ def test_long_prompt_is_prefilled_in_chunks_beside_decodes():
 
 
 def test_without_chunking_a_prompt_waits_for_a_step_with_room():
+    """No chunking: b's prompt does not fit in what the budget leaves, so it waits for a step
+    with room, and c (which would fit) waits behind it rather than overtaking it."""
     engine = Engine(
         _model(),
         num_blocks=20,
@@ -244,10 +246,14 @@ def test_without_chunking_a_prompt_waits_for_a_step_with_room():
     )
     a = engine.add_request(_prompt(3, 1), 5)
     b = engine.add_request(_prompt(4, 2), 5)
+    c = engine.add_request(_prompt(2, 3), 5)
     engine.step()
     assert engine.last_plan.prefill == [(a, 3)] and engine.requests[b].status == "waiting"
+    assert engine.requests[c].status == "waiting"  # 3 left: b (4) waits, and so does c (2)
     engine.step()
     assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a], [(b, 4)])
+    engine.step()
+    assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a, b], [(c, 2)])
 
 
 def test_admission_waits_for_blocks_and_a_finished_request_frees_them():
@@ -749,26 +755,6 @@ def test_a_request_waiting_for_blocks_holds_back_later_ones():
     assert [outs[i] for i in (a, b, c)] == [
         _reference(model, p, n) for p, n in zip(prompts, (8, 12, 2), strict=True)
     ]
-
-
-def test_without_chunking_a_prompt_waiting_for_budget_holds_back_later_ones():
-    """No chunking: b's prompt does not fit in what the budget leaves, so c (which would fit)
-    waits behind it rather than overtaking it."""
-    engine = Engine(
-        _model(),
-        num_blocks=30,
-        block_size=4,
-        config=SchedulerConfig(token_budget=6, max_running=3, chunked_prefill=False),
-    )
-    a = engine.add_request(_prompt(3, 1), 5)
-    b = engine.add_request(_prompt(5, 2), 5)
-    c = engine.add_request(_prompt(2, 3), 5)
-    engine.step()
-    assert engine.last_plan.prefill == [(a, 3)]  # 3 left: b (5) waits, and so does c
-    engine.step()
-    assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a], [(b, 5)])
-    engine.step()
-    assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a, b], [(c, 2)])
 
 
 # ----------------------------------------------------------------------------- engine contract
