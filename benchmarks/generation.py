@@ -189,16 +189,21 @@ def fmt_paired(r: tuple[float, float, float], digits: int = 2) -> str:
     return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})" if high > low else f"{median:.{digits}f}"
 
 
-def mismatches(cases: list[Case]) -> list[str]:
-    """Which outputs that should be equal are not: ours with the cache against transformers
-    and against ours without the cache, and every fast path against ours."""
+def token_checks(cases: list[Case]) -> dict[tuple[str, int], bool]:
+    """Whether the outputs that should be equal are, keyed by (case, batch): ours with the
+    cache against transformers', ours without the cache and every fast path against ours
+    with the cache."""
     seqs = {(c.name, c.batch): c.sequences for c in cases}
-    checks = [(("ours, KV cache", b), ("transformers, KV cache", b)) for b in (1, 8)]
-    checks.append((("ours, no cache", 1), ("ours, KV cache", 1)))
-    checks += [((c.name, c.batch), ("ours, KV cache", c.batch)) for c in cases
-               if c.name in (*FAST_NAMES.values(), HF_PACKED)]
-    return [f"{a[0]}, batch {a[1]} vs {b[0]}" for a, b in checks
-            if not torch.equal(seqs[a], seqs[b])]
+    against = {("ours, KV cache", b): ("transformers, KV cache", b) for b in (1, 8)}
+    against[("ours, no cache", 1)] = ("ours, KV cache", 1)
+    against |= {(c.name, c.batch): ("ours, KV cache", c.batch) for c in cases
+                if c.name in (*FAST_NAMES.values(), HF_PACKED)}
+    return {key: torch.equal(seqs[key], seqs[other]) for key, other in against.items()}
+
+
+def mismatches(cases: list[Case]) -> list[str]:
+    """The ``token_checks`` that failed, named."""
+    return [f"{name}, batch {b}" for (name, b), ok in token_checks(cases).items() if not ok]
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -436,25 +441,13 @@ def report(
     ours1, hf1 = by_key[("ours, KV cache", 1)], by_key[("transformers, KV cache", 1)]
     slow1 = by_key[("ours, no cache", 1)]
     ours8, hf8 = by_key[("ours, KV cache", 8)], by_key[("transformers, KV cache", 8)]
-    same = {
-        batch: torch.equal(
-            next(c for c in cases if c.name == "ours, KV cache" and c.batch == batch).sequences,
-            next(
-                c for c in cases if c.name.startswith("transformers") and c.batch == batch
-            ).sequences,
-        )
-        for batch in (1, 8)
-    }
-    by_name = {(c.name, c.batch): c.sequences for c in cases}
-    cached_equal = torch.equal(
-        next(c for c in cases if c.name == "ours, no cache").sequences,
-        next(c for c in cases if c.name == "ours, KV cache" and c.batch == 1).sequences,
-    )
+    ok = token_checks(cases)
+    same = {batch: ok[("ours, KV cache", batch)] for batch in (1, 8)}
+    cached_equal = ok[("ours, no cache", 1)]
     fast_same = [
-        f"{c.name}, batch {c.batch}: "
-        + ("yes" if torch.equal(c.sequences, by_name[("ours, KV cache", c.batch)]) else "NO")
-        for c in cases
-        if c.name in (*FAST_NAMES.values(), HF_PACKED)
+        f"{name}, batch {b}: {'yes' if equal else 'NO'}"
+        for (name, b), equal in ok.items()
+        if name in (*FAST_NAMES.values(), HF_PACKED)
     ]
     lines += [
         "",
