@@ -881,6 +881,58 @@ def test_nan_logits_in_one_row_of_a_batch_raise():
         handle.remove()
 
 
+def _fail_once(model, where: str, skip: int):
+    """Make a forward pass that feeds prompt chunks (T > 1) fail once, after ``skip`` such
+    passes succeeded: its logits NaN (``"logits"``) or an error raised by the second block
+    after the first one wrote its keys (``"layer"``)."""
+    passes = [0]
+
+    def hook(_module, args, out):
+        if args[0].shape[1] > 1:
+            passes[0] += 1
+            if passes[0] == skip + 1:
+                if where == "logits":
+                    out.fill_(float("nan"))
+                else:
+                    raise RuntimeError("interrupted")
+        return out
+
+    module = model.lm_head if where == "logits" else model.blocks[1]
+    return module.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("where", ["logits", "layer"])
+def test_a_failed_step_leaves_every_request_as_it_was(fast, where):
+    """A step whose forward fails after some keys were written (the decodes and the first
+    prefill chunk before the second one, or the first block before the second) is undone:
+    run again, every request still equals its own generate (without the undo, a decoding
+    request fed its last token twice, and a prompt chunk was fed twice)."""
+    model = _model()
+    engine = Engine(
+        model, num_blocks=24, block_size=4, config=SchedulerConfig(token_budget=12), fast=fast
+    )
+    a = engine.add_request(_prompt(5, 1), 6)
+    engine.step()  # a prefilled
+    # next step: a decodes; b's prompt and c's first chunk (one pass each, or one packed)
+    b = engine.add_request(_prompt(4, 2), 4)
+    c = engine.add_request(_prompt(9, 3), 4)
+    lengths = {s: engine.cache.length(s) for s in engine.cache.sequences}
+    handle = _fail_once(model, where, skip=0 if fast else 1)
+    try:
+        with pytest.raises((ValueError, RuntimeError), match="NaN|interrupted"):
+            engine.step()
+    finally:
+        handle.remove()
+    assert all(engine.cache.length(s) == lengths.get(s, 0) for s in engine.cache.sequences)
+    assert [engine.requests[i].num_prefilled for i in (b, c)] == [0, 0]
+    assert [len(engine.output(i)) for i in (a, b, c)] == [1, 0, 0]
+    out = engine.run()
+    assert out[a] == _reference(model, _prompt(5, 1), 6)
+    assert out[b] == _reference(model, _prompt(4, 2), 4)
+    assert out[c] == _reference(model, _prompt(9, 3), 4)
+
+
 class _NoHead(torch.nn.Module):
     """A model that can pack (``forward_unchecked``) but has no ``lm_head`` attribute: the fast
     engine cannot trim its logits with a hook and must pick each row's last position itself."""

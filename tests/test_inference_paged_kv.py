@@ -446,6 +446,33 @@ def test_prefix_blocks_are_shared_and_never_written():
     assert cache.allocator.ref_counts[:3] == [1, 1, 1] and cache.num_free_blocks == 1
 
 
+def test_truncate_forgets_positions_in_every_layer_and_never_reopens_a_shared_block():
+    """The undo of a pass that failed part-way: layers written to different lengths go
+    back to one length; the next writes land where the forgotten ones were."""
+    cache = PagedKVCache(2, 6, 2, 1, 1)
+    a = cache.add_sequence()
+    for layer in (0, 1):
+        cache.append(layer, a, torch.arange(4.0).reshape(1, 4, 1), torch.zeros(1, 4, 1))
+    cache.append(0, a, torch.full((1, 1, 1), 7.0), torch.zeros(1, 1, 1))  # layer 1 not reached
+    with pytest.raises(ValueError, match="past the 4 positions"):
+        cache.truncate(a, 5)
+    cache.truncate(a, 3)
+    assert cache._lengths[a] == [3, 3] and cache.block_table(a) == [0, 1, 2]
+    cache.append(0, a, torch.full((1, 1, 1), 9.0), torch.zeros(1, 1, 1))
+    assert cache.gather(0, a)[0].flatten().tolist() == [0.0, 1.0, 2.0, 9.0]
+    b = cache.add_sequence(prefix_blocks=[0])  # block 0 shared by a and b
+    cache.append(0, b, torch.ones(1, 1, 1), torch.ones(1, 1, 1))
+    for seq, length in ((a, 1), (b, 1), (b, 0)):
+        with pytest.raises(ValueError, match=r"reopen block\(s\) \[0\]"):
+            cache.truncate(seq, length)
+    cache.truncate(b, 2)  # its own block 3 only
+    assert cache.length(b) == 2 and cache.gather(0, b)[0].flatten().tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="length"):
+        cache.truncate(a, -1)
+    with pytest.raises(KeyError):
+        cache.truncate(99, 0)
+
+
 def test_prefix_blocks_must_be_full():
     """A block that is not full in every layer cannot be shared: the new sequence would
     claim positions nobody wrote and see its owner's later writes (a silent wrong answer)."""

@@ -475,6 +475,11 @@ class Engine:
         events: list[TokenEvent] = []
         if plan.num_tokens == 0:
             return events
+        # A step is all or nothing: if its forward passes fail (non-finite logits, an
+        # interrupt), every request is put back where the step found it (positions written
+        # and prompt tokens fed), so the step can be run again or the request cancelled.
+        touched = [self.requests[i] for i in plan.decode + [i for i, _ in plan.prefill]]
+        before = [(r, self.cache.length(r.seq_id), r.num_prefilled) for r in touched]
         was_training = self.model.training
         if was_training:  # (train() walks every module: only when needed)
             self.model.eval()
@@ -486,6 +491,11 @@ class Engine:
                     chosen = self._run_decodes(plan.decode)
                     for request_id, n in plan.prefill:
                         chosen.update(self._run_prefill_chunk(request_id, n))
+        except BaseException:
+            for r, length, num_prefilled in before:
+                self.cache.truncate(r.seq_id, length)
+                r.num_prefilled = num_prefilled
+            raise
         finally:
             if was_training:
                 self.model.train()

@@ -437,6 +437,34 @@ class PagedKVCache:
         """Positions every layer holds for the sequence."""
         return min(self._lengths[self._check_seq(seq_id)])
 
+    def truncate(self, seq_id: int, length: int) -> None:
+        """Forget the sequence's positions from ``length`` on, in every layer (an undo: a
+        forward pass that failed part-way leaves some layers written further than others).
+        The keys and values past ``length`` are overwritten by the next writes; the blocks
+        stay in the table. ``length`` may not exceed :meth:`length`, nor reopen a block that
+        another sequence also owns (a shared prefix block is never written again).
+
+        >>> cache = PagedKVCache(n_layers=1, num_blocks=2, block_size=2, n_kv_heads=1, head_dim=1)
+        >>> seq = cache.add_sequence()
+        >>> cache.append(0, seq, torch.ones(1, 3, 1), torch.ones(1, 3, 1))
+        >>> cache.truncate(seq, 1); cache.length(seq), cache.block_table(seq)
+        (1, [0, 1])
+        """
+        check_int("length", length, minimum=0)
+        if length > self.length(seq_id):
+            raise ValueError(
+                f"length={length} is past the {self.length(seq_id)} positions sequence "
+                f"{seq_id} holds in every layer"
+            )
+        table = self._tables[seq_id]
+        shared = [b for b in table[length // self.block_size :] if self.allocator.ref_counts[b] > 1]
+        if shared:
+            raise ValueError(
+                f"length={length} would reopen block(s) {shared} that other sequences also "
+                "own: a shared block is never written again"
+            )
+        self._lengths[seq_id] = [length] * self.n_layers
+
     def blocks_needed(self, seq_id: int, num_new_tokens: int) -> int:
         """New blocks that ``reserve(seq_id, num_new_tokens)`` would allocate."""
         check_int("num_new_tokens", num_new_tokens, minimum=0)
