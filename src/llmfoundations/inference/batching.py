@@ -298,7 +298,8 @@ class Engine:
     Use: ``add_request`` (any time, returns an id), ``step`` (one scheduled forward step,
     returns its :class:`TokenEvent` s), ``stream`` (steps until nothing is left, yielding
     events), ``cancel``, ``run`` (everything to the end: id -> tokens), ``release`` (forget
-    a finished request).
+    a finished request). A step that raises (non-finite logits, an error in the model)
+    is undone, so it can be run again or its requests cancelled.
 
     >>> from llmfoundations.models import DecoderLM, ModelConfig
     >>> _ = torch.manual_seed(0)
