@@ -4,11 +4,14 @@ results file only when the outputs compared were equal (imported by each script;
 
 from __future__ import annotations
 
+import statistics
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from llmfoundations.course import cpu_name as _model_name
 
-__all__ = ["cpu_name", "percentile", "publish"]
+__all__ = ["command", "compare", "cpu_name", "fmt_ratio", "paired", "percentile", "publish"]
 
 
 def cpu_name() -> str:
@@ -63,3 +66,33 @@ def publish(lines: list[str], path: Path, write: bool = True, *, mismatch: str =
     if write:
         path.write_text(text)
         print(f"wrote {path}")
+
+
+def paired(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest over rounds of ``numerators[r] / denominators[r]``: each
+    ratio is taken within one round, where the two measurements ran seconds apart, so a
+    drift of the machine's speed between rounds cancels."""
+    if not numerators or len(numerators) != len(denominators):
+        raise ValueError(f"need equal, non-empty rounds, got {len(numerators)} and {len(denominators)}")
+    ratios = sorted(a / b for a, b in zip(numerators, denominators, strict=True))
+    return statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def fmt_ratio(r: tuple[float, float, float], digits: int = 2) -> str:
+    """``median (lowest-highest)``, or the median alone when every round gave the same."""
+    median, low, high = r
+    if f"{low:.{digits}f}" == f"{high:.{digits}f}":
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def compare(r: tuple[float, float, float], above: str, below: str, level: str) -> str:
+    """A verdict that holds in every round: ``above`` when every ratio is over 1, ``below``
+    when every one is under 1, ``level`` when the rounds disagree."""
+    _, low, high = r
+    return above if low > 1 else below if high < 1 else level
+
+
+def command(script: str) -> str:
+    """The command line that ran ``script`` (for the page's "Command:" line)."""
+    return " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])

@@ -46,7 +46,6 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +55,8 @@ from pathlib import Path
 import torch
 import transformers
 from _machine import cpu_name, publish
+from _machine import fmt_ratio as fmt_paired
+from _machine import paired as paired_ratios
 
 from llmfoundations import pretrained
 from llmfoundations.generate import generate
@@ -180,13 +181,7 @@ class Case:
 def paired(case: Case, other: Case, key: str) -> tuple[float, float, float]:
     """Median, min and max over rounds of ``case``'s rate / ``other``'s in the same round
     (the two ran minutes apart at most, so drift of the machine between rounds cancels)."""
-    ratios = sorted(a[key] / b[key] for a, b in zip(case.rates(), other.rates(), strict=True))
-    return statistics.median(ratios), ratios[0], ratios[-1]
-
-
-def fmt_paired(r: tuple[float, float, float], digits: int = 2) -> str:
-    median, low, high = r
-    return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})" if high > low else f"{median:.{digits}f}"
+    return paired_ratios([a[key] for a in case.rates()], [b[key] for b in other.rates()])
 
 
 def token_checks(cases: list[Case]) -> dict[tuple[str, int], bool]:

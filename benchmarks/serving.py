@@ -27,7 +27,12 @@ float32, the same GGUF weights:
   sharing off (ours has none). Its tokens are timed by ``record_timestamps=True``.
 
 Every server runs on the wall clock: the driver sleeps until the next arrival when the
-server is idle. Metrics, per server (best round by makespan): throughput = new tokens /
+server is idle. The servers run in turn, ``--rounds`` times, in one order and then in the
+reverse one (so every pair runs both ways round equally often). Each table row is the
+server's median round by makespan; each ratio is the median over rounds of the ratio
+between two servers within one round (they ran seconds apart), with the lowest and highest
+round, and a verdict ("ahead", "behind") is given only when every round agrees. Metrics, per
+server: throughput = new tokens /
 (last token - first arrival); time to first token (TTFT) = first token - arrival; per-token
 latency = the gaps between a request's consecutive tokens, pooled over requests (p50,
 p95); end-to-end latency = last token - arrival. KV memory: what each server allocates,
@@ -41,7 +46,7 @@ the course's ``generate`` run on that request alone; a server that gives any oth
 stops the script before it writes a results file.
 
     python benchmarks/serving.py                 # writes benchmarks/results/serving.md
-    python benchmarks/serving.py --rounds 1 --no-write   # a quick look
+    python benchmarks/serving.py --rounds 2 --no-write   # a quick look
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from _machine import cpu_name, percentile, publish
+from _machine import command, compare, cpu_name, fmt_ratio, paired, percentile, publish
 from transformers import GenerationConfig
 
 try:
@@ -339,7 +344,8 @@ def machine() -> str:
 
 def report(
     requests: list[Request],
-    best: dict[str, tuple[dict[str, float], Run]],
+    shown: dict[str, tuple[dict[str, float], Run]],
+    rounds: dict[str, list[dict[str, float]]],
     same: dict[str, tuple[int, int]],
     args: argparse.Namespace,
     contiguous: int,
@@ -349,7 +355,12 @@ def report(
     mib = 2**20
     prompt_lens = [len(r.prompt) for r in requests]
     total = sum(r.max_new for r in requests)
-    hf = best["transformers, continuous"][0]
+    hf = shown["transformers, continuous"][0]
+
+    def ratio(a: str, b: str, key: str = "throughput") -> tuple[float, float, float]:
+        return paired([x[key] for x in rounds[a]], [x[key] for x in rounds[b]])
+
+    T, O, S = "transformers, continuous", "ours, continuous", "static"
     lines = [
         "# Serving SmolLM2-135M on an arrival trace: static vs continuous batching vs transformers",
         "",
@@ -360,31 +371,41 @@ def report(
         f"{max(r.max_new for r in requests)} tokens ({total} new tokens in all), no early "
         f"stop. At most {args.max_batch} requests at once in every server; token budget "
         f"{args.budget} per step and blocks of {BLOCK} in both continuous servers. "
-        f"Wall clock, best of {args.rounds} interleaved rounds (by makespan).",
+        f"Wall clock, {args.rounds} rounds (the servers in turn, the order reversed every other "
+        "round). Each row: the server's median round by makespan. Ratios: the median over "
+        "rounds of the ratio within a round (lowest-highest).",
         "",
-        "| server | makespan (s) | tokens/s | / transformers | mean TTFT (s) | p95 TTFT (s) "
+        "| server | makespan (s) | tokens/s | throughput / transformers | mean TTFT (s) | p95 TTFT (s) "
         "| p50 per-token (ms) | p95 per-token (ms) | mean latency (s) | steps "
         "| KV allocated (MiB) | KV peak used (MiB) | same tokens as solo `generate` |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, (s, run) in best.items():
+    for name, (s, run) in shown.items():
         ok, n = same[name]
         lines.append(
             f"| {name} | {s['makespan']:.2f} | {s['throughput']:.1f} | "
-            f"{s['throughput'] / hf['throughput']:.2f} | {s['ttft_mean']:.2f} | "
+            f"{fmt_ratio(ratio(name, T))} | {s['ttft_mean']:.2f} | "
             f"{s['ttft_p95']:.2f} | {1e3 * s['tpot_p50']:.0f} | {1e3 * s['tpot_p95']:.0f} | "
             f"{s['e2e_mean']:.2f} | {s['steps']} | {_mib(run.kv_allocated)} | "
             f"{_mib(run.kv_peak_used)} | {ok}/{n} |"
         )
-    static, ours = best["static"][0], best["ours, continuous"][0]
-    speedup = ours["throughput"] / static["throughput"]
-    beats = "beats" if speedup > 1.02 else "does not beat" if speedup < 0.98 else "is level with"
+    static, ours = shown["static"][0], shown["ours, continuous"][0]
+    over_static = ratio(O, S)
+    beats = compare(over_static, "beats", "does not beat", "is level with")
+    ttft_static = ratio(O, S, "ttft_mean")
     span = requests[-1].arrival - requests[0].arrival
     ceiling = total / span if span > 0 else float("inf")
-    ratio = ours["throughput"] / hf["throughput"]
-    verdict = "ahead of" if ratio > 1.02 else "behind" if ratio < 0.98 else "level with"
-    decode_only = best["ours, continuous"][1].decode_only_steps
-    dearer_than_static = ours["tpot_p50"] > 1.02 * static["tpot_p50"]  # our decode steps
+    over_hf = ratio(O, T)
+    verdict = compare(
+        over_hf,
+        "ahead of transformers on throughput in every round",
+        "behind transformers on throughput in every round",
+        "ahead of transformers on throughput in some rounds and behind in others",
+    )
+    decode_only = shown["ours, continuous"][1].decode_only_steps
+    decode_static = ratio(O, S, "tpot_p50")  # our decode steps against generate's
+    dearer_than_static = decode_static[1] > 1  # in every round
+    decode_hf = ratio(O, T, "tpot_p50")
     lines += [
         "",
         f"Contiguous cache of the longest request for {args.max_batch} rows "
@@ -408,11 +429,11 @@ def report(
         "read every 5 ms by a side thread in one extra, untimed pass over the trace).",
         "",
         f"Reading. Continuous batching {beats} static batching here: "
-        f"{ours['throughput'] / static['throughput']:.2f}x the throughput and "
+        f"{fmt_ratio(over_static)}x the throughput and "
         + (
-            f"{static['ttft_mean'] / ours['ttft_mean']:.1f}x lower mean TTFT"
-            if ours["ttft_mean"] < static["ttft_mean"]
-            else f"{ours['ttft_mean'] / static['ttft_mean']:.1f}x the mean TTFT"
+            f"{fmt_ratio(ratio(S, O, 'ttft_mean'), 1)}x lower mean TTFT"
+            if ttft_static[2] < 1
+            else f"{fmt_ratio(ttft_static)}x the mean TTFT"
         )
         + "; a request "
         "that arrives while a static batch runs waits for the whole batch, and a static "
@@ -429,11 +450,14 @@ def report(
         "for the last position only here, as both engines do; when its prefill also "
         "computed them for every prompt position, at commit 759b6cc on an older AMD EPYC "
         "(model not recorded), the same trace gave 1.84x and 4.9x.) Our engine is "
-        f"{verdict} transformers on throughput ({ratio:.2f}x) and its mean TTFT is "
-        f"{ours['ttft_mean'] / hf['ttft_mean']:.2f}x transformers'. Its decode steps "
-        f"{'cost more than' if dearer_than_static else 'cost about as much as'}"
-        f" a `generate` step (p50 per-token {1e3 * ours['tpot_p50']:.0f} ms "
-        f"against {1e3 * static['tpot_p50']:.0f} ms for static batches of up to "
+        f"{verdict} ({fmt_ratio(over_hf)}x)"
+        + f" and its mean TTFT is {fmt_ratio(ratio(O, T, 'ttft_mean'))}x transformers'. "
+        "Its decode steps "
+        + ("cost more than" if dearer_than_static
+           else "cost less than" if decode_static[2] < 1 else "cost about as much as")
+        + f" a `generate` step (p50 per-token {fmt_ratio(decode_static)}x static's; "
+        f"{1e3 * ours['tpot_p50']:.0f} ms against {1e3 * static['tpot_p50']:.0f} ms in the "
+        f"median rounds, static batches of up to "
         f"{args.max_batch} rows; a decode pass over a contiguous `KVCache` costs about what "
         "a `generate` step does)"
         + (": its view" if dearer_than_static else ", though its view")
@@ -468,14 +492,14 @@ def report(
         "against every running row's keys); the step times above include it. "
         + (
             f"What is left is in the decode-only steps ({decode_only} of our {ours['steps']})"
-            if ours["tpot_p50"] > 1.02 * hf["tpot_p50"]
+            if decode_hf[1] > 1
             else f"Most of our steps only decode ({decode_only} of {ours['steps']}), and "
-            + ("ours are the quicker there" if ours["tpot_p50"] < 0.98 * hf["tpot_p50"]
+            + ("ours are the quicker there" if decode_hf[2] < 1
                else "there the two are level")  # fmt: skip
         )
-        + ": p50 per-token "
-        f"{1e3 * ours['tpot_p50']:.0f} ms against transformers' {1e3 * hf['tpot_p50']:.0f} "
-        "ms. Grouped-query attention (9 query heads share 3 key/value heads in SmolLM2): the "
+        + f": p50 per-token {fmt_ratio(decode_hf)}x transformers' ("
+        f"{1e3 * ours['tpot_p50']:.0f} ms against {1e3 * hf['tpot_p50']:.0f} "
+        "ms in the median rounds). Grouped-query attention (9 query heads share 3 key/value heads in SmolLM2): the "
         "course's attention copied each row's cached keys and values three times over in "
         "every layer before calling SDPA, about 8 MiB per layer and 240 MiB per step for 8 "
         "rows of 226 positions, half as many bytes as the weights; on the CPU it now lets "
@@ -495,44 +519,43 @@ def report(
         "(0.77x), mean TTFT 3.85 vs 2.34 s; indicative only, as the shared machine's speed "
         "varied between runs (static took 24.6 s then). Memory: both paged caches hold only written positions (plus the "
         "partly filled last block); at its peak ours held "
-        f"{best['ours, continuous'][1].kv_peak_used / contiguous:.2f} of the contiguous "
+        f"{shown['ours, continuous'][1].kv_peak_used / contiguous:.2f} of the contiguous "
         f"reservation for {args.max_batch} rows of the longest request (the peak depends on "
         "how many requests overlap, so on the server's speed); static `generate` reserves every "
         "row up to the longest prompt plus the longest answer of its batch.",
-        *packed_reading(best),
+        *packed_reading(rounds),
         "",
         f"Machine: {machine()}; 1-minute load average {load}.",
         "",
-        f"Command: `python benchmarks/serving.py{' ' + args.extra if args.extra else ''}`",
+        f"Command: `{command('serving.py')}`",
     ]
     return "\n".join(lines) + "\n"
 
 
-def packed_reading(best: dict[str, tuple[dict[str, float], Run]]) -> list[str]:
+def packed_reading(rounds: dict[str, list[dict[str, float]]]) -> list[str]:
     """The paragraph on the rows whose models multiply from oneDNN-packed weights."""
-    if PACKED not in best:
+    if PACKED not in rounds:
         return []
-    hf, ours, packed = (
-        best[k][0] for k in ("transformers, continuous", "ours, continuous", PACKED)
-    )
+
+    def ratio(a: str, b: str, key: str = "throughput") -> str:
+        return fmt_ratio(paired([x[key] for x in rounds[a]], [x[key] for x in rounds[b]]))
+
+    T, O = "transformers, continuous", "ours, continuous"
     text = (
         "Packed weights. The rows marked *packed weights* run the same engines on models "
         "whose `nn.Linear` layers multiply from weights packed once for oneDNN "
         "(`inference.prepack.prepack_linears`) instead of `F.linear`'s MKL call, the change "
         "that made the single-stream decoder fast (`results/generation.md`). Our engine on "
-        f"the packed model: {packed['throughput'] / ours['throughput']:.2f}x its own "
-        f"throughput on the plain model, {packed['throughput'] / hf['throughput']:.2f}x "
-        f"transformers' as shipped, mean TTFT {packed['ttft_mean'] / hf['ttft_mean']:.2f}x "
-        "transformers'."
+        f"the packed model: {ratio(PACKED, O)}x its own throughput on the plain model, "
+        f"{ratio(PACKED, T)}x transformers' as shipped, mean TTFT "
+        f"{ratio(PACKED, T, 'ttft_mean')}x transformers'."
     )
-    if HF_PACKED in best:
-        hfp = best[HF_PACKED][0]
+    if HF_PACKED in rounds:
         text += (
             " Given the same packed model, transformers' engine reaches "
-            f"{hfp['throughput'] / hf['throughput']:.2f}x its plain throughput; engine against "
-            f"engine on equal models, ours is {packed['throughput'] / hfp['throughput']:.2f}x "
-            f"transformers' throughput and {packed['ttft_mean'] / hfp['ttft_mean']:.2f}x its "
-            "mean TTFT."
+            f"{ratio(HF_PACKED, T)}x its plain throughput; engine against engine on equal "
+            f"models, ours is {ratio(PACKED, HF_PACKED)}x transformers' throughput and "
+            f"{ratio(PACKED, HF_PACKED, 'ttft_mean')}x its mean TTFT."
         )
     return ["", text]
 
@@ -577,7 +600,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--budget", type=int, default=256, help="tokens per continuous step")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="even: each pair runs in both orders equally often"
+    )
     parser.add_argument("--requests", type=int, default=len(TRACE), help="first N of the trace")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
@@ -591,7 +616,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     args.servers = [k for k in SERVERS if k in args.servers or k in REQUIRED]
-    args.extra = ""
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -634,11 +660,11 @@ def main() -> None:
     for serve in servers.values():  # first calls allocate and pick kernels
         serve(warm)
 
-    best: dict[str, tuple[dict[str, float], Run]] = {}
+    rounds: dict[str, list[tuple[dict[str, float], Run]]] = {name: [] for name in servers}
     same: dict[str, tuple[int, int]] = {}
     names = list(servers)
     for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        order = names if r % 2 == 0 else names[::-1]  # every pair, both ways round
         for name in order:
             run = servers[name](requests)
             stats = summarize(requests, run)
@@ -649,20 +675,21 @@ def main() -> None:
                 f"{stats['makespan']:.2f} s, same tokens {ok}/{len(requests)}",
                 flush=True,
             )
-            if name not in best or stats["makespan"] < best[name][0]["makespan"]:
-                best[name] = (stats, run)
-    best = {k: best[k] for k in names}
+            rounds[name].append((stats, run))
+    shown = {k: sorted(rs, key=lambda sr: sr[0]["makespan"])[(len(rs) - 1) // 2]
+             for k, rs in rounds.items()}  # the median round (the lower middle of an even count)
     hf_models = {"transformers, continuous": hf, HF_PACKED: hf_packed}
     for name, model in hf_models.items():  # memory, in an untimed pass (a sampling thread)
-        if name in best:
+        if name in shown:
             sampled = run_transformers(model, requests, args.max_batch, args.budget, True)
-            best[name][1].kv_peak_used = sampled.kv_peak_used
+            shown[name][1].kv_peak_used = sampled.kv_peak_used
     longest = max(len(r.prompt) + r.max_new for r in requests)
     contiguous = args.max_batch * longest * position_bytes(ours)
     load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     args.attn_keys = longest
     args.attn = attention_costs(ours, args.max_batch, longest)
-    text = report(requests, best, same, args, contiguous, load, ours.config.n_layers)
+    stats = {k: [st for st, _ in rs] for k, rs in rounds.items()}
+    text = report(requests, shown, stats, same, args, contiguous, load, ours.config.n_layers)
     wrong = [f"{name} ({ok}/{n})" for name, (ok, n) in same.items() if ok < n]
     mismatch = "other tokens than solo generate from " + ", ".join(wrong) if wrong else ""
     publish(text.splitlines(), args.out, write=not args.no_write, mismatch=mismatch)
