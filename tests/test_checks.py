@@ -193,3 +193,14 @@ def test_compare_with_reference_adds_the_hint_of_the_mistake_it_reproduces():
 def test_every_check_rejects_a_non_function(name):
     with pytest.raises(TypeError, match="expected a function, got int"):
         getattr(checks, name)(3)
+
+
+def test_a_failed_case_shows_plain_inputs_by_value_and_tensors_by_shape():
+    from llmfoundations.checks.core import _describe
+
+    assert _describe([[1, 2, 3], [4, 5]]) == "[[1, 2, 3], [4, 5]]"  # a student can rerun it
+    assert _describe(16) == "16" and _describe("ab") == "'ab'"
+    assert _describe(torch.zeros(2, 3)) == "tensor of shape (2, 3) and dtype float32"
+    assert _describe({"a": 1}) == "dict"  # not a list or tuple of plain values
+    long = _describe([list(range(30))] * 20)
+    assert len(long) == 160 and long.endswith("…")

@@ -74,13 +74,16 @@ def _staged(p, w, s, wb=2, gb=2, k=12, shift=0):
         (lambda p, w, s: 16 * p / (w if s >= 1 else 1), "stage 1 shards only the optimizer state"),
         (lambda p, w, s: _staged(p, w, s, k=0), "optimizer state is missing"),
         (lambda p, w, s: _staged(p, w, s, gb=4), "fp16"),
+        (lambda p, w, s: round(_staged(p, w, s) / 1e9, 3), "return bytes, not gigabytes"),
+        (lambda p, w, s: _staged(p, w, s) / 2**30, "return bytes, not GiB"),
+        (lambda p, w, s: 0.0, None),  # nothing like the GB mistake: no hint
         (lambda p, w, s: [1.0], "must return a number"),
     ],
 )
 def test_zero_check_rejects_wrong_answers(wrong, hint):
     with pytest.raises(AssertionError, match="zero_bytes") as err:
         checks.check_zero_bytes_per_rank(wrong)
-    assert hint in str(err.value)
+    assert hint in str(err.value) if hint else "Hint" not in str(err.value)
 
 
 @pytest.mark.parametrize("check", [checks.check_ring_all_reduce_bytes, checks.check_zero_bytes_per_rank])

@@ -194,3 +194,41 @@ def test_a_student_that_empties_its_input_leaves_the_cases_alone(capsys):
         checks.check_count_hits(consuming_hits)
     assert repr(pc._HASH_CASES) == before
     assert capsys.readouterr().out.count("✔") == 4
+
+
+def test_count_hits_refuses_a_cache_kept_between_calls():
+    """A cache in a default argument or a global passes every case once (the cases share no
+    tokens at one block size) but answers the lab's question differently when run again."""
+
+    def with_default(prompts, block_size, cached=set()):  # noqa: B006 (the mistake tested)
+        hits = []
+        for prompt in prompts:
+            usable = (len(prompt) - 1) // block_size * block_size
+            n = 0
+            for h in good_chained_block_hashes(prompt[:usable], block_size):
+                if h not in cached:
+                    break
+                n += block_size
+            hits.append(n)
+            cached.update(good_chained_block_hashes(prompt, block_size))
+        return hits
+
+    with pytest.raises(AssertionError, match=r"count_hits gave .* and then .* for the same prompts"):
+        checks.check_count_hits(with_default)
+
+
+def test_wrong_hashes_are_reported_by_block_not_as_raw_bytes():
+    def off_by_one(tokens, block_size):  # the last block's hash wrong
+        hashes = good_chained_block_hashes(tokens, block_size)
+        return hashes[:-1] + [block_hash(None, tokens[:block_size])] if len(hashes) > 1 else hashes
+
+    with pytest.raises(AssertionError) as err:
+        checks.check_chained_block_hashes(off_by_one)
+    message = str(err.value)
+    assert "agree, hash" in message and "differs: expected" in message and "\\x" not in message
+
+    def one_short(tokens, block_size):
+        return good_chained_block_hashes(tokens, block_size)[:-1]
+
+    with pytest.raises(AssertionError, match=r"hashes \(one per full block\), got \d+; the first \d+ agree"):
+        checks.check_chained_block_hashes(one_short)

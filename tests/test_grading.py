@@ -173,6 +173,14 @@ def _score(ran: list[_Ran]) -> tuple[str, str]:
         ([_Ran(True, ("SyntaxError", "invalid syntax")), _Ran(True, ("NameError", "name 'x'"))],
          "failed", "your code cell raised SyntaxError: invalid syntax; then the check: NameError"),
         ([_Ran(crashed=True), _Ran(True, ("NameError", "x"))], "kernel crashed", "kernel died while running your code"),
+        # a name from the lab's body (not run when grading): say so first, then the error
+        ([_Ran(True, ("NameError", "name 'math' is not defined")), _Ran(True, ("AssertionError", "y"))],
+         "failed", "`math` is not defined when only the set-up cell and the Exercises section run"),
+        ([_Ran(True), _Ran(True, ("NameError", "name 'toy_cache' is not defined"))],
+         "failed", "`toy_cache` is not defined when only the set-up cell"),
+        # the solution cell failed first: its own error is the news, not the check's NameError
+        ([_Ran(True, ("SyntaxError", "invalid syntax")), _Ran(True, ("NameError", "name 'x' is not defined"))],
+         "failed", "your code cell raised SyntaxError"),
         ([_Ran(True), _Ran(crashed=True)], "kernel crashed",
          "while running the check (which calls your function) for exercise 1"),
         ([_Ran(True), _Ran(timed_out=True)], "timed out", "time limit of 30 s"),
@@ -463,3 +471,18 @@ def test_no_row_is_lost(graded):
     per_student = {s: sum(1 for r in graded["rows"] if r["student"] == s) for s in ("ana", "ben", "cy", "dee", "eve")}
     assert per_student == {"ana": 4, "ben": 4, "cy": 4, "dee": 5, "eve": 5}
     assert sorted(graded["feedback"]) == ["ana", "ben", "cy", "dee", "eve"]
+
+
+def test_the_name_error_note_comes_first_and_only_for_a_first_name_error():
+    _, message = _score([_Ran(True, ("NameError", "name 'math' is not defined")), _Ran(True, ("NameError", "y"))])
+    assert message.startswith("`math` is not defined")  # first: a CSV row is cut at 600 characters
+    _, message = _score([_Ran(True, ("SyntaxError", "bad")), _Ran(True, ("NameError", "name 'x' is not defined"))])
+    assert message.startswith("your code cell raised SyntaxError")
+
+
+def test_a_long_message_is_cut_before_its_hint():
+    text = "AssertionError: x, case 1 of 3: expected " + "1, " * 400 + "\nHint: chain the parent's hash"
+    line = grading._one_line(text)
+    assert len(line) == 600 and line.endswith("… Hint: chain the parent's hash")
+    assert grading._one_line("a " * 400).endswith("…") and len(grading._one_line("a " * 400)) == 600
+    assert grading._one_line("short\n text") == "short text"

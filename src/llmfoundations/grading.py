@@ -406,8 +406,15 @@ class Row:
 
 
 def _one_line(text: str, limit: int = 600) -> str:
+    """``text`` on one line, cut to ``limit`` characters; a check's ``Hint:`` is kept whole
+    (the part before it is cut instead), since it is what the student can act on."""
     text = " ".join(_ANSI.sub("", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    head, sep, hint = text.partition(" Hint: ")
+    if sep and len(sep) + len(hint) <= limit - 100:
+        return head[: limit - len(sep) - len(hint) - 1] + "…" + sep + hint
+    return text[: limit - 1] + "…"
 
 
 def _is_blank(error: tuple[str, str] | None) -> bool:
@@ -439,7 +446,21 @@ def _score(check: Check, cells: list[_Cell], ran: list[_Ran], timeout: float) ->
     message = f"{check_ran.error[0]}: {check_ran.error[1]}"
     if solution_error:
         message = f"your code cell raised {solution_error[0]}: {solution_error[1]}; then the check: {message}"
-    return FAILED, message
+    return FAILED, _name_error_note(solution_error or check_ran.error) + message
+
+
+_UNDEFINED = re.compile(r"name '(\w+)' is not defined")
+
+
+def _name_error_note(first_error: tuple[str, str]) -> str:
+    """A first sentence when the first error is a ``NameError``: in the notebook the name may
+    have come from the lab's body (``import math`` above the exercises), which grading
+    does not run."""
+    if first_error[0] == "NameError" and (m := _UNDEFINED.search(first_error[1])):
+        return (f"`{m.group(1)}` is not defined when only the set-up cell and the Exercises "
+                "section run, as in grading (a fresh kernel): import or define it in your "
+                "exercise cell. ")
+    return ""
 
 
 def _rows_for(student: str, lab: Lab, file: str, status: str, message: str) -> list[Row]:

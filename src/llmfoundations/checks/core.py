@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import reprlib
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -42,10 +43,27 @@ NOT_ATTEMPTED = (
 )
 
 
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlist = _SHORT.maxtuple = 12
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 40, 40
+
+
 def _describe(x: Any) -> str:
+    """A case's input as a message shows it: tensors by shape and dtype; numbers, strings
+    and lists or tuples of them by value (shortened), so that a student can rerun the case;
+    anything else by its type."""
     if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {str(x.dtype).replace('torch.', '')}"
+    if _plain(x):
+        text = _SHORT.repr(x)
+        return text if len(text) <= 160 else text[:159] + "…"
     return type(x).__name__
+
+
+def _plain(x: Any, depth: int = 0) -> bool:
+    if isinstance(x, (bool, int, float, str, bytes)) or x is None:
+        return True
+    return type(x) in (list, tuple) and depth < 3 and all(_plain(v, depth + 1) for v in x)
 
 
 def check_callable(name: str, student: object) -> None:
@@ -224,7 +242,29 @@ def _compare_one(where: str, got: Any, expected: Any, atol: float, rtol: float) 
         except AssertionError as err:
             raise AssertionError(f"{where}: values differ from the reference.\n{err}") from None
     elif got != expected:
+        if _hashes(expected) and isinstance(got, (list, tuple)):  # digests: where, not bytes
+            raise AssertionError(f"{where}: {_hash_difference(got, expected)}")
         raise AssertionError(f"{where}: expected {expected!r}, got {got!r}")
+
+
+def _hashes(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(v, bytes) for v in x)
+
+
+def _hash_difference(got: Sequence[Any], expected: Sequence[bytes]) -> str:
+    """Where a list of digests (block hashes) first differs, in words, each digest by the
+    first 12 hex digits: a dump of raw bytes tells a student nothing."""
+
+    def short(v: Any) -> str:
+        return v.hex()[:12] + "…" if isinstance(v, bytes) else _SHORT.repr(v)
+
+    j = next((j for j, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), None)
+    if j is None:
+        return (f"expected {len(expected)} hashes (one per full block), got {len(got)}; "
+                f"the first {min(len(got), len(expected))} agree")
+    same = f"hashes 0..{j - 1} agree, " if j else ""
+    return (f"{same}hash {j} differs: expected {short(expected[j])}, got {short(got[j])} "
+            f"({len(expected)} expected, {len(got)} given)")
 
 
 def compare_with_reference(

@@ -104,6 +104,10 @@ def _zero_mistakes() -> list[tuple[Callable[..., Any], str]]:
          "(an fp32 copy of the weights, and two fp32 moments)"),
         (lambda p, w, s: staged(p, w, s, gb=4),
          "the gradients are fp16 (2 bytes per parameter) in mixed-precision training"),
+        (lambda p, w, s: staged(p, w, s) / 1e9,
+         "return bytes, not gigabytes (the text's 120 GB is 1.2e11 bytes)"),
+        (lambda p, w, s: staged(p, w, s) / 2**30,
+         "return bytes, not GiB"),
     ]  # fmt: skip
 
 

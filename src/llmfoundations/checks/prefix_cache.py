@@ -191,6 +191,24 @@ def _hit_mistakes() -> list[tuple[Callable[..., Any], str]]:
                 seen.update(tuple(ids[s : s + p]) for s in range(0, len(ids) - p + 1, p))
         return out
 
+    def chained_hits(prompts: Sequence[Sequence[int]], p: int, cap_tokens: bool,
+                     self_first: bool) -> list[int]:  # fmt: skip
+        seen: set = set()
+        out = []
+        for prompt in prompts:
+            ids = list(prompt)
+            if self_first:  # the prompt's own blocks cached before it is looked up
+                seen.update(block_hashes(ids, p))
+            usable = len(ids) if cap_tokens else (len(ids) - 1) // p * p
+            n = 0
+            for k in block_hashes(ids[:usable], p):
+                if k not in seen:
+                    break
+                n += 1
+            out.append(min(n * p, len(ids) - 1) if cap_tokens else n * p)
+            seen.update(block_hashes(ids, p))
+        return out
+
     def token_level(prompts: Sequence[Sequence[int]], p: int) -> list[int]:
         out, earlier = [], []
         for prompt in prompts:
@@ -211,6 +229,11 @@ def _hit_mistakes() -> list[tuple[Callable[..., Any], str]]:
         (token_level,
          "only whole blocks are cached: the hit is the number of matching FULL blocks times "
          "block_size, not the longest common prefix in tokens"),
+        (lambda prompts, p: chained_hits(prompts, p, cap_tokens=True, self_first=False),
+         "a hit is a whole number of blocks: cap the blocks you match, not the tokens, at "
+         "(len(prompt) - 1) // block_size blocks"),
+        (lambda prompts, p: chained_hits(prompts, p, cap_tokens=False, self_first=True),
+         "look a prompt up before you cache its own blocks: a request cannot hit itself"),
         (lambda prompts, p: walk(prompts, p, last_rule=True, chained=False),
          "a block is reused only after the same prefix: look blocks up by their chained hash, "
          "not by their tokens alone (equal tokens after a different start have different keys "
@@ -225,9 +248,19 @@ def check_count_hits(student: Callable[[list[list[int]], int], list[int]]) -> No
     when every earlier prompt's full blocks are cached and nothing is evicted."""
     check_callable("count_hits", student)
 
-    def run(prompts: list[list[int]], p: int) -> list:
+    def call(prompts: list[list[int]], p: int) -> list:
         got = _as_list("count_hits", student([list(x) for x in prompts], p))
         return [int(x) if hasattr(x, "__index__") and not isinstance(x, bool) else x for x in got]
+
+    def run(prompts: list[list[int]], p: int) -> list:
+        first, again = call(prompts, p), call(prompts, p)
+        if again != first:
+            raise AssertionError(
+                f"count_hits gave {first} and then {again} for the same prompts: each call must "
+                "start from an empty cache (no cache kept in a global or a default argument "
+                "between calls)"
+            )
+        return first
 
     compare_with_reference(
         "count_hits", run, reference_count_hits, _hit_cases(), hints=_hit_mistakes(),
