@@ -411,3 +411,28 @@ def test_spread_table_shows_band_and_range():
     table = course.spread_table(record)
     assert "| a | true | 6 of 6 true | 6/6 |" in table
     assert "| loss low | <= 2 | 1 .. 1.5 | 6/6 |" in table
+
+
+def test_the_pinned_checks_must_be_the_ones_graded(tmp_path):
+    """course.ref's checks (what Colab installs) against this tree's (what grading runs)."""
+    from types import SimpleNamespace
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    checks_dir = tmp_path / course.CHECKS_DIR
+    checks_dir.mkdir(parents=True)
+    (checks_dir / "a.py").write_text("X = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "checks")
+    pinned = SimpleNamespace(root=tmp_path, ref=git("rev-parse", "HEAD"))
+    assert course.check_pinned_checks(pinned) == []
+    (checks_dir / "a.py").write_text("X = 2\n")  # a check changed after the pin
+    problems = course.check_pinned_checks(pinned)
+    assert len(problems) == 1 and "differs from the checks of course.ref" in problems[0]
+    (tmp_path / "other.py").write_text("")  # other files may change
+    (checks_dir / "a.py").write_text("X = 1\n")
+    assert course.check_pinned_checks(pinned) == []
+    assert course.check_pinned_checks(SimpleNamespace(root=tmp_path, ref="f" * 40)) == []  # not at hand

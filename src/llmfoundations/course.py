@@ -514,7 +514,33 @@ def check_labs(repo: Repo) -> list[str]:
     problems += check_student_edition(repo)
     problems += check_claims(repo)
     problems += check_links(repo)
+    problems += check_pinned_checks(repo)
     return problems
+
+
+CHECKS_DIR = "src/llmfoundations/checks"
+
+
+def check_pinned_checks(repo: Repo) -> list[str]:
+    """The checks a student runs on Colab (the package at ``course.ref``) must be the ones
+    the instructor grades with (this tree): else an answer can pass in the notebook and
+    fail in ``course grade``, or the other way round. Skipped where git or the pinned commit
+    is not at hand (an sdist, a shallow clone)."""
+    git = ["git", "-C", str(repo.root)]
+    try:
+        known = subprocess.run([*git, "cat-file", "-e", f"{repo.ref}^{{commit}}"], capture_output=True)
+    except OSError:
+        return []
+    if known.returncode != 0:
+        return []
+    diff = subprocess.run([*git, "diff", "--quiet", repo.ref, "--", CHECKS_DIR], capture_output=True)
+    if diff.returncode != 1:
+        return []
+    return [f"{CHECKS_DIR} differs from the checks of course.ref {repo.ref[:12]}, which the labs install on "
+            "Colab: students would self-check against other checks than `course grade` runs. Commit, then "
+            "pin that commit (python -m llmfoundations.course sync --ref COMMIT), commit, and pin the new "
+            "commit the same way (Colab opens the labs at the pinned commit, and their set-up cells must "
+            "install these checks too)"]
 
 
 SYNC_HINT = "(run: python -m llmfoundations.course sync)"
