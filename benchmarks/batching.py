@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512], help="d_model values")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15, help="cheap: a round takes under a second")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true")
