@@ -907,12 +907,14 @@ def test_a_failed_step_leaves_every_request_as_it_was(fast, where):
     """A step whose forward fails after some keys were written (the decodes and the first
     prefill chunk before the second one, or the first block before the second) is undone:
     run again, every request still equals its own generate (without the undo, a decoding
-    request fed its last token twice, and a prompt chunk was fed twice)."""
+    request fed its last token twice, and a prompt chunk was fed twice; a sampled request
+    drew from its generator before the pass that failed, and drew again when rerun)."""
     model = _model()
     engine = Engine(
         model, num_blocks=24, block_size=4, config=SchedulerConfig(token_budget=12), fast=fast
     )
-    a = engine.add_request(_prompt(5, 1), 6)
+    hot = SamplingConfig(temperature=1.3)
+    a = engine.add_request(_prompt(5, 1), 6, sampling=hot, generator=torch.Generator().manual_seed(7))
     engine.step()  # a prefilled
     # next step: a decodes; b's prompt and c's first chunk (one pass each, or one packed)
     b = engine.add_request(_prompt(4, 2), 4)
@@ -928,7 +930,7 @@ def test_a_failed_step_leaves_every_request_as_it_was(fast, where):
     assert [engine.requests[i].num_prefilled for i in (b, c)] == [0, 0]
     assert [len(engine.output(i)) for i in (a, b, c)] == [1, 0, 0]
     out = engine.run()
-    assert out[a] == _reference(model, _prompt(5, 1), 6)
+    assert out[a] == _reference(model, _prompt(5, 1), 6, sampling=hot, seed=7)
     assert out[b] == _reference(model, _prompt(4, 2), 4)
     assert out[c] == _reference(model, _prompt(9, 3), 4)
 

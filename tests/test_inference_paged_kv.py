@@ -463,7 +463,7 @@ def test_truncate_forgets_positions_in_every_layer_and_never_reopens_a_shared_bl
     b = cache.add_sequence(prefix_blocks=[0])  # block 0 shared by a and b
     cache.append(0, b, torch.ones(1, 1, 1), torch.ones(1, 1, 1))
     for seq, length in ((a, 1), (b, 1), (b, 0)):
-        with pytest.raises(ValueError, match=r"reopen block\(s\) \[0\]"):
+        with pytest.raises(ValueError, match=r"reopen block\(s\) \[0\] that other"):
             cache.truncate(seq, length)
     cache.truncate(b, 2)  # its own block 3 only
     assert cache.length(b) == 2 and cache.gather(0, b)[0].flatten().tolist() == [0.0, 1.0]
@@ -471,6 +471,22 @@ def test_truncate_forgets_positions_in_every_layer_and_never_reopens_a_shared_bl
         cache.truncate(a, -1)
     with pytest.raises(KeyError):
         cache.truncate(99, 0)
+
+
+def test_truncate_never_reopens_a_block_a_prefix_cache_has_named():
+    """A committed block with one owner: reopening it would let new writes change what its
+    name promises to every later lookup."""
+    from llmfoundations.inference.prefix_cache import CachingBlockAllocator
+
+    alloc = CachingBlockAllocator(4)
+    cache = PagedKVCache(1, 4, 2, 1, 1, allocator=alloc)
+    a = cache.add_sequence()
+    cache.append(0, a, torch.ones(1, 3, 1), torch.ones(1, 3, 1))
+    alloc.cache_block(cache.block_table(a)[0], b"name")
+    with pytest.raises(ValueError, match=r"reopen block\(s\) \[0\] .* a prefix cache has named"):
+        cache.truncate(a, 1)
+    cache.truncate(a, 2)  # the unnamed partial block only
+    assert cache.length(a) == 2
 
 
 def test_prefix_blocks_must_be_full():

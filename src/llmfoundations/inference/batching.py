@@ -298,8 +298,9 @@ class Engine:
     Use: ``add_request`` (any time, returns an id), ``step`` (one scheduled forward step,
     returns its :class:`TokenEvent` s), ``stream`` (steps until nothing is left, yielding
     events), ``cancel``, ``run`` (everything to the end: id -> tokens), ``release`` (forget
-    a finished request). A step that raises (non-finite logits, an error in the model)
-    is undone, so it can be run again or its requests cancelled.
+    a finished request). A step whose forward passes raise (non-finite logits, an error in
+    the model) is undone, so it can be run again or its requests cancelled (a callback
+    that raises does not undo the step: its tokens are recorded first).
 
     >>> from llmfoundations.models import DecoderLM, ModelConfig
     >>> _ = torch.manual_seed(0)
@@ -476,9 +477,12 @@ class Engine:
         events: list[TokenEvent] = []
         if plan.num_tokens == 0:
             return events
-        # A step is all or nothing: if its forward passes fail (non-finite logits, an
-        # interrupt), every request is put back where the step found it (positions written
-        # and prompt tokens fed), so the step can be run again or the request cancelled.
+        # If a forward pass of the step fails (non-finite logits, an error in the model, an
+        # interrupt), its requests' written positions and fed prompt tokens are restored, so
+        # the step can be run again (with the same tokens: no token is chosen, and no
+        # generator drawn from, before every pass has succeeded) or a request cancelled.
+        # Requests it admitted stay admitted, with nothing written, and blocks it reserved
+        # stay with their sequences (within what admission promised them).
         touched = [self.requests[i] for i in plan.decode + [i for i, _ in plan.prefill]]
         before = [(r, self.cache.length(r.seq_id), r.num_prefilled) for r in touched]
         was_training = self.model.training
@@ -487,11 +491,10 @@ class Engine:
         try:
             with torch.no_grad():
                 if self.fast and plan.prefill and self._can_pack:
-                    chosen = self._run_packed(plan)  # decodes and prefill chunks in one pass
+                    passes = [self._run_packed(plan)]  # decodes and prefill chunks in one pass
                 else:
-                    chosen = self._run_decodes(plan.decode)
-                    for request_id, n in plan.prefill:
-                        chosen.update(self._run_prefill_chunk(request_id, n))
+                    passes = [self._run_decodes(plan.decode)]
+                    passes += [self._run_prefill_chunk(i, n) for i, n in plan.prefill]
         except BaseException:
             for r, length, num_prefilled in before:
                 self.cache.truncate(r.seq_id, length)
@@ -500,6 +503,11 @@ class Engine:
         finally:
             if was_training:
                 self.model.train()
+        chosen: dict[int, int] = {}
+        for requests, logits in passes:  # in the order of the passes, as they ran before
+            chosen.update(self._choose_rows(requests, logits) if self.fast else
+                          {r.request_id: self._choose(r, logits[row : row + 1])
+                           for row, r in enumerate(requests)})  # fmt: skip
         # Every token of the step is recorded before any callback runs, so a callback that
         # raises or cancels a request cannot leave another one half-stepped (its keys and
         # values written, its token not). A cancel takes effect from the next step. Every
@@ -535,11 +543,11 @@ class Engine:
         self._check_finite(logits, seq_ids)
         return logits
 
-    def _run_packed(self, plan: StepPlan) -> dict[int, int]:
+    def _run_packed(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
         """The fast path of a step that prefills: every decoding request's last token and
         every prefill chunk, packed into one row, in one forward pass (the weights are read
-        once per step, as in transformers' and vLLM's engines). Returns the tokens of the
-        rows that end there (decodes, and chunks that end their prompt)."""
+        once per step, as in transformers' and vLLM's engines). Returns the requests whose
+        rows end there (decodes, and chunks that end their prompt) and their logits (R, V)."""
         rows: list[tuple[Request, list[int]]] = [
             (self.requests[i], [self.requests[i].output[-1]]) for i in plan.decode
         ]
@@ -564,7 +572,7 @@ class Engine:
         for r, tokens in rows[len(plan.decode) :]:  # the prefill chunks
             r.num_prefilled += len(tokens)
         ready = [(row, r) for row, (r, _) in enumerate(rows) if not r.is_prefilling]
-        return self._choose_rows([r for _, r in ready], logits[[row for row, _ in ready]])
+        return [r for _, r in ready], logits[[row for row, _ in ready]]
 
     def _choose_rows(self, requests: list[Request], logits: torch.Tensor) -> dict[int, int]:
         """Tokens for ``requests`` from their logits (R, V): plain greedy rows are chosen
@@ -584,31 +592,29 @@ class Engine:
 
     def _check_finite(self, logits: torch.Tensor, seq_ids: list[int]) -> None:
         if not bool(torch.isfinite(logits.amax(dim=-1)).all()):  # one check for all rows
+            ids = [r.request_id for r in self.scheduler.running if r.seq_id in seq_ids]
             raise ValueError(
-                f"the model's logits for sequences {seq_ids} hold NaN or +inf, or a row of "
+                f"the model's logits for requests {ids} hold NaN or +inf, or a row of "
                 "only -inf: no token can be chosen (check the model's weights and inputs)"
             )
 
-    def _run_decodes(self, request_ids: list[int]) -> dict[int, int]:
-        """One forward pass for every decoding request: its last token in, one token out."""
+    def _run_decodes(self, request_ids: list[int]) -> tuple[list[Request], torch.Tensor | None]:
+        """One forward pass for every decoding request, its last token in: the requests and
+        their next-token logits (B, V)."""
         if not request_ids:
-            return {}
+            return [], None
         requests = [self.requests[i] for i in request_ids]
         last = torch.tensor([[r.output[-1]] for r in requests], device=self._device)  # (B, 1)
-        logits = self._forward(last, [r.seq_id for r in requests])  # (B, V)
-        if self.fast:
-            return self._choose_rows(requests, logits)
-        return {
-            r.request_id: self._choose(r, logits[row : row + 1]) for row, r in enumerate(requests)
-        }
+        return requests, self._forward(last, [r.seq_id for r in requests])  # (B, V)
 
-    def _run_prefill_chunk(self, request_id: int, n: int) -> dict[int, int]:
-        """Feed the next ``n`` prompt tokens; the chunk that ends the prompt gives a token."""
+    def _run_prefill_chunk(self, request_id: int, n: int) -> tuple[list[Request], torch.Tensor]:
+        """Feed the next ``n`` prompt tokens; the chunk that ends the prompt gives logits
+        (1, V) for the request's first token (no request: the prompt goes on)."""
         r = self.requests[request_id]
         chunk = r.prompt[r.num_prefilled : r.num_prefilled + n]
         logits = self._forward(torch.tensor([chunk], device=self._device), [r.seq_id])  # (1, V)
         r.num_prefilled += n
-        return {} if r.is_prefilling else {r.request_id: self._choose(r, logits)}
+        return ([] if r.is_prefilling else [r]), logits
 
     def _choose(self, request: Request, logits: torch.Tensor) -> int:
         """The request's next token from its logits (1, V), with its own sampling and RNG."""

@@ -442,7 +442,9 @@ class PagedKVCache:
         forward pass that failed part-way leaves some layers written further than others).
         The keys and values past ``length`` are overwritten by the next writes; the blocks
         stay in the table. ``length`` may not exceed :meth:`length`, nor reopen a block that
-        another sequence also owns (a shared prefix block is never written again).
+        another sequence also owns or that a prefix cache has named (a shared or cached
+        block is never written again). Blocks past the new length stay reserved, so
+        :meth:`slots_wasted` may then exceed ``P - 1``.
 
         >>> cache = PagedKVCache(n_layers=1, num_blocks=2, block_size=2, n_kv_heads=1, head_dim=1)
         >>> seq = cache.add_sequence()
@@ -457,11 +459,16 @@ class PagedKVCache:
                 f"{seq_id} holds in every layer"
             )
         table = self._tables[seq_id]
-        shared = [b for b in table[length // self.block_size :] if self.allocator.ref_counts[b] > 1]
-        if shared:
+        names = getattr(self.allocator, "hashes", None)  # prefix_cache.CachingBlockAllocator's
+        kept = [
+            b
+            for b in table[length // self.block_size :]
+            if self.allocator.ref_counts[b] > 1 or (names is not None and names[b] is not None)
+        ]
+        if kept:
             raise ValueError(
-                f"length={length} would reopen block(s) {shared} that other sequences also "
-                "own: a shared block is never written again"
+                f"length={length} would reopen block(s) {kept} that other sequences also own "
+                "or a prefix cache has named: a shared or cached block is never written again"
             )
         self._lengths[seq_id] = [length] * self.n_layers
 
