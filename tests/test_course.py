@@ -413,26 +413,38 @@ def test_spread_table_shows_band_and_range():
     assert "| loss low | <= 2 | 1 .. 1.5 | 6/6 |" in table
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_the_pinned_checks_must_be_the_ones_graded(tmp_path):
-    """course.ref's checks (what Colab installs) against this tree's (what grading runs)."""
+    """What Colab installs (the course.ref of the labs at course.ref) against what grading
+    runs (this tree's checks)."""
     from types import SimpleNamespace
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
                               text=True).stdout.strip()
 
+    def commit(ref_setting: str, checks: str) -> str:
+        (tmp_path / "_config.yml").write_text(f"course:\n  ref: '{ref_setting}'\n")
+        (checks_dir / "a.py").write_text(checks)
+        git("add", ".")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "c")
+        return git("rev-parse", "HEAD")
+
     git("init", "-q")
     checks_dir = tmp_path / course.CHECKS_DIR
     checks_dir.mkdir(parents=True)
-    (checks_dir / "a.py").write_text("X = 1\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "checks")
-    pinned = SimpleNamespace(root=tmp_path, ref=git("rev-parse", "HEAD"))
-    assert course.check_pinned_checks(pinned) == []
-    (checks_dir / "a.py").write_text("X = 2\n")  # a check changed after the pin
-    problems = course.check_pinned_checks(pinned)
-    assert len(problems) == 1 and "differs from the checks of course.ref" in problems[0]
+    old = commit("main", "X = 1\n")
+    new = commit(old, "X = 2\n")  # a check changes; its labs still install the old commit
+    once = commit(new, "X = 2\n")  # its labs install `new`
+    problems = course.check_pinned_checks(SimpleNamespace(root=tmp_path, ref=new))  # pinned once
+    assert len(problems) == 1 and f"install {old[:12]}" in problems[0]
+    twice = SimpleNamespace(root=tmp_path, ref=once)  # pinned twice: Colab gets `new`'s checks
+    assert course.check_pinned_checks(twice) == []
+    (checks_dir / "a.py").write_text("X = 3\n")  # an uncommitted change to a check
+    assert course.check_pinned_checks(twice) != []
+    (checks_dir / "a.py").write_text("X = 2\n")
     (tmp_path / "other.py").write_text("")  # other files may change
-    (checks_dir / "a.py").write_text("X = 1\n")
-    assert course.check_pinned_checks(pinned) == []
+    assert course.check_pinned_checks(twice) == []
+    (checks_dir / "b.py").write_text("")  # a new check module, not yet added
+    assert course.check_pinned_checks(twice) != []
     assert course.check_pinned_checks(SimpleNamespace(root=tmp_path, ref="f" * 40)) == []  # not at hand

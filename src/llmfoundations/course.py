@@ -522,25 +522,40 @@ CHECKS_DIR = "src/llmfoundations/checks"
 
 
 def check_pinned_checks(repo: Repo) -> list[str]:
-    """The checks a student runs on Colab (the package at ``course.ref``) must be the ones
-    the instructor grades with (this tree): else an answer can pass in the notebook and
-    fail in ``course grade``, or the other way round. Skipped where git or the pinned commit
-    is not at hand (an sdist, a shallow clone)."""
+    """The checks a student runs on Colab must be the ones the instructor grades with (this
+    tree): else an answer can pass in the notebook and fail in ``course grade``, or the other
+    way round. Colab opens the labs at ``course.ref``, and their set-up cells install the
+    package at *that* commit's ``course.ref``: its checks are compared. Skipped where git or
+    a pinned commit is not at hand (an sdist, a shallow clone)."""
     git = ["git", "-C", str(repo.root)]
+
+    def known(ref: str) -> bool:
+        return subprocess.run([*git, "cat-file", "-e", f"{ref}^{{commit}}"], capture_output=True).returncode == 0
+
     try:
-        known = subprocess.run([*git, "cat-file", "-e", f"{repo.ref}^{{commit}}"], capture_output=True)
+        if not known(repo.ref):
+            return []
+        shown = subprocess.run([*git, "show", f"{repo.ref}:_config.yml"], capture_output=True, text=True)
     except OSError:
         return []
-    if known.returncode != 0:
+    if shown.returncode != 0:
         return []
-    diff = subprocess.run([*git, "diff", "--quiet", repo.ref, "--", CHECKS_DIR], capture_output=True)
-    if diff.returncode != 1:
+    setting = ((yaml.safe_load(shown.stdout) or {}).get("course") or {}).get("ref", "release")
+    try:
+        installed = resolve_ref(str(setting), repo.root)
+    except ValueError:
         return []
-    return [f"{CHECKS_DIR} differs from the checks of course.ref {repo.ref[:12]}, which the labs install on "
-            "Colab: students would self-check against other checks than `course grade` runs. Commit, then "
-            "pin that commit (python -m llmfoundations.course sync --ref COMMIT), commit, and pin the new "
-            "commit the same way (Colab opens the labs at the pinned commit, and their set-up cells must "
-            "install these checks too)"]
+    if not known(installed):
+        return []
+    diff = subprocess.run([*git, "diff", "--quiet", installed, "--", CHECKS_DIR], capture_output=True)
+    new = subprocess.run([*git, "ls-files", "--others", "--exclude-standard", "--", CHECKS_DIR],
+                         capture_output=True, text=True).stdout.strip()  # (not added yet)
+    if diff.returncode != 1 and not new:
+        return []
+    return [f"{CHECKS_DIR} differs from the checks the labs install on Colab (course.ref {repo.ref[:12]} "
+            f"opens labs that install {installed[:12]}): students would self-check against other checks "
+            "than `course grade` runs. Commit, pin that commit (python -m llmfoundations.course sync --ref "
+            "COMMIT) and commit, then pin the new commit the same way and commit"]
 
 
 SYNC_HINT = "(run: python -m llmfoundations.course sync)"

@@ -50,8 +50,8 @@ _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 40, 40
 
 def _describe(x: Any) -> str:
     """A case's input as a message shows it: tensors by shape and dtype; numbers, strings
-    and lists or tuples of them by value (shortened), so that a student can rerun the case;
-    anything else by its type."""
+    and lists or tuples of them by value (long ones shortened with ``...``: short cases can
+    be rerun from the message); anything else by its type."""
     if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {str(x.dtype).replace('torch.', '')}"
     if _plain(x):
@@ -234,7 +234,7 @@ def _compare_one(where: str, got: Any, expected: Any, atol: float, rtol: float) 
     """Raise ``AssertionError`` (prefixed by ``where``) unless ``got`` matches ``expected``."""
     if isinstance(expected, Tensor):
         if not isinstance(got, Tensor):
-            raise AssertionError(f"{where}: expected a tensor, got {_describe(got)}")
+            raise AssertionError(f"{where}: expected a tensor, got {type(got).__name__}")
         if got.shape != expected.shape:
             raise AssertionError(f"{where}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}")
         try:
@@ -242,7 +242,7 @@ def _compare_one(where: str, got: Any, expected: Any, atol: float, rtol: float) 
         except AssertionError as err:
             raise AssertionError(f"{where}: values differ from the reference.\n{err}") from None
     elif got != expected:
-        if _hashes(expected) and isinstance(got, (list, tuple)):  # digests: where, not bytes
+        if _hashes(expected) and isinstance(got, (list, tuple)) and list(got) != list(expected):
             raise AssertionError(f"{where}: {_hash_difference(got, expected)}")
         raise AssertionError(f"{where}: expected {expected!r}, got {got!r}")
 
@@ -253,7 +253,8 @@ def _hashes(x: Any) -> bool:
 
 def _hash_difference(got: Sequence[Any], expected: Sequence[bytes]) -> str:
     """Where a list of digests (block hashes) first differs, in words, each digest by the
-    first 12 hex digits: a dump of raw bytes tells a student nothing."""
+    first 12 hex digits: a dump of raw bytes tells a student nothing. (Equal items in
+    another kind of sequence get the plain message, which names both types.)"""
 
     def short(v: Any) -> str:
         return v.hex()[:12] + "…" if isinstance(v, bytes) else _SHORT.repr(v)
@@ -262,7 +263,7 @@ def _hash_difference(got: Sequence[Any], expected: Sequence[bytes]) -> str:
     if j is None:
         return (f"expected {len(expected)} hashes (one per full block), got {len(got)}; "
                 f"the first {min(len(got), len(expected))} agree")
-    same = f"hashes 0..{j - 1} agree, " if j else ""
+    same = "" if j == 0 else "hash 0 agrees, " if j == 1 else f"hashes 0..{j - 1} agree, "
     return (f"{same}hash {j} differs: expected {short(expected[j])}, got {short(got[j])} "
             f"({len(expected)} expected, {len(got)} given)")
 

@@ -32,7 +32,7 @@ from llmfoundations.inference.prefix_cache import (
     block_hashes,
 )
 
-from .core import check_callable, compare_with_reference, exercise_check, refuse_calling
+from .core import _describe, check_callable, compare_with_reference, exercise_check, refuse_calling
 
 __all__ = ["check_chained_block_hashes", "check_count_hits"]
 
@@ -233,7 +233,8 @@ def _hit_mistakes() -> list[tuple[Callable[..., Any], str]]:
          "a hit is a whole number of blocks: cap the blocks you match, not the tokens, at "
          "(len(prompt) - 1) // block_size blocks"),
         (lambda prompts, p: chained_hits(prompts, p, cap_tokens=False, self_first=True),
-         "look a prompt up before you cache its own blocks: a request cannot hit itself"),
+         "look a prompt up before you cache its own blocks: a request cannot hit itself (or "
+         "a cache was kept from an earlier run of the check: each call must start empty)"),
         (lambda prompts, p: walk(prompts, p, last_rule=True, chained=False),
          "a block is reused only after the same prefix: look blocks up by their chained hash, "
          "not by their tokens alone (equal tokens after a different start have different keys "
@@ -256,7 +257,8 @@ def check_count_hits(student: Callable[[list[list[int]], int], list[int]]) -> No
         first, again = call(prompts, p), call(prompts, p)
         if again != first:
             raise AssertionError(
-                f"count_hits gave {first} and then {again} for the same prompts: each call must "
+                f"count_hits({_describe(prompts)}, {p}) gave {first}, then {again} when called "
+                "again with the same prompts: each call must "
                 "start from an empty cache (no cache kept in a global or a default argument "
                 "between calls)"
             )
