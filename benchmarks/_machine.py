@@ -74,6 +74,8 @@ def paired(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[
     drift of the machine's speed between rounds cancels."""
     if not numerators or len(numerators) != len(denominators):
         raise ValueError(f"need equal, non-empty rounds, got {len(numerators)} and {len(denominators)}")
+    if any(b == 0 for b in denominators):
+        raise ValueError(f"a round measured 0 in the denominator: {list(denominators)}")
     ratios = sorted(a / b for a, b in zip(numerators, denominators, strict=True))
     return statistics.median(ratios), ratios[0], ratios[-1]
 

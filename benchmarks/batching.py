@@ -21,8 +21,9 @@ first token (TTFT) and latency (arrival to last token) are counted in steps. The
 is measured: the wall time of every step. Throughput = new tokens / busy time (the time
 spent in steps; waits for arrivals left out), so the ratio of two servers' throughputs is
 (their ratio of steps) x (their ratio of time per step). The two servers run in turn,
-``--rounds`` times, the first one alternating; ratios are the median over rounds of the
-ratio within a round (lowest-highest), times the median round's.
+``--rounds`` times, the first one alternating; the table shows each server's median round
+(by busy time), and ratios are the median over rounds of the ratio within a round
+(lowest-highest).
 
     python benchmarks/batching.py               # writes benchmarks/results/batching.md
     python benchmarks/batching.py --rounds 2 --no-write    # a quick look

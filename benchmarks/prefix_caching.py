@@ -26,9 +26,9 @@ the other positions would cost about a fifth of a 670-token prefill at this voca
 
 Time to first token (TTFT) = prefill + picking the first token (greedy); the queue is empty.
 Rounds run the whole trace again on a fresh cache (both ways warmed up first, on another
-prompt). A row's TTFT is the median over its requests within a round; the page shows the
-median round, and each ratio is the median over rounds of the ratio within a round (the two
-ways ran a second apart), with the lowest and highest round.
+prompt). A row's TTFT is the median over its requests within a round; each TTFT column shows the
+median of that over rounds, and each ratio is the median over rounds of the ratio within a
+round (the two ways ran a second apart), with the lowest and highest round.
 The check: the same first token, and the largest difference of the last position's logits;
 a first token that differs stops the script before it writes a results file.
 
@@ -402,7 +402,9 @@ def main() -> None:
         "keys and values of every layer into a dense copy before attending over them. The "
         f"first request finds nothing (ratio {fmt_ratio(cold)}x): {cold_words}. Over "
         "the whole trace the gain is smaller than per later request because the cold "
-        "request is counted too; the more requests share the prefix, the closer it gets to "
+        "request is counted too (the TTFTs summed over the trace, above; a median over all "
+        "requests hardly sees one cold request); the more requests share the prefix, the "
+        "closer it gets to "
         "the per-request ratio.",
     ]
     if args.hf:

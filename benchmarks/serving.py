@@ -29,10 +29,10 @@ float32, the same GGUF weights:
 Every server runs on the wall clock: the driver sleeps until the next arrival when the
 server is idle. The servers run in turn, ``--rounds`` times, in one order and then in the
 reverse one (so every pair runs both ways round equally often). Each table row is the
-server's median round by makespan; each ratio is the median over rounds of the ratio
-between two servers within one round (they ran seconds apart), with the lowest and highest
-round, and a verdict ("ahead", "behind") is given only when every round agrees. Metrics, per
-server: throughput = new tokens /
+server's median round by makespan (the lower middle one of an even number); each ratio is
+the median over rounds of the ratio between two servers within one round (they ran seconds
+apart), with the lowest and highest round, and a verdict ("ahead", "behind") is given only
+when every round agrees. Metrics, per server: throughput = new tokens /
 (last token - first arrival); time to first token (TTFT) = first token - arrival; per-token
 latency = the gaps between a request's consecutive tokens, pooled over requests (p50,
 p95); end-to-end latency = last token - arrival. KV memory: what each server allocates,
@@ -372,7 +372,8 @@ def report(
         f"stop. At most {args.max_batch} requests at once in every server; token budget "
         f"{args.budget} per step and blocks of {BLOCK} in both continuous servers. "
         f"Wall clock, {args.rounds} rounds (the servers in turn, the order reversed every other "
-        "round). Each row: the server's median round by makespan. Ratios: the median over "
+        "round). Each row: the server's median round by makespan (of an even number of "
+        "rounds, the lower middle one). Ratios: the median over "
         "rounds of the ratio within a round (lowest-highest).",
         "",
         "| server | makespan (s) | tokens/s | throughput / transformers | mean TTFT (s) | p95 TTFT (s) "
@@ -493,7 +494,8 @@ def report(
         + (
             f"What is left is in the decode-only steps ({decode_only} of our {ours['steps']})"
             if decode_hf[1] > 1
-            else f"Most of our steps only decode ({decode_only} of {ours['steps']}), and "
+            else f"{'Most' if 2 * decode_only > ours['steps'] else 'Some'} of our steps only "
+            f"decode ({decode_only} of {ours['steps']}), and "
             + ("ours are the quicker there" if decode_hf[2] < 1
                else "there the two are level")  # fmt: skip
         )
