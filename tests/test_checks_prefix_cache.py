@@ -22,8 +22,9 @@ def good_chained_block_hashes(tokens, block_size):
     return hashes
 
 
-def good_count_hits(prompts, block_size):
-    cached, hits = set(), []
+def good_count_hits(prompts, block_size, cached=None):
+    """``cached``: the set of block names to start from (a fresh one by default)."""
+    cached, hits = set() if cached is None else cached, []
     for prompt in prompts:
         usable = (len(prompt) - 1) // block_size * block_size
         n = 0
@@ -203,17 +204,7 @@ def test_count_hits_refuses_a_cache_kept_between_calls():
     tokens at one block size) but answers the lab's question differently when run again."""
 
     def with_default(prompts, block_size, cached=set()):  # noqa: B006 (the mistake tested)
-        hits = []
-        for prompt in prompts:
-            usable = (len(prompt) - 1) // block_size * block_size
-            n = 0
-            for h in good_chained_block_hashes(prompt[:usable], block_size):
-                if h not in cached:
-                    break
-                n += block_size
-            hits.append(n)
-            cached.update(good_chained_block_hashes(prompt, block_size))
-        return hits
+        return good_count_hits(prompts, block_size, cached)
 
     with pytest.raises(AssertionError, match=r"count_hits\(\[\[.*\) gave .*, then .* when called again"):
         checks.check_count_hits(with_default)
