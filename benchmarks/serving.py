@@ -342,6 +342,13 @@ def machine() -> str:
     )
 
 
+def server_ratio(
+    rounds: dict[str, list[dict[str, float]]], a: str, b: str, key: str
+) -> tuple[float, float, float]:
+    """Server ``a``'s ``key`` over server ``b``'s, paired within rounds (median, low, high)."""
+    return paired([x[key] for x in rounds[a]], [x[key] for x in rounds[b]])
+
+
 def report(
     requests: list[Request],
     shown: dict[str, tuple[dict[str, float], Run]],
@@ -358,7 +365,7 @@ def report(
     hf = shown["transformers, continuous"][0]
 
     def ratio(a: str, b: str, key: str = "throughput") -> tuple[float, float, float]:
-        return paired([x[key] for x in rounds[a]], [x[key] for x in rounds[b]])
+        return server_ratio(rounds, a, b, key)
 
     T, O, S = "transformers, continuous", "ours, continuous", "static"
     lines = [
@@ -540,7 +547,7 @@ def packed_reading(rounds: dict[str, list[dict[str, float]]]) -> list[str]:
         return []
 
     def ratio(a: str, b: str, key: str = "throughput") -> str:
-        return fmt_ratio(paired([x[key] for x in rounds[a]], [x[key] for x in rounds[b]]))
+        return fmt_ratio(server_ratio(rounds, a, b, key))
 
     T, O = "transformers, continuous", "ours, continuous"
     text = (
