@@ -935,6 +935,44 @@ def test_a_failed_step_leaves_every_request_as_it_was(fast, where):
     assert out[c] == _reference(model, _prompt(9, 3), 4)
 
 
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("fail_at", [2, 5])
+def test_a_step_interrupted_while_choosing_is_undone(fast, fail_at):
+    """An interrupt while a step's tokens are chosen (call ``fail_at`` of the sampler: at 2,
+    after one sampled request drew from its own generator and one from the global one) is
+    undone as a failed forward pass is: run again, every output equals a run never stopped
+    (without the undo, the prompts' keys stayed written with no token recorded, and the
+    generators stayed advanced)."""
+    model = _model()
+    hot = SamplingConfig(temperature=1.3)
+
+    def run(fail_at: int | None) -> dict[int, list[int]]:
+        torch.manual_seed(11)  # the second request samples from the global generator
+        engine = Engine(
+            model, num_blocks=24, block_size=4, config=SchedulerConfig(token_budget=12), fast=fast
+        )
+        mine = torch.Generator().manual_seed(7)
+        engine.add_request(_prompt(5, 1), 6, sampling=hot, generator=mine)
+        engine.add_request(_prompt(4, 2), 6, sampling=hot)
+        engine.add_request(_prompt(6, 3), 6)  # greedy
+        calls, choose = [0], engine._choose
+
+        def failing(request, logits):
+            token = choose(request, logits)
+            calls[0] += 1
+            if calls[0] == fail_at:
+                raise KeyboardInterrupt
+            return token
+
+        engine._choose = failing
+        if fail_at is not None:
+            with pytest.raises(KeyboardInterrupt):
+                engine.run()
+        return engine.run()
+
+    assert run(fail_at) == run(None)
+
+
 class _NoHead(torch.nn.Module):
     """A model that can pack (``forward_unchecked``) but has no ``lm_head`` attribute: the fast
     engine cannot trim its logits with a hook and must pick each row's last position itself."""

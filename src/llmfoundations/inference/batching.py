@@ -298,9 +298,10 @@ class Engine:
     Use: ``add_request`` (any time, returns an id), ``step`` (one scheduled forward step,
     returns its :class:`TokenEvent` s), ``stream`` (steps until nothing is left, yielding
     events), ``cancel``, ``run`` (everything to the end: id -> tokens), ``release`` (forget
-    a finished request). A step whose forward passes raise (non-finite logits, an error in
-    the model) is undone, so it can be run again or its requests cancelled (a callback
-    that raises does not undo the step: its tokens are recorded first).
+    a finished request). A step that raises before its tokens are recorded (non-finite
+    logits, an error in the model or a sampler, an interrupt) is undone, generators
+    included, so it can be run again or its requests cancelled (a callback that raises
+    does not undo the step: its tokens are recorded first).
 
     >>> from llmfoundations.models import DecoderLM, ModelConfig
     >>> _ = torch.manual_seed(0)
@@ -477,14 +478,16 @@ class Engine:
         events: list[TokenEvent] = []
         if plan.num_tokens == 0:
             return events
-        # If a forward pass of the step fails (non-finite logits, an error in the model, an
-        # interrupt), its requests' written positions and fed prompt tokens are restored, so
-        # the step can be run again (with the same tokens: no token is chosen, and no
-        # generator drawn from, before every pass has succeeded) or a request cancelled.
+        # If the step fails before a token is recorded (non-finite logits, an error in the
+        # model or a sampler, an interrupt), its requests' written positions, fed prompt
+        # tokens and generators are restored, so the step can be run again (with the same
+        # tokens: no token is chosen before every pass has succeeded) or a request cancelled.
         # Requests it admitted stay admitted, with nothing written, and blocks it reserved
         # stay with their sequences (within what admission promised them).
         touched = [self.requests[i] for i in plan.decode + [i for i, _ in plan.prefill]]
         before = [(r, self.cache.length(r.seq_id), r.num_prefilled) for r in touched]
+        generators = {id(g): g for g in (self._generator_of(r) for r in touched) if g is not None}
+        states = [(g, g.get_state()) for g in generators.values()]
         was_training = self.model.training
         if was_training:  # (train() walks every module: only when needed)
             self.model.eval()
@@ -495,19 +498,21 @@ class Engine:
                 else:
                     passes = [self._run_decodes(plan.decode)]
                     passes += [self._run_prefill_chunk(i, n) for i, n in plan.prefill]
+            chosen: dict[int, int] = {}
+            for requests, logits in passes:  # in the order of the passes, as they ran before
+                chosen.update(self._choose_rows(requests, logits) if self.fast else
+                              {r.request_id: self._choose(r, logits[row : row + 1])
+                               for row, r in enumerate(requests)})  # fmt: skip
         except BaseException:
             for r, length, num_prefilled in before:
                 self.cache.truncate(r.seq_id, length)
                 r.num_prefilled = num_prefilled
+            for generator, state in states:
+                generator.set_state(state)
             raise
         finally:
             if was_training:
                 self.model.train()
-        chosen: dict[int, int] = {}
-        for requests, logits in passes:  # in the order of the passes, as they ran before
-            chosen.update(self._choose_rows(requests, logits) if self.fast else
-                          {r.request_id: self._choose(r, logits[row : row + 1])
-                           for row, r in enumerate(requests)})  # fmt: skip
         # Every token of the step is recorded before any callback runs, so a callback that
         # raises or cancels a request cannot leave another one half-stepped (its keys and
         # values written, its token not). A cancel takes effect from the next step. Every
@@ -615,6 +620,19 @@ class Engine:
         logits = self._forward(torch.tensor([chunk], device=self._device), [r.seq_id])  # (1, V)
         r.num_prefilled += n
         return ([] if r.is_prefilling else [r]), logits
+
+    def _generator_of(self, request: Request) -> torch.Generator | None:
+        """The generator a request's tokens are drawn from: its own, the device's default one
+        if it samples without one (None for greedy requests, and on devices other than the
+        CPU and CUDA, whose default generators the engine does not restore)."""
+        if request.generator is not None or request.sampling == GREEDY:
+            return request.generator
+        if self._device.type == "cpu":
+            return torch.default_generator
+        if self._device.type == "cuda":
+            index = self._device.index
+            return torch.cuda.default_generators[torch.cuda.current_device() if index is None else index]
+        return None
 
     def _choose(self, request: Request, logits: torch.Tensor) -> int:
         """The request's next token from its logits (1, V), with its own sampling and RNG."""
