@@ -138,3 +138,28 @@ def test_single_case_mistakes_are_caught(wrong, hint):
         check(wrong)
     if hint is not None:
         assert hint in str(err.value)
+
+
+def test_the_guard_restores_the_profiler_and_reports_a_call_before_an_error():
+    """The check's profile hook is removed after each call (a profiler or debugger the
+    student runs keeps working), and calling the reference and then failing reports the call."""
+    import sys
+
+    from llmfoundations.inference import parallel_costs as pc
+
+    def mine(frame, event, arg):
+        return None
+
+    def calls_then_fails(s, w):
+        pc.ring_all_reduce_bytes(s, w)
+        raise ZeroDivisionError
+
+    sys.setprofile(mine)
+    try:
+        with pytest.raises(AssertionError, match="ring_bytes calls ring_all_reduce_bytes"):
+            checks.check_ring_all_reduce_bytes(calls_then_fails)
+        assert sys.getprofile() is mine
+        checks.check_ring_all_reduce_bytes(good_ring)
+        assert sys.getprofile() is mine
+    finally:
+        sys.setprofile(None)

@@ -225,3 +225,29 @@ def test_wrong_hashes_are_reported_by_block_not_as_raw_bytes():
 
     with pytest.raises(AssertionError, match=r"hashes \(one per full block\), got \d+; the first \d+ agree"):
         checks.check_chained_block_hashes(one_short)
+
+
+def test_an_attribute_named_like_the_reference_is_no_call_and_a_helper_call_is_seen(capsys):
+    """The guard reads calls, not names: an answer keeping its hashes in an object's
+    ``block_hashes`` attribute passes (it was refused when the check read attribute names),
+    and one reaching the reference through a helper defined outside it fails."""
+    import types
+
+    from llmfoundations.inference import prefix_cache as cache_module
+    from llmfoundations.inference.prefix_cache import block_hash
+
+    def with_attribute(tokens, p):
+        box = types.SimpleNamespace(block_hashes=[])
+        for start in range(0, len(tokens) - p + 1, p):
+            parent = box.block_hashes[-1] if box.block_hashes else None
+            box.block_hashes.append(block_hash(parent, tokens[start : start + p]))
+        return box.block_hashes
+
+    checks.check_chained_block_hashes(with_attribute)
+    assert "✔" in capsys.readouterr().out
+
+    def helper(tokens, p):
+        return cache_module.block_hashes(tokens, p)
+
+    with pytest.raises(AssertionError, match="chained_block_hashes calls block_hashes"):
+        checks.check_chained_block_hashes(lambda t, p: helper(t, p))

@@ -21,9 +21,12 @@ another function of the student's is not seen.
 from __future__ import annotations
 
 import contextlib
+import dis
 import functools
+import inspect
 import io
 import reprlib
+import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -153,11 +156,24 @@ def _cell(cell: Any) -> Any:
         return None
 
 
-def refuse_calling(name: str, student: object, rebuilt: Callable[..., Any], advice: str) -> None:
-    """Fail ``student`` (the exercise's function ``name``) if it is ``rebuilt``, the course
-    function the exercise asks the student to write, or if its code, or that of a function
-    or lambda defined inside it, refers to it: by its name (``f(...)``, ``module.f(...)``) or
-    through a global or closure variable bound to it (``from ... import f as g``)."""
+def _global_loads(code: types.CodeType) -> Iterator[str]:
+    """Names ``code`` reads as globals (not attribute names, which share ``co_names``)."""
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            yield instruction.argval
+
+
+def refuse_calling(
+    name: str, student: Callable[..., Any], rebuilt: Callable[..., Any], advice: str
+) -> Callable[..., Any]:
+    """``student`` (the exercise's function ``name``), guarded against using ``rebuilt``,
+    the course function the exercise asks the student to write.
+
+    Fails at once if ``student`` is ``rebuilt``, or its code (or that of a function or lambda
+    defined inside it) reads a global or closure variable bound to it (``from ... import f as
+    g``). The function returned runs ``student`` and raises ``ForbiddenCall`` if ``rebuilt``
+    ran meanwhile, however it was reached (``module.f(...)``, a helper): a profile hook sees
+    every Python call. An attribute that merely shares the name (``self.f``) is no call."""
     why = f"{rebuilt.__name__}, the function this exercise rebuilds (and the check's reference)"
     if student is rebuilt:
         raise AssertionError(f"{name} is {why}; {advice}")
@@ -169,9 +185,35 @@ def refuse_calling(name: str, student: object, rebuilt: Callable[..., Any], advi
     stack = [code] if isinstance(code, types.CodeType) else []
     while stack:
         code = stack.pop()
-        if any(n == rebuilt.__name__ or scope.get(n) is rebuilt for n in code.co_names):
+        if any(scope.get(n) is rebuilt for n in _global_loads(code)):
             raise AssertionError(f"{name} calls {why}; {advice}")
         stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    target = inspect.unwrap(rebuilt).__code__
+
+    @functools.wraps(student)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        seen = False
+
+        def profile(frame: types.FrameType, event: str, _arg: object) -> None:
+            nonlocal seen
+            if event == "call" and frame.f_code is target:
+                seen = True
+
+        previous = sys.getprofile()
+        sys.setprofile(profile)
+        try:
+            result = student(*args, **kwargs)
+        except Exception:
+            if seen:  # (student raised afterwards: this is the message that helps)
+                raise ForbiddenCall(f"{name} calls {why}; {advice}") from None
+            raise
+        finally:
+            sys.setprofile(previous)
+        if seen:
+            raise ForbiddenCall(f"{name} calls {why}; {advice}")
+        return result
+
+    return guarded
 
 
 # -------------------------------------------------------------------------------- hints

@@ -71,7 +71,7 @@ def check_ring_all_reduce_bytes(student: Callable[[int, int], float]) -> None:
     """Lab 06-8: ``ring_bytes(n_bytes, world_size)`` -> bytes each rank sends in a ring
     all-reduce, ``2 (W - 1) / W * n_bytes``."""
     check_callable("ring_bytes", student)
-    refuse_calling("ring_bytes", student, ring_all_reduce_bytes, "work it out from the steps")
+    student = refuse_calling("ring_bytes", student, ring_all_reduce_bytes, "work it out from the steps")
     compare_with_reference(  # (rtol: float32 arithmetic passes, the nearest mistake is far)
         "ring_bytes", _as_number("ring_bytes", student),
         lambda s, w: _scalar(ring_all_reduce_bytes(s, w)), _RING_CASES, atol=1e-6, rtol=1e-6,
@@ -116,7 +116,7 @@ def check_zero_bytes_per_rank(student: Callable[[int, int, int], float]) -> None
     """Lab 06-8: ``zero_bytes(n_params, world_size, stage)`` -> model-state bytes per rank
     under ZeRO stage 0-3 with mixed-precision Adam (2 + 2 + 12 bytes per parameter)."""
     check_callable("zero_bytes", student)
-    refuse_calling("zero_bytes", student, zero_bytes_per_rank, "work it out from the description")
+    student = refuse_calling("zero_bytes", student, zero_bytes_per_rank, "work it out from the description")
     compare_with_reference(  # (rtol: float32 arithmetic passes; W - 1 for W at 64 is 7e-4 off)
         "zero_bytes", _as_number("zero_bytes", student),
         lambda p, w, s: _scalar(zero_bytes_per_rank(p, w, s)), _ZERO_CASES, atol=1e-3, rtol=1e-6,

@@ -108,7 +108,7 @@ def check_chained_block_hashes(student: Callable[[list[int], int], list[bytes]])
     """Lab 06-6: ``chained_block_hashes(tokens, block_size)`` -> one hash per full block,
     ``h_j = block_hash(h_{j-1}, tokens[j*P:(j+1)*P])`` with ``h_{-1} = None``."""
     check_callable("chained_block_hashes", student)
-    refuse_calling("chained_block_hashes", student, block_hashes, "chain block_hash yourself")
+    student = refuse_calling("chained_block_hashes", student, block_hashes, "chain block_hash yourself")
 
     def run(tokens: list[int], p: int) -> list:
         return _as_list("chained_block_hashes", student(list(tokens), p))
