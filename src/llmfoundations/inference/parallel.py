@@ -224,6 +224,8 @@ def run_workers(
                 if process.is_alive():
                     process.kill()
                 process.join()
+        # (weights_only=False: not a checkpoint from elsewhere but what this call's own workers
+        # saved, in a directory only this user can open; ``fn`` may return any object.)
         return [
             torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False)
             for r in range(world_size)
