@@ -415,3 +415,61 @@ def test_libraries_reports_what_each_weight_is_packed_for(monkeypatch):
     assert decoder.libraries["head"] == decoder.head_packed.library
     for layer in decoder.layers:
         assert all(decoder.libraries[n] == p.library for n, p in layer.packed.items())
+
+
+# ------------------------------------- from a mutation review (each kills a surviving mutant)
+
+
+@pytest.mark.parametrize("rope_theta", [10000.0, 100.0])
+def test_every_norm_weight_and_rope_theta_are_read(rope_theta):
+    """RMSNorm weights start at 1 and the other tests' models share one ``rope_theta``, so a
+    decoder using the first norm's weights for the second, or a fixed theta, agreed with them
+    (SmolLM2: trained norms, theta 1e5). Here every norm has its own weights."""
+    model = _model(rope_theta=rope_theta)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.2, 2.0)
+    prompts = _prompts(7, [4, 2])
+    ref = generate_output(model, prompts, 6, output_logits=True)
+    _assert_not_trivial(ref, prompts)
+    decoder = FastGreedyDecoder(model, 2, 12)
+    assert torch.equal(decoder.generate(prompts, 6).sequences, ref.sequences)
+    decoder.valid.zero_()
+    t = ref.prompt_length
+    decoder.valid[:, :t] = ref.attention_mask[:, :t].bool()
+    positions = (ref.attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+    with torch.no_grad():
+        logits = decoder._forward(ref.sequences[:, :t], decoder.columns[:t], positions[:, :t])
+    torch.testing.assert_close(logits, ref.logits[:, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("scale_embeddings", True), ("norm", "layernorm"), ("residual", False), ("ffn", "gelu"),
+     ("norm_position", "post")],
+)  # fmt: skip
+def test_every_option_the_decoder_does_not_compute_is_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        FastGreedyDecoder(_model(**{field: value}), 1, 8)
+
+
+@pytest.mark.parametrize(
+    "target", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+)
+def test_an_adapter_on_any_linear_is_refused(target):
+    """The decoder copies plain weights: an adapter anywhere (each projection, an untied
+    head) would be dropped without a word."""
+    from llmfoundations.finetuning.lora import apply_lora
+
+    model = _model(tie_embeddings=False)
+    apply_lora(model, [target], r=2, alpha=4.0)
+    with pytest.raises(TypeError, match=f"{target} is a LoRALinear"):
+        FastGreedyDecoder(model, 1, 8)
+
+
+def test_a_decoder_may_cover_the_models_whole_context():
+    model = _model(max_seq_len=16)
+    prompts = _prompts(3, [3, 2])
+    got = FastGreedyDecoder(model, 2, 16).generate(prompts, 13)
+    assert torch.equal(got.sequences, generate_output(model, prompts, 13).sequences)

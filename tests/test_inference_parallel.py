@@ -28,7 +28,7 @@ from llmfoundations.layers import FeedForward, SwiGLU
 from llmfoundations.models import DecoderLM, ModelConfig
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # fp32, a handful of reassociated sums
-LR = 0.1
+LR = 0.05  # (not fsdp_step's default 0.1: a step that ignored its lr would pass)
 N_MICRO = 2
 
 
@@ -51,13 +51,30 @@ def _inputs(world_size: int) -> dict[str, object]:
     }
 
 
+def _counting_rows(model: nn.Module, rows: list[int]) -> nn.Module:
+    """``model``, noting the batch size of every forward pass in ``rows``."""
+    model.register_forward_pre_hook(lambda _module, args: rows.append(args[0].shape[0]))
+    return model
+
+
 def _everything(rank: int, world_size: int, inp: dict) -> dict[str, object]:
-    """Worker: every parallel method on fresh copies of the inputs."""
+    """Worker: every parallel method on fresh copies of the inputs (for the data-parallel
+    ones, also the rows each forward pass saw, and which blocks FSDP2 wrapped)."""
+    from torch.distributed.fsdp import FSDPModule
+
     c = copy.deepcopy
+    rows: dict[str, list[int]] = {"dp": [], "ddp": [], "fsdp": []}
+    fsdp_lm = _counting_rows(c(inp["lm"]), rows["fsdp"])
     return {
-        "dp": par.data_parallel_gradients(rank, world_size, c(inp["lm"]), inp["ids"]),
-        "ddp": par.ddp_gradients(rank, world_size, c(inp["lm"]), inp["ids"]),
-        "fsdp": par.fsdp_step(rank, world_size, c(inp["lm"]), inp["ids"], LR),
+        "dp": par.data_parallel_gradients(
+            rank, world_size, _counting_rows(c(inp["lm"]), rows["dp"]), inp["ids"]
+        ),
+        "ddp": par.ddp_gradients(
+            rank, world_size, _counting_rows(c(inp["lm"]), rows["ddp"]), inp["ids"]
+        ),
+        "fsdp": par.fsdp_step(rank, world_size, fsdp_lm, inp["ids"], LR),
+        "rows": rows,
+        "fsdp_blocks": [isinstance(b, FSDPModule) for b in fsdp_lm.blocks],
         "tp_mlp": par.tensor_parallel_mlp(rank, world_size, c(inp["mlp"]), inp["x"]),
         "tp_swiglu": par.tensor_parallel_mlp(rank, world_size, c(inp["swiglu"]), inp["x"]),
         "tp_attn": par.tensor_parallel_attention(rank, world_size, c(inp["attn"]), inp["x_attn"]),
@@ -110,9 +127,13 @@ def _lm_reference(inp: dict) -> nn.Module:
 def _check_data_parallel(world_size: int, inp: dict, results: list) -> None:
     """By hand and DDP: every rank holds the full-batch gradients."""
     expected = _grads(_lm_reference(inp))
+    per_rank = inp["ids"].shape[0] // world_size
     for r in results:
         _assert_dicts_close(r["dp"], expected)
         _assert_dicts_close(r["ddp"], expected)
+        # each rank's forward saw its shard only (the whole batch on every rank gives the
+        # same averaged gradients, at W times the work)
+        assert r["rows"]["dp"] == r["rows"]["ddp"] == [per_rank], r["rows"]
 
 
 def _check_fsdp(world_size: int, inp: dict, results: list) -> None:
@@ -122,6 +143,8 @@ def _check_fsdp(world_size: int, inp: dict, results: list) -> None:
     expected = {n: p.detach() for n, p in lm.named_parameters()}
     for r in results:
         _assert_dicts_close(r["fsdp"], expected)
+        assert r["rows"]["fsdp"] == [inp["ids"].shape[0] // world_size], r["rows"]
+        assert all(r["fsdp_blocks"])  # every block sharded on its own, not only the root
     moved = max(float((p - inp["lm"].get_parameter(n).detach()).abs().max()) for n, p in expected.items())
     assert moved > 1e-3  # the step did something
 
@@ -418,6 +441,10 @@ def test_sizes_not_divisible_by_world_size_are_refused():
         par.TensorParallelMLP(nn.Linear(8, 8), 0, 1)
     with pytest.raises(ValueError, match=r"batch size \(5\) must be divisible by world_size"):
         par.shard_batch(torch.zeros(5, 2), 0, 2)
+    with pytest.raises(ValueError, match="rank must be < world_size"):  # (was an IndexError)
+        par.shard_batch(torch.zeros(4, 2), 2, 2)
+    with pytest.raises(ValueError, match=r"d_ff \(16\) must be divisible"):  # before any group
+        par.tensor_parallel_mlp_dtensor(0, 3, FeedForward(8, 16), torch.zeros(1, 2, 8))
     with pytest.raises(ValueError, match="one stage per rank"):
         par.pipeline_by_hand(0, 2, [nn.Identity()], torch.zeros(4, 2), torch.zeros(4, 2), 2)
     with pytest.raises(ValueError, match="n_microbatches"):
