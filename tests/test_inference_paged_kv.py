@@ -723,3 +723,20 @@ def test_packed_view_length_is_the_sum_of_cached_lengths():
     cache.append(0, a, torch.ones(1, 3, 1), torch.ones(1, 3, 1))
     cache.append(0, b, torch.ones(1, 2, 1), torch.ones(1, 2, 1))
     assert cache.packed_view([a, b], [1, 1]).length == 5
+
+
+# ------------------------------------- from a mutation review (each kills a surviving mutant)
+
+
+def test_a_block_full_in_one_layer_only_is_not_full_when_freed():
+    """A sequence freed after a pass that stopped between layers (layer 0 filled block 0,
+    layer 1 wrote half of it) leaves the block not full: offering it as a cached prefix is
+    refused (counted from the furthest layer, a new sequence read layer 1's unwritten slots)."""
+    cache = PagedKVCache(2, 4, 4, 1, 1)
+    a = cache.add_sequence()
+    cache.append(0, a, torch.ones(1, 4, 1), torch.ones(1, 4, 1))
+    cache.append(1, a, torch.ones(1, 2, 1), torch.ones(1, 2, 1))
+    cache.allocator.share([0])  # another owner keeps block 0 alive
+    cache.free_sequence(a)
+    with pytest.raises(ValueError, match=r"\[0\] that are not full"):
+        cache.add_sequence(prefix_blocks=[0])

@@ -260,3 +260,14 @@ def test_gpipe_schedule_runs_backwards_in_reverse_order():
         mine = sorted((s for s in slots if s.stage == stage), key=lambda s: s.start)
         assert [s.microbatch for s in mine if s.phase == "forward"] == [0, 1, 2, 3]
         assert [s.microbatch for s in mine if s.phase == "backward"] == [3, 2, 1, 0]
+
+
+def test_counts_refuse_impossible_inputs():
+    """(From a mutation review: each check could be dropped unnoticed.) Zero ranks gave -8
+    bytes sent, a negative parameter count -160 bytes, a zero backward time empty slots."""
+    with pytest.raises(ValueError, match="world_size"):
+        pc.bytes_sent([("all_gather_into_tensor", 8)], 0)
+    with pytest.raises(ValueError, match="n_params"):
+        pc.zero_bytes_per_rank(-10, 2, 0)
+    with pytest.raises(ValueError, match="t_backward"):
+        pc.gpipe_schedule(2, 2, 1, 0)

@@ -544,3 +544,57 @@ def test_evict_keeps_a_locked_node_left_childless():
     tree.lock(found.node)
     assert tree.evict(10) == [2]
     assert tree.match_prefix([1, 2]).blocks == [0, 1] and alloc.ref_counts[:2] == [1, 1]
+
+
+# ------------------------------------- from a mutation review (each kills a surviving mutant)
+
+
+def test_a_split_keeps_the_lock_of_the_node_it_cuts():
+    """A match that splits a locked node: the new upper node is on the locked path and holds
+    its lock (with 0, ``unlock`` raised and the request could never release its path)."""
+    alloc = BlockAllocator(8)
+    tree = RadixCache(alloc)
+    slots = alloc.allocate(4)
+    tree.insert([1, 2, 3, 4], slots)
+    alloc.free(slots)
+    held = tree.match_prefix([1, 2, 3, 4]).node
+    tree.lock(held)
+    upper = tree.match_prefix([1, 2]).node  # splits [1, 2, 3, 4] into [1, 2] -> [3, 4]
+    assert upper.key == [1, 2] and held.parent is upper
+    assert upper.lock_ref == 1
+    assert tree.evict(10) == []  # everything is on the locked path
+    tree.unlock(held)
+    assert tree.evict(10) == [2, 3, 0, 1] and alloc.num_free == 8
+
+
+def test_insert_after_a_mismatch_inside_a_node_stores_one_slot_per_token():
+    """The walk stops at a mismatch inside a node: it does not go on into the node's children
+    (here [7] under [1, 2, 5]), which made ``insert`` miscount the stored prefix and build a
+    leaf of 2 tokens with 1 slot."""
+    alloc = BlockAllocator(16)
+    tree = RadixCache(alloc)
+    a = alloc.allocate(4)
+    assert tree.insert([1, 2, 5], a[:3]) == 0
+    assert tree.insert([1, 2, 5, 7], a) == 3  # root -> [1, 2, 5] -> [7]
+    b = alloc.allocate(3)
+    assert tree.insert([1, 7, 8], b) == 1  # [1] shared; [7, 8] new
+    m = tree.match_prefix([1, 7, 8])
+    assert m.length == 3 and m.blocks == [a[0], b[1], b[2]]
+    assert alloc.ref_counts[b[1]] == 2 and alloc.ref_counts[b[2]] == 2  # caller + tree
+    assert alloc.ref_counts[b[0]] == 1  # a duplicate of a stored token: not taken
+
+
+def test_a_prompt_chunk_committed_after_a_hit_is_accepted():
+    """After a hit, only the cached tokens count as committed: a chunked prefill then commits
+    the prompt chunk by chunk (recording the whole prompt refused the first chunk)."""
+    cache = _manager(16, 2)
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    seq, _ = cache.add_sequence(prompt)
+    cache.kv.append(0, seq, torch.zeros(1, 9, 1), torch.zeros(1, 9, 1))
+    cache.commit(seq, prompt)
+    cache.free_sequence(seq)
+    seq2, hit = cache.add_sequence([1, 2, 3, 4, 9, 9, 9, 9, 9])
+    assert hit == 4  # 2 blocks cached
+    cache.kv.append(0, seq2, torch.zeros(1, 2, 1), torch.zeros(1, 2, 1))  # a chunk of 2 tokens
+    cache.commit(seq2, [1, 2, 3, 4, 9, 9])
+    assert cache.match([1, 2, 3, 4, 9, 9, 0]).num_tokens == 6  # the chunk's block is cached
