@@ -1060,3 +1060,97 @@ def test_a_bfloat16_models_logits_are_processed_in_float32_like_generate(fast):
         assert engine.run()[a] == expected == [5]
     finally:
         handle.remove()
+
+
+# ------------------------------------- from a mutation review (each kills a surviving mutant)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_greedy_with_repetition_penalty_applies_the_penalty(fast):
+    """A greedy request with a repetition penalty (do_sample=False) is not plain greedy: the
+    fast path must not choose it with the bare argmax. Token 5 (in the prompt) scores 1.3,
+    token 3 scores 1.0; the penalty 1.5 brings token 5 to 0.87, so token 3 wins."""
+    model = _model()
+
+    def edit(out):
+        out.fill_(-10.0)
+        out[..., 3] = 1.0
+        out[..., 5] = 1.3
+
+    sampling = SamplingConfig(do_sample=False, repetition_penalty=1.5)
+    prompt = [5, 7, 9]
+    handle = _edit_logits(model, edit)
+    try:
+        expected = _reference(model, prompt, 2, sampling=sampling)
+        engine = Engine(model, num_blocks=4, block_size=4, fast=fast)
+        other = engine.add_request([1, 2], 2)  # a plain greedy row in the same passes
+        a = engine.add_request(prompt, 2, sampling=sampling)
+        outs = engine.run()
+        assert outs[a] == expected and expected[0] == 3
+        assert outs[other] == _reference(model, [1, 2], 2)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_events_come_in_request_order_when_a_sampled_row_precedes_a_greedy_one(fast):
+    """step returns its events sorted by request id, also on the fast path, where plain
+    greedy rows are chosen together before the sampled ones."""
+    engine = Engine(_model(), num_blocks=20, block_size=4,
+                    config=SchedulerConfig(token_budget=16), fast=fast)
+    hot = SamplingConfig(temperature=1.3)
+    a = engine.add_request(_prompt(3, 1), 4, sampling=hot, generator=torch.Generator().manual_seed(1))
+    b = engine.add_request(_prompt(4, 2), 4)
+    c = engine.add_request(_prompt(2, 3), 4, sampling=hot, generator=torch.Generator().manual_seed(2))
+    d = engine.add_request(_prompt(5, 4), 4)
+    for _ in range(3):
+        events = engine.step()
+        assert [e.request_id for e in events] == [a, b, c, d]
+
+
+def test_without_chunking_a_prompt_exactly_the_size_of_the_budget_is_prefilled():
+    """chunked_prefill=False: a prompt of exactly token_budget tokens (accepted by
+    add_request) fits in an empty step; it must not wait forever."""
+    model = _model()
+    engine = Engine(model, num_blocks=8, block_size=4,
+                    config=SchedulerConfig(token_budget=4, max_running=2, chunked_prefill=False))
+    a = engine.add_request(_prompt(4, 1), 3)
+    engine.step()
+    assert engine.last_plan.prefill == [(a, 4)]
+    b = engine.add_request(_prompt(3, 2), 2)  # 4 - 1 decode = 3 left: exactly b's prompt
+    engine.step()
+    assert (engine.last_plan.decode, engine.last_plan.prefill) == ([a], [(b, 3)])
+    for _ in range(10):
+        if not engine.has_work:
+            break
+        engine.step()
+    assert engine.output(a) == _reference(model, _prompt(4, 1), 3)
+    assert engine.output(b) == _reference(model, _prompt(3, 2), 2)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_an_undone_step_is_rerun_with_the_same_plan(fast):
+    """After an undone step, several running requests are partly (here: not at all)
+    prefilled at once; the retry gives the budget to their prompts in admission order
+    (FCFS), i.e. it runs exactly the plan that failed."""
+    model = _model()
+    engine = Engine(
+        model, num_blocks=24, block_size=4, config=SchedulerConfig(token_budget=12), fast=fast
+    )
+    a = engine.add_request(_prompt(5, 1), 6)
+    engine.step()  # a prefilled
+    b = engine.add_request(_prompt(4, 2), 4)
+    c = engine.add_request(_prompt(9, 3), 4)
+    handle = _fail_once(model, "layer", skip=0)
+    try:
+        with pytest.raises(RuntimeError, match="interrupted"):
+            engine.step()
+    finally:
+        handle.remove()
+    failed = (engine.last_plan.decode, engine.last_plan.prefill)
+    assert failed == ([a], [(b, 4), (c, 7)])
+    engine.step()
+    assert (engine.last_plan.decode, engine.last_plan.prefill) == failed
+    out = engine.run()
+    assert out[b] == _reference(model, _prompt(4, 2), 4)
+    assert out[c] == _reference(model, _prompt(9, 3), 4)
