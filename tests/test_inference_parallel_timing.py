@@ -3,11 +3,15 @@ process's (one spawn of 2 ranks runs them all), and its bookkeeping is exact."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
+import torch.distributed as dist
 
 from llmfoundations.inference import parallel_timing as pt
 from llmfoundations.inference.parallel import run_workers
+from llmfoundations.layers import FeedForward
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -97,3 +101,81 @@ def test_pipelines_hold_consecutive_blocks_named_as_in_the_stack():
         assert params.keys() == single["params"].keys(), strategy
         for n, p in single["params"].items():
             torch.testing.assert_close(params[n], p, rtol=1e-4, atol=1e-5, msg=f"{strategy} {n}")
+
+
+# ------------------------------------- from a mutation review (each kills a surviving mutant)
+# Deterministic: a fake clock that only the code under test advances, and a one-rank gloo group
+# in this process.
+
+# one step on the fake clock: zero_grad 10 + forward of the one block 100 + Adam update 1
+STEP = 111.0
+
+
+@pytest.fixture
+def ticking(monkeypatch):
+    """A fake ``perf_counter`` that only moves when zero_grad (10), a FeedForward forward (100)
+    or Adam's update (1) runs; ``events`` records each clock read and each barrier."""
+    clock, events = [0.0], []
+
+    def tick(dt):
+        clock[0] += dt
+
+    def perf_counter():
+        events.append("clock")
+        return clock[0]
+
+    class TickingAdam(torch.optim.Adam):
+        def zero_grad(self, *a, **k):
+            tick(10.0)
+            return super().zero_grad(*a, **k)
+
+        def step(self, *a, **k):
+            tick(1.0)
+            return super().step(*a, **k)
+
+    forward = FeedForward.forward
+
+    def ticking_forward(self, x):
+        tick(100.0)
+        return forward(self, x)
+
+    barrier = dist.barrier
+
+    def recording_barrier(*a, **k):
+        events.append("barrier")
+        return barrier(*a, **k)
+
+    monkeypatch.setattr(pt, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(torch.optim, "Adam", TickingAdam)
+    monkeypatch.setattr(FeedForward, "forward", ticking_forward)
+    monkeypatch.setattr(dist, "barrier", recording_barrier)
+    return events
+
+
+@pytest.fixture
+def one_rank():
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_train_single_times_each_whole_step_on_its_own(ticking):
+    out = pt.train_single(pt.mlp_stack(4, 8, 1), *_data(4, 4), steps=3)
+    assert out["times"] == [STEP, STEP, STEP]  # not cumulative, Adam's update included
+
+
+def test_worker_times_each_whole_step_after_warmup_and_a_barrier(ticking, one_rank):
+    model, (x, y) = pt.mlp_stack(4, 8, 1), _data(4, 4)
+    out = pt.timed_steps_worker(0, 1, ["ddp_by_hand"], model, x, y, steps=2, warmup=2)
+    assert out["ddp_by_hand"]["times"] == [STEP, STEP]  # not cumulative, update included
+    # every rank starts the timed loop together: a barrier comes before the first clock read
+    assert "barrier" in ticking[: ticking.index("clock")]
+
+
+def test_worker_counts_traffic_for_its_own_world_size(one_rank):
+    # one rank sends nothing in a ring all-reduce; a count made for 2 ranks would say 4 bytes
+    # per parameter
+    model, (x, y) = pt.mlp_stack(4, 8, 1), _data(4, 4)
+    out = pt.timed_steps_worker(0, 1, ["ddp_by_hand"], model, x, y, steps=1, warmup=0)
+    assert out["ddp_by_hand"]["sent"] == 0
