@@ -205,3 +205,10 @@ def test_a_student_that_empties_its_input_leaves_the_waste_cases_alone(capsys):
     checks.check_static_waste(consuming)
     checks.check_static_waste(consuming)  # a cell run twice
     assert repr(pk._WASTE_CASES) == before and capsys.readouterr().out.count("✔") == 2
+
+
+def test_c_style_truncation_gives_an_empty_sequence_no_block_and_is_refused():
+    """(From a mutation review of the graders: only two cases expose it.) ``int()`` truncates
+    towards zero, so int(-1 / P) == 0 and an empty sequence gets no block."""
+    with pytest.raises(AssertionError, match="blocks_to_allocate"):
+        checks.check_blocks_to_allocate(lambda t, n, p: int((t + n - 1) / p) - int((t - 1) / p))

@@ -27,7 +27,7 @@ def good_zero(n_params, world_size, stage):
 
 def test_ring_check_passes_correct_answers(capsys):
     checks.check_ring_all_reduce_bytes(good_ring)
-    assert "✔ ring_bytes: all 6 cases" in capsys.readouterr().out
+    assert "✔ ring_bytes: all 7 cases" in capsys.readouterr().out
     # step by step: 2 (W - 1) steps of one chunk; and a tensor result
     checks.check_ring_all_reduce_bytes(lambda s, w: sum(s / w for _ in range(2 * (w - 1))))
     checks.check_ring_all_reduce_bytes(lambda s, w: torch.tensor(good_ring(s, w), dtype=torch.float64))
@@ -163,3 +163,30 @@ def test_the_guard_restores_the_profiler_and_reports_a_call_before_an_error():
         assert sys.getprofile() is mine
     finally:
         sys.setprofile(None)
+
+
+# ------------------------------------- from a mutation review of the graders
+
+
+def test_one_element_arrays_and_tensors_are_numbers_and_a_bool_is_not(capsys):
+    """Lab 06-7's graders take a one-element NumPy array; these refused it (and took a
+    one-element tensor), so the two labs disagreed."""
+    checks.check_ring_all_reduce_bytes(lambda s, w: torch.tensor([good_ring(s, w)]))
+    checks.check_ring_all_reduce_bytes(lambda s, w: np.array([good_ring(s, w)]))
+    checks.check_zero_bytes_per_rank(lambda p, w, s: np.array([[good_zero(p, w, s)]]))
+    assert capsys.readouterr().out.count("✔") == 3
+    with pytest.raises(AssertionError, match="must return a number, got bool"):
+        checks.check_ring_all_reduce_bytes(lambda s, w: w > 1)
+    with pytest.raises(AssertionError, match="must return a number, got ndarray"):
+        checks.check_ring_all_reduce_bytes(lambda s, w: np.array([good_ring(s, w)] * 2))
+
+
+@pytest.mark.parametrize(
+    "rounded",
+    [lambda s, w: 2 * (w - 1) * (s // w), lambda s, w: 2 * (w - 1) * s // w],
+    ids=["chunk rounded down", "floor division"],
+)
+def test_a_chunk_rounded_to_whole_bytes_is_refused_with_a_hint(rounded):
+    """Every case once divided evenly, so rounding the chunk (S // W) passed."""
+    with pytest.raises(AssertionError, match="Hint: keep the fraction"):
+        checks.check_ring_all_reduce_bytes(rounded)

@@ -5,6 +5,7 @@ Blank answers and non-functions are covered for every check in ``tests/test_chec
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -22,18 +23,22 @@ def good_chained_block_hashes(tokens, block_size):
     return hashes
 
 
-def good_count_hits(prompts, block_size, cached=None):
-    """``cached``: the set of block names to start from (a fresh one by default)."""
+def good_count_hits(prompts, block_size, cached=None, *, lookup_only=False, self_first=False):
+    """``cached``: the set of block names to start from (a fresh one by default). Two
+    mistakes for the tests: ``lookup_only`` caches only the blocks looked up (not every full
+    block), ``self_first`` caches a prompt's blocks before looking it up."""
     cached, hits = set() if cached is None else cached, []
     for prompt in prompts:
         usable = (len(prompt) - 1) // block_size * block_size
+        if self_first:
+            cached.update(good_chained_block_hashes(prompt, block_size))
         n = 0
         for h in good_chained_block_hashes(prompt[:usable], block_size):
             if h not in cached:
                 break
             n += block_size
         hits.append(n)
-        cached.update(good_chained_block_hashes(prompt, block_size))
+        cached.update(good_chained_block_hashes(prompt[:usable] if lookup_only else prompt, block_size))
     return hits
 
 
@@ -251,3 +256,91 @@ def test_an_attribute_named_like_the_reference_is_no_call_and_a_helper_call_is_s
 
     with pytest.raises(AssertionError, match="chained_block_hashes calls block_hashes"):
         checks.check_chained_block_hashes(lambda t, p: helper(t, p))
+
+
+# ------------------------------------- from a mutation review of the graders
+# Each wrong answer is written here, apart from the module's own list of mistakes (the hint
+# tests above take their answers from that list, so an edited mistake edited the answer too).
+
+
+def _hash_off_by_one(tokens, p):  # start + P < len: drops the last block of a whole-block list
+    hashes = good_chained_block_hashes(tokens, p)
+    return hashes[:-1] if len(tokens) % p == 0 else hashes
+
+
+def _hash_unchained(tokens, p):  # every block on its own
+    return [block_hash(None, tokens[i * p : (i + 1) * p]) for i in range(len(tokens) // p)]
+
+
+def _hash_with_tail(tokens, p):  # the partial last block hashed too
+    hashes = good_chained_block_hashes(tokens, p)
+    tail = tokens[len(hashes) * p :]
+    return hashes + [block_hash(hashes[-1] if hashes else None, tail)] if tail else hashes
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_hash_off_by_one, "Hint: the last full block is missing"),
+        (_hash_unchained, "Hint: each block must be hashed together with its parent's hash"),
+        (_hash_with_tail, "Hint: only FULL blocks get a hash"),
+    ],
+)
+def test_hash_hints_fire_for_mistakes_written_apart(wrong, hint):
+    with pytest.raises(AssertionError) as err:
+        checks.check_chained_block_hashes(wrong)
+    assert hint in str(err.value)
+
+
+def test_a_parent_that_is_the_previous_blocks_own_hash_is_refused():
+    """Right for two blocks, wrong from the third (equal names no longer mean equal
+    prefixes): only the cases of three or more full blocks see it."""
+
+    def wrong(tokens, p):
+        out = []
+        for s in range(0, len(tokens) - p + 1, p):
+            parent = block_hash(None, tokens[s - p : s]) if s else None
+            out.append(block_hash(parent, tokens[s : s + p]))
+        return out
+
+    with pytest.raises(AssertionError, match="chained_block_hashes"):
+        checks.check_chained_block_hashes(wrong)
+
+
+def test_a_call_of_block_hashes_on_a_branch_the_cases_never_reach_is_refused():
+    from llmfoundations.inference.prefix_cache import block_hashes
+
+    def with_fallback(tokens, p):
+        if len(tokens) > 10_000:  # a "fast path" the check's cases never reach
+            return block_hashes(tokens, p)
+        return good_chained_block_hashes(tokens, p)
+
+    with pytest.raises(AssertionError, match="calls block_hashes"):
+        checks.check_chained_block_hashes(with_fallback)
+
+
+def test_a_token_level_longest_common_prefix_gets_the_whole_blocks_hint():
+    def token_prefix(prompts, p):  # the longest common prefix in tokens, last token computed
+        return [
+            min(max((len(os.path.commonprefix([e, q])) for e in prompts[:i]), default=0),
+                max(len(q) - 1, 0))
+            for i, q in enumerate(prompts)
+        ]  # fmt: skip
+
+    with pytest.raises(AssertionError) as err:
+        checks.check_count_hits(token_prefix)
+    assert "Hint: only whole blocks are cached" in str(err.value)
+
+
+def test_caching_a_prompt_before_its_lookup_gets_its_hint():
+    with pytest.raises(AssertionError) as err:
+        checks.check_count_hits(lambda prompts, p: good_count_hits(prompts, p, self_first=True))
+    assert "Hint: look a prompt up before you cache its own blocks" in str(err.value)
+
+
+def test_caching_only_the_looked_up_blocks_is_refused():
+    """Caching only the (len - 1) // P blocks looked up, not every full block: a prompt of
+    whole blocks then loses its last block for the next request (only the chat case, P = 2,
+    and the P = 1 case see it)."""
+    with pytest.raises(AssertionError, match="count_hits"):
+        checks.check_count_hits(lambda prompts, p: good_count_hits(prompts, p, lookup_only=True))

@@ -13,6 +13,7 @@ or raises ``AssertionError`` naming the failing case, with a hint for known mist
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -35,8 +36,9 @@ def _scalar(x: float) -> Tensor:
 def _as_number(name: str, student: Callable[..., Any]) -> Callable[..., Tensor]:
     def run(*args: Any) -> Tensor:
         got = student(*args)
-        if (isinstance(got, Tensor) and got.numel() == 1) or getattr(got, "shape", None) == ():
-            got = got.item()  # a one-element tensor, a 0-d NumPy array
+        shape = getattr(got, "shape", None)
+        if shape is not None and hasattr(got, "item") and math.prod(shape) == 1:
+            got = got.item()  # a one-element tensor or NumPy array (0-d or not), a NumPy scalar
         if isinstance(got, bool) or not isinstance(got, numbers.Real):  # NumPy's too
             raise AssertionError(f"{name} must return a number, got {type(got).__name__}")
         return _scalar(got)
@@ -47,7 +49,9 @@ def _as_number(name: str, student: Callable[..., Any]) -> Callable[..., Tensor]:
 # ---------------------------------------------------------------------- ring all-reduce
 
 
-_RING_CASES = [((s, w), {}) for s, w in [(1000, 2), (1000, 4), (4096, 8), (12, 3), (1000, 1), (6_000_000, 16)]]
+# (1000, 3): W does not divide S, so a chunk rounded to whole bytes is told apart
+_RING_CASES = [((s, w), {}) for s, w in [(1000, 2), (1000, 4), (4096, 8), (12, 3), (1000, 1), (6_000_000, 16),
+                                         (1000, 3)]]  # fmt: skip
 
 
 def _ring_mistakes() -> list[tuple[Callable[..., Any], str]]:
@@ -63,6 +67,11 @@ def _ring_mistakes() -> list[tuple[Callable[..., Any], str]]:
          "count both phases, reduce-scatter and all-gather: 2 (W - 1) chunks of S / W"),
         (lambda s, w: 2 * (w - 1) / w * s if w > 1 else float(s),
          "with W = 1 there is no other rank: nothing is sent, and 2 (W - 1) / W * S gives 0"),
+        (lambda s, w: float(2 * (w - 1) * (s // w)),
+         "keep the fraction: a chunk is S / W bytes, not rounded down (1000 bytes on 3 ranks: "
+         "1333.3 bytes sent; a real ring pads the chunks, which this count leaves out)"),
+        (lambda s, w: float(2 * (w - 1) * s // w),
+         "keep the fraction: 2 (W - 1) / W * S with /, not // (1000 bytes on 3 ranks: 1333.3)"),
     ]  # fmt: skip
 
 
