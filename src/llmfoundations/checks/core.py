@@ -9,13 +9,13 @@ Three things make a failing check useful to a student rather than merely strict:
   result differs and adds a ``Hint:`` line naming the mistake it reproduces;
 - ``compare_with_reference(..., forbid=...)`` fails a function that calls a torch function
   the exercise asks the student not to use (``forbidding_torch_calls``);
-  ``refuse_calling`` fails one whose code calls the course function it is rebuilding.
+  ``refuse_calling`` fails one that calls the course function it is rebuilding.
 
 Left out: a hint is given only when a known mistake reproduces the student's result; the
 forbidding watch sees calls made through ``torch`` (any spelling: ``F.x``, ``torch.x``,
 ``tensor.x``, an alias), not a call of some other library's implementation;
-``refuse_calling`` reads the student's code, not what it runs, so a call made through
-another function of the student's is not seen.
+``refuse_calling`` sees the course function run (through any helper) or named in the
+student's code, but not a copy of its code pasted in.
 """
 
 from __future__ import annotations
