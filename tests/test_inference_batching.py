@@ -1035,6 +1035,18 @@ def test_fast_engine_without_packing_computes_last_position_logits_only():
 
 
 
+def _three_or_five(score_of_5: float):
+    """A logits edit (for ``_edit_logits``): every token scores -10 but token 3 (1.0) and
+    token 5 (``score_of_5``), so a repetition penalty on token 5 decides between them."""
+
+    def edit(out):
+        out.fill_(-10.0)
+        out[..., 3] = 1.0
+        out[..., 5] = score_of_5
+
+    return edit
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_bfloat16_models_logits_are_processed_in_float32_like_generate(fast):
     """A bfloat16 model: its logits are processed (here a repetition penalty) in float32, as
@@ -1045,14 +1057,9 @@ def test_a_bfloat16_models_logits_are_processed_in_float32_like_generate(fast):
     model.load_state_dict(_model().state_dict())
     model.to(torch.bfloat16)
 
-    def edit(out):
-        out.fill_(-10.0)
-        out[..., 3] = 1.0
-        out[..., 5] = 1.3046875  # exactly representable in bfloat16
-
     sampling = SamplingConfig(do_sample=False, repetition_penalty=1.3)
     prompt = [5, 7, 9]
-    handle = _edit_logits(model, edit)
+    handle = _edit_logits(model, _three_or_five(1.3046875))  # exactly representable in bfloat16
     try:
         expected = _reference(model, prompt, 1, sampling=sampling)
         engine = Engine(model, num_blocks=4, block_size=4, fast=fast)
@@ -1072,14 +1079,9 @@ def test_greedy_with_repetition_penalty_applies_the_penalty(fast):
     token 3 scores 1.0; the penalty 1.5 brings token 5 to 0.87, so token 3 wins."""
     model = _model()
 
-    def edit(out):
-        out.fill_(-10.0)
-        out[..., 3] = 1.0
-        out[..., 5] = 1.3
-
     sampling = SamplingConfig(do_sample=False, repetition_penalty=1.5)
     prompt = [5, 7, 9]
-    handle = _edit_logits(model, edit)
+    handle = _edit_logits(model, _three_or_five(1.3))
     try:
         expected = _reference(model, prompt, 2, sampling=sampling)
         engine = Engine(model, num_blocks=4, block_size=4, fast=fast)
